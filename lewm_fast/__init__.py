@@ -1,0 +1,22 @@
+"""lewm_fast: a fast, faithful LeWorldModel (LeWM) — reference oracle, Triton kernels, C++ CPU paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backends import csrc_available, describe, resolve_backend
+from .checkpoint import CheckpointError, build_model, default_config
+from .reference import LeWM, preprocess_frames
+
+__version__ = "0.1.0"
+
+
+def build_lewm(action_dim: int = 2, **kwargs: Any) -> LeWM:
+    """A freshly initialised LeWM (paper "tiny" sizes unless overridden; see ``default_config``)."""
+    return build_model(default_config(action_dim=action_dim, **kwargs))
+
+
+__all__ = [
+    "CheckpointError", "LeWM", "build_lewm", "build_model", "csrc_available", "default_config", "describe",
+    "preprocess_frames", "resolve_backend",
+]
