@@ -34,19 +34,20 @@ class LeWM(nn.Module):
         self.config: Optional[Dict[str, Any]] = None  # set by from_config / from_pretrained
 
     # ------------------------------------------------------------------ sizes
+    # (read off the weights, so stable-worldmodel's own submodules work here too)
     @property
     def latent_dim(self) -> int:
-        return self.predictor.input_dim
+        return self.predictor.pos_embedding.shape[-1]
 
     @property
     def action_dim(self) -> int:
         """Width of one action block fed to the model (frameskip x env action dim)."""
-        return self.action_encoder.input_dim
+        return self.action_encoder.patch_embed.in_channels
 
     @property
     def history_size(self) -> int:
         """Frames in the predictor's window (``num_frames``)."""
-        return self.predictor.num_frames
+        return self.predictor.pos_embedding.shape[1]
 
     # ------------------------------------------------------------------ encoding
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
