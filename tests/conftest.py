@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny LeWM (fast on CPU) built from a stable-worldmodel-style config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lewm_fast import build_model, default_config
+
+TINY = dict(
+    action_dim=2,
+    frameskip=5,
+    image_size=28,
+    patch_size=14,
+    latent_dim=32,
+    history_size=3,
+    depth=2,
+    heads=4,
+    dim_head=8,
+    mlp_dim=64,
+    proj_hidden_dim=48,
+    dropout=0.1,
+    num_hidden_layers=2,
+    hidden_size=32,
+    num_attention_heads=2,
+    intermediate_size=64,
+)
+
+
+def tiny_config(**overrides) -> dict:
+    return default_config(**{**TINY, **overrides})
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter (incl. the zero-initialised AdaLN layers) non-trivial values, and BN non-trivial stats."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 0.1) + (1.0 if name.endswith("norm.weight") else 0.0))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return randomize_(build_model(tiny_config())).eval()
