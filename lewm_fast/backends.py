@@ -74,6 +74,23 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
+def gpu_name_nvml() -> str | None:
+    """GPU 0's name via nvidia-ml-py (NVML), or None without an NVIDIA driver / the package."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None
+    return name.decode() if isinstance(name, bytes) else name
+
+
 def describe() -> Dict[str, object]:
     """A summary of what this installation can run (used by ``lewm-fast info``)."""
     cuda = torch.cuda.is_available()
@@ -81,6 +98,7 @@ def describe() -> Dict[str, object]:
         "torch": torch.__version__,
         "cuda_available": cuda,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_nvml": gpu_name_nvml(),
         "triton": None,
         "triton_interpreter": triton_interpreter(),
         "csrc": csrc_available(),

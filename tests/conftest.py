@@ -1,9 +1,15 @@
-"""Shared fixtures: a tiny LeWM (fast on CPU) built from a stable-worldmodel-style config."""
+"""Shared fixtures: a tiny LeWM (fast on CPU) built from a stable-worldmodel-style config; Triton interpreter on CPU."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run on CPU tensors through the interpreter; it must be on before any kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from lewm_fast import build_model, default_config
 

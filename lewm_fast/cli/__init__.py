@@ -1,0 +1,1 @@
+"""Console scripts: ``lewm-fast`` (info), ``lewm-collect``, ``lewm-train``, ``lewm-eval``."""
