@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .backends import csrc_available, describe, resolve_backend
@@ -9,6 +10,14 @@ from .checkpoint import CheckpointError, build_model, default_config
 from .reference import LeWM, preprocess_frames
 
 __version__ = "0.1.0"
+
+if not csrc_available():
+    warnings.warn(
+        "lewm_fast._C (the C++ CPU extension) is not built: CPU ops use the 'reference' backend. "
+        "Reinstall with the README's install command to build it; `lewm-fast info` lists the backends.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def build_lewm(action_dim: int = 2, **kwargs: Any) -> LeWM:
