@@ -1,0 +1,145 @@
+"""Training sequences from an episode file: ``num_frames`` frames ``frameskip`` steps apart, with action blocks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..envs.base import check_image_size
+from ..reference import preprocess_frames
+from .h5format import Stats, read_index, read_stats
+
+
+def _check_positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+class SequenceDataset(Dataset):
+    """Sequences of ``num_frames`` frames, frame j being env step ``start + j * frameskip`` of one episode.
+
+    Item ``i`` is a dict of tensors (T = num_frames, A = env action dim):
+
+    - ``pixels``  float32 (T, 3, H, W): ImageNet-normalised frames (``lewm_fast.preprocess_frames``), resized with
+      antialiased bilinear interpolation (then rounded to uint8 levels) when ``image_size`` differs from the file's;
+    - ``action``  float32 (T, frameskip * A): for frame j, the ``frameskip`` env actions of steps
+      ``start + j*frameskip .. start + (j+1)*frameskip - 1`` concatenated in time order, each normalised per dimension;
+    - ``proprio`` float32 (T, P): normalised proprioception at the T frames;
+    - ``state``   float64 (T, S): raw simulator states at the T frames (for probes and evaluation).
+
+    Normalisation uses the statistics stored in the file (``stats``): ``(x - mean) / std``, std floored to 1 for
+    constant dimensions. Windows never cross episodes: every start with all T frames inside one episode is used. The
+    last action block may run past the episode's final frame; those entries (and the file's NaN action after the final
+    frame) are NaN, as in the LeWM loader — the training loss replaces NaN actions with 0. Only the last frame's block
+    can hold NaN, and LeWM's predictor never consumes it.
+
+    The HDF5 file is opened lazily, once per process, so a ``DataLoader`` with worker processes (fork or spawn) works.
+    ``episodes`` restricts the dataset to those episode indices (e.g. a train/validation split).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_frames: int = 4,
+        frameskip: int = 5,
+        image_size: int | None = None,
+        episodes: Sequence[int] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"episode file {self.path} does not exist")
+        self.num_frames = _check_positive(num_frames, "num_frames")
+        self.frameskip = _check_positive(frameskip, "frameskip")
+        with h5py.File(self.path, "r") as f:
+            starts, lengths = read_index(f)
+            self.stats: Stats = read_stats(f)
+            self.env_name = str(f.attrs["env"])
+            self.stored_image_size = int(f.attrs["image_size"])
+            self.env_action_dim = int(f.attrs["action_dim"])
+            self.proprio_dim = int(f.attrs["proprio_dim"])
+            self.state_dim = int(f.attrs["state_dim"])
+        self.image_size = self.stored_image_size if image_size is None else check_image_size(image_size)
+        self.action_dim = self.frameskip * self.env_action_dim
+        if episodes is not None:
+            index = np.asarray(episodes, dtype=np.int64).reshape(-1)
+            if index.size and (index.min() < -len(starts) or index.max() >= len(starts)):
+                raise IndexError(f"episodes must index the {len(starts)} episodes of {self.path}, got {list(index)}")
+            starts, lengths = starts[index], lengths[index]
+        span = (self.num_frames - 1) * self.frameskip  # steps from the first to the last frame of a window
+        counts = np.maximum(lengths - span, 0)
+        if counts.sum() == 0:
+            raise ValueError(
+                f"no episode of {self.path} has the {span + 1} steps a window of num_frames={self.num_frames}, "
+                f"frameskip={self.frameskip} needs (longest: {int(lengths.max(initial=0))})"
+            )
+        self._window_start = np.concatenate([s + np.arange(c) for s, c in zip(starts, counts, strict=True)])
+        self._window_end = np.repeat(starts + lengths, counts)  # exclusive end of each window's episode
+        self._action_mean = torch.as_tensor(np.tile(self.stats.action_mean, self.frameskip), dtype=torch.float32)
+        self._action_std = torch.as_tensor(np.tile(self.stats.action_std, self.frameskip), dtype=torch.float32)
+        self._proprio_mean = torch.as_tensor(self.stats.proprio_mean, dtype=torch.float32)
+        self._proprio_std = torch.as_tensor(self.stats.proprio_std, dtype=torch.float32)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._window_start)
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():  # a forked worker must not share the parent's handle
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"], state["_pid"] = None, None
+        return state
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Env actions concatenated per block (..., frameskip*A) -> normalised, as the model sees them."""
+        return (action - self._action_mean.to(action)) / self._action_std.to(action)
+
+    def denormalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Normalised action blocks (..., frameskip*A) -> env actions (..., frameskip*A), e.g. for a CEM plan."""
+        return action * self._action_std.to(action) + self._action_mean.to(action)
+
+    def _pixels(self, frames: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(frames)
+        if self.image_size != self.stored_image_size:
+            x = x.permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+            x = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return preprocess_frames(x)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} sequences")
+        start, end = int(self._window_start[index]), int(self._window_end[index])
+        t, fs = self.num_frames, self.frameskip
+        span = (t - 1) * fs + 1
+        f = self._h5()
+        pixels_ds = f["pixels"]
+        frames = np.stack([pixels_ds[start + j * fs] for j in range(t)])  # one chunk per frame; strided reads are slow
+        actions = np.full((t * fs, self.env_action_dim), np.nan, dtype=np.float32)
+        stop = min(start + t * fs, end)
+        actions[: stop - start] = f["action"][start:stop]
+        action = self.normalize_action(torch.from_numpy(actions).reshape(t, fs * self.env_action_dim))
+        proprio = (torch.from_numpy(f["proprio"][start:start + span][::fs].copy()) - self._proprio_mean)
+        return {
+            "pixels": self._pixels(frames),
+            "action": action,
+            "proprio": proprio / self._proprio_std,
+            "state": torch.from_numpy(f["state"][start:start + span][::fs].copy()),
+        }
