@@ -1,5 +1,6 @@
 """Fast ops with a single dispatch point each: ``<op>(..., backend="auto"|"triton"|"cpu"|"reference")``."""
 
 from .elite_refit import elite_refit
+from .sigreg import SIGReg, sigreg
 
-__all__ = ["elite_refit"]
+__all__ = ["SIGReg", "elite_refit", "sigreg"]
