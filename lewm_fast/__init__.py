@@ -8,6 +8,7 @@ from typing import Any
 from .backends import csrc_available, describe, resolve_backend
 from .checkpoint import CheckpointError, build_model, default_config
 from .ops.sigreg import SIGReg
+from .planning import CEMPlanner, ICEMPlanner, MPPIPlanner, RolloutEngine, accelerate
 from .reference import LeWM, preprocess_frames
 
 __version__ = "0.1.0"
@@ -27,6 +28,6 @@ def build_lewm(action_dim: int = 2, **kwargs: Any) -> LeWM:
 
 
 __all__ = [
-    "CheckpointError", "LeWM", "SIGReg", "build_lewm", "build_model", "csrc_available", "default_config", "describe",
+    "CEMPlanner", "CheckpointError", "ICEMPlanner", "LeWM", "MPPIPlanner", "RolloutEngine", "SIGReg", "accelerate", "build_lewm", "build_model", "csrc_available", "default_config", "describe",
     "preprocess_frames", "resolve_backend",
 ]

@@ -34,7 +34,31 @@ def elite_refit(candidates: torch.Tensor, costs: torch.Tensor, topk: int, backen
         raise ValueError(f"costs must have shape (B,N)={tuple(candidates.shape[:2])}, got {tuple(costs.shape)}")
     if topk > candidates.shape[1]:
         raise ValueError(f"topk ({topk}) must be <= number of candidates ({candidates.shape[1]})")
-    which = resolve_backend(backend, candidates.device)
+    return elite_refit_resolved(candidates, costs, topk, resolve_backend(backend, candidates.device))
+
+
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def elite_refit_resolved(candidates: torch.Tensor, costs: torch.Tensor, topk: int, which: str) -> EliteRefit:
+    """``elite_refit`` for a backend already resolved by ``resolve_backend`` and arguments already checked (planning
+    loops call this once per iteration). Dtypes a fast backend does not cover fall back to the reference."""
     if which == "cpu" and candidates.dtype in (torch.float32, torch.float64) and costs.dtype == candidates.dtype:
         return EliteRefit(*torch.ops.lewm_fast.elite_refit(candidates, costs, topk))
+    if which == "triton" and candidates.dtype in _TRITON_DTYPES and costs.dtype in _TRITON_DTYPES:
+        from ..kernels.cem_refit import elite_refit_triton
+
+        out = elite_refit_triton(candidates, costs, topk)
+        if bool(out.bad.any()):
+            raise ValueError(_diverged_message(topk, costs))
+        return EliteRefit(out.mean, out.std, out.elite_idx, out.elite_costs)
     return elite_refit_reference(candidates, costs, topk)
+
+
+def _diverged_message(topk: int, costs: torch.Tensor) -> str:
+    """The error for fewer than ``topk`` finite costs in some environment (costs (B,N))."""
+    bad = int((~torch.isfinite(costs)).sum(1).max())
+    return (
+        f"fewer than topk={topk} candidates have a finite cost ({bad} of {costs.shape[1]} are NaN/inf in some "
+        "environment): the model diverged; NaN/inf candidates are never used as elites"
+    )

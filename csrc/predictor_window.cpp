@@ -1,0 +1,350 @@
+// LeWM predictor over a short window of tokens on CPU (float32/float64), two ops:
+//
+// window_attention(qkv (M, S, 3*heads*dh), prefix_qkv (B, P, 3*heads*dh)?, heads, num_queries) -> (M, q, heads*dh)
+//   Causal multi-head attention read straight from the to_qkv output layout [q | k | v] (heads-major inside each),
+//   with an optional prefix of window tokens shared by each group of M / B consecutive rows (the part of a CEM
+//   window that is the same for every candidate). Own token i sits at window position P+i and sees positions <= P+i;
+//   the output holds own tokens S-q..S-1.
+//
+// window_blocks(x (M, S, D), mods (M, S, depth, 6, D) strided, prefix_qkv[depth] or [], weights[8*depth], eps[4*depth],
+//               heads, gelu_approximate, chunk_rows) -> (M, D)
+//   All AdaLN-zero blocks of the predictor for a rollout step, returning the residual stream of the last token (the
+//   only one read out). Per block: LN(norm1) * (1+scale1) + shift1 -> LN (attn.norm, affine folded into to_qkv) ->
+//   to_qkv -> window attention -> x += gate1 * to_out(.) ; LN(norm2) * (1+scale2) + shift2 -> LN (mlp.net.0, folded)
+//   -> fc1 -> GELU -> x += gate2 * fc2(.). The last block computes keys/values for all tokens but the query, attention
+//   output and MLP for the last token only; a window's first token (it sees only itself: output = its value) gets no
+//   query. mods[:, :, i] = (shift1, 1+scale1, gate1, shift2, 1+scale2, gate2) of block i;
+//   weights per block: qkv_w (3I, D), q_b (I: keys and values carry no bias; the rollout engine folds a value bias
+//   into out_b, and a key bias does not change softmax), out_w (D, I), out_b, fc1_w (F, D), fc1_b, fc2_w (D, F),
+//   fc2_b; eps per block: norm1, attn.norm, norm2, mlp.net.0. Elementwise loops are compiled for AVX-512, AVX2 and
+//   baseline x86-64 and picked at load time.
+//   Candidates are processed in chunks of about chunk_rows window rows (a multiple of the thread count of chunks),
+//   one chunk per thread at a time, so threads never wait on each other; inside a chunk, attention runs per group of
+//   heads and the MLP per slice of hidden units, so intermediates stay in the core's L2. GEMMs are ATen's (MKL),
+//   single-threaded inside the parallel region.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------- attention
+// One query row against p shared-prefix keys and `own` own keys, for `heads` heads of width dh: o = softmax(q.k *
+// dh^-0.5) v. Key j starts at keys[j]; its value sits kv_off_pre (prefix keys) or kv_off_own (own keys) after it.
+template <typename scalar_t>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void attend_group(const scalar_t* q, const scalar_t* const* keys, int64_t p, int64_t own, int64_t heads, int64_t dh,
+                  int64_t kv_off_pre, int64_t kv_off_own, scalar_t* score, scalar_t* o) {
+  const int64_t visible = p + own, cols = heads * dh;
+  if (visible == 1) {  // a window's first token sees only itself: softmax of one score is exactly 1
+    const scalar_t* v = keys[0] + kv_off_own;
+    std::copy(v, v + cols, o);
+    return;
+  }
+  const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(dh));
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t off = h * dh;
+    scalar_t mx = -std::numeric_limits<scalar_t>::infinity();
+    for (int64_t j = 0; j < visible; ++j) {
+      const scalar_t* k = keys[j] + off;
+      scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t e = 0; e < dh; ++e) acc += q[off + e] * k[e];
+      score[j] = acc * scale;
+      mx = std::max(mx, score[j]);
+    }
+    scalar_t total = 0;
+    for (int64_t j = 0; j < visible; ++j) {
+      score[j] = std::exp(score[j] - mx);
+      total += score[j];
+    }
+    const scalar_t inv = scalar_t(1) / total;
+    scalar_t* oh = o + off;
+    std::fill(oh, oh + dh, scalar_t(0));
+    for (int64_t j = 0; j < visible; ++j) {
+      const scalar_t* v = keys[j] + (j < p ? kv_off_pre : kv_off_own) + off;
+      const scalar_t pj = score[j] * inv;
+#pragma omp simd
+      for (int64_t e = 0; e < dh; ++e) oh[e] += pj * v[e];
+    }
+  }
+}
+
+template <typename scalar_t>
+void attend(const scalar_t* qkv, const scalar_t* prefix, int64_t m, int64_t s, int64_t p, int64_t rows_per_prefix,
+            int64_t heads, int64_t dh, int64_t nq, scalar_t* out) {
+  const int64_t inner = heads * dh, width = 3 * inner;
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    std::vector<const scalar_t*> keys(p + s);
+    std::vector<scalar_t> score(p + s);
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* own = qkv + r * s * width;
+      for (int64_t j = 0; j < p; ++j) keys[j] = prefix + ((r / rows_per_prefix) * p + j) * width + inner;
+      for (int64_t j = 0; j < s; ++j) keys[p + j] = own + j * width + inner;
+      for (int64_t qi = 0; qi < nq; ++qi) {
+        const int64_t i = s - nq + qi;
+        attend_group<scalar_t>(own + i * width, keys.data(), p, i + 1, heads, dh, inner, inner, score.data(),
+                               out + (r * nq + qi) * inner);
+      }
+    }
+  });
+}
+
+void check_prefix(const at::Tensor& pre, const at::Tensor& qkv_like, int64_t m, int64_t width) {
+  TORCH_CHECK_VALUE(pre.dim() == 3 && pre.size(2) == width, "prefix_qkv must be (B, P, ", width, "), got ",
+                    pre.sizes());
+  TORCH_CHECK_VALUE(pre.size(0) >= 1 && m % pre.size(0) == 0, "prefix_qkv's B=", pre.size(0), " must divide M=", m);
+  TORCH_CHECK_VALUE(pre.scalar_type() == qkv_like.scalar_type(), "prefix_qkv must have dtype ",
+                    qkv_like.scalar_type(), ", got ", pre.scalar_type());
+}
+
+at::Tensor window_attention_cpu(const at::Tensor& qkv, const c10::optional<at::Tensor>& prefix_qkv, int64_t heads,
+                                int64_t num_queries) {
+  TORCH_CHECK_VALUE(qkv.dim() == 3, "qkv must be (M, S, 3*heads*dh), got ", qkv.sizes());
+  TORCH_CHECK_VALUE(heads >= 1 && qkv.size(2) % (3 * heads) == 0, "qkv's last dimension ", qkv.size(2),
+                    " is not 3*heads*dh for heads=", heads);
+  const int64_t m = qkv.size(0), s = qkv.size(1), inner = qkv.size(2) / 3, dh = inner / heads;
+  TORCH_CHECK_VALUE(num_queries >= 1 && num_queries <= s, "num_queries must be in [1, S=", s, "], got ", num_queries);
+  const auto q = qkv.contiguous();
+  at::Tensor pre;
+  int64_t p = 0, rows_per_prefix = 1;
+  if (prefix_qkv.has_value()) {
+    pre = prefix_qkv->contiguous();
+    check_prefix(pre, q, m, q.size(2));
+    p = pre.size(1);
+    rows_per_prefix = m / pre.size(0);
+  }
+  auto out = at::empty({m, num_queries, inner}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_cpu", [&] {
+    attend<scalar_t>(q.data_ptr<scalar_t>(), p ? pre.data_ptr<scalar_t>() : nullptr, m, s, p, rows_per_prefix, heads,
+                     dh, num_queries, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------- whole window
+template <typename scalar_t>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void norm_modulate_norm(const scalar_t* x, const scalar_t* shift, const scalar_t* mul, int64_t d, scalar_t eps1,
+                        scalar_t eps2, scalar_t* out) {
+  scalar_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t e = 0; e < d; ++e) sum += x[e];
+  const scalar_t mean = sum / d;
+  scalar_t sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t e = 0; e < d; ++e) sq += (x[e] - mean) * (x[e] - mean);
+  const scalar_t rstd = scalar_t(1) / std::sqrt(sq / d + eps1);
+  scalar_t sum2 = 0;
+#pragma omp simd reduction(+ : sum2)
+  for (int64_t e = 0; e < d; ++e) {
+    out[e] = (x[e] - mean) * rstd * mul[e] + shift[e];
+    sum2 += out[e];
+  }
+  const scalar_t mean2 = sum2 / d;
+  scalar_t sq2 = 0;
+#pragma omp simd reduction(+ : sq2)
+  for (int64_t e = 0; e < d; ++e) sq2 += (out[e] - mean2) * (out[e] - mean2);
+  const scalar_t rstd2 = scalar_t(1) / std::sqrt(sq2 / d + eps2);
+#pragma omp simd
+  for (int64_t e = 0; e < d; ++e) out[e] = (out[e] - mean2) * rstd2;
+}
+
+template <typename scalar_t>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void gated_add(scalar_t* x, const scalar_t* gate, const scalar_t* y, const scalar_t* bias, int64_t d) {
+#pragma omp simd
+  for (int64_t e = 0; e < d; ++e) x[e] += gate[e] * (y[e] + bias[e]);
+}
+
+struct Block {
+  at::Tensor qkv_wt, q_b, out_wt, out_b, fc1_wt, fc1_b, fc2_wt, fc2_b;
+  double eps1, eps_attn, eps2, eps_mlp;
+};
+
+struct Mods {  // strided view (M, S, depth, 6, D)
+  int64_t sm, ss, sl, sk;
+};
+
+// Scratch of one thread; rows = chunk * S window rows, position-major inside a chunk (row t*c + m), so the tokens that
+// need a query (those whose attention output is used) form one contiguous row range, and so do those the MLP runs on.
+struct Scratch {
+  at::Tensor x, h, qkv, att, y, f;
+};
+
+constexpr int64_t kGroupWidth = 256;  // attention heads (x dh) per column group, MLP hidden units per slice
+
+// The blocks for candidates m0..m0+c-1. Attention runs per group of heads (q, k, v of the group -> attention ->
+// partial to_out accumulated into y) and the MLP per slice of hidden units (fc1 slice -> GELU -> partial fc2), so
+// the chunk's intermediates stay in the core's L2 while the chunk is large enough to amortise MKL's packing of the
+// weights (done on every GEMM call).
+template <typename scalar_t>
+void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, const std::vector<Block>& blocks,
+                  const std::vector<const scalar_t*>& prefix, int64_t p, int64_t rows_per_prefix, int64_t m0, int64_t c,
+                  int64_t s, int64_t d, int64_t heads, int64_t dh, c10::string_view approximate, Scratch& w,
+                  scalar_t* out) {
+  const int64_t depth = static_cast<int64_t>(blocks.size()), inner = heads * dh, width = 3 * inner;
+  const int64_t group = std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)), gw = group * dh;
+  scalar_t* x = w.x.data_ptr<scalar_t>();
+  for (int64_t m = 0; m < c; ++m)
+    for (int64_t t = 0; t < s; ++t) std::copy_n(x_in + ((m0 + m) * s + t) * d, d, x + (t * c + m) * d);
+  std::vector<const scalar_t*> keys(p + s);
+  std::vector<scalar_t> score(p + s);
+  scalar_t* hp = w.h.data_ptr<scalar_t>();
+  scalar_t* qp = w.qkv.data_ptr<scalar_t>();  // (rows, 3 * gw): [q | k | v] of the current head group
+  scalar_t* ap = w.att.data_ptr<scalar_t>();
+  const scalar_t* yp = w.y.data_ptr<scalar_t>();
+  const int64_t qkv_ld = 3 * gw;
+  for (int64_t i = 0; i < depth; ++i) {
+    const Block& b = blocks[i];
+    const bool last = i == depth - 1;
+    auto mod = [&](int64_t row, int64_t k) {  // row = t * c + m
+      return mods + (m0 + row % c) * ms.sm + (row / c) * ms.ss + i * ms.sl + k * ms.sk;
+    };
+    // attention output is used for tokens t0..s-1; a query is needed for those, except a window's first token
+    const int64_t t0 = last ? s - 1 : 0, tq = (p == 0 && t0 == 0) ? 1 : t0;
+    const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0;
+    for (int64_t r = 0; r < rows; ++r)
+      norm_modulate_norm<scalar_t>(x + r * d, mod(r, 0), mod(r, 1), d, b.eps1, b.eps_attn, hp + r * d);
+    auto h_all = w.h.narrow(0, 0, rows);
+    auto y_v = w.y.narrow(0, 0, nrows);
+    auto qkv_v = w.qkv.narrow(0, 0, rows);
+    for (int64_t h0 = 0; h0 < heads; h0 += group) {
+      const int64_t gh = std::min(group, heads - h0), cols = gh * dh, col0 = h0 * dh;
+      for (int64_t part = 0; part < 3; ++part) {  // q (rows needing one), k, v (all rows)
+        const int64_t from = part == 0 ? rq : 0;
+        if (from >= rows) continue;
+        auto dst = qkv_v.narrow(0, from, rows - from).narrow(1, part * gw, cols);
+        const auto w_part = b.qkv_wt.narrow(1, part * inner + col0, cols);
+        if (part == 0) {
+          at::addmm_out(dst, b.q_b.narrow(0, col0, cols), h_all.narrow(0, from, rows - from), w_part);
+        } else {
+          at::mm_out(dst, h_all.narrow(0, from, rows - from), w_part);
+        }
+      }
+      for (int64_t r = r0; r < rows; ++r) {
+        const int64_t t = r / c, m = r % c;
+        for (int64_t j = 0; j < p; ++j)
+          keys[j] = prefix[i] + (((m0 + m) / rows_per_prefix) * p + j) * width + inner + col0;
+        for (int64_t j = 0; j <= t; ++j) keys[p + j] = qp + (j * c + m) * qkv_ld + gw;
+        attend_group<scalar_t>(qp + r * qkv_ld, keys.data(), p, t + 1, gh, dh, inner, gw, score.data(),
+                               ap + (r - r0) * gw);
+      }
+      at::addmm_out(y_v, y_v, w.att.narrow(0, 0, nrows).narrow(1, 0, cols), b.out_wt.narrow(0, col0, cols),
+                    h0 == 0 ? 0 : 1, 1);
+    }
+    const scalar_t* ob = b.out_b.data_ptr<scalar_t>();
+    for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 2), yp + (r - r0) * d, ob, d);
+    for (int64_t r = r0; r < rows; ++r)
+      norm_modulate_norm<scalar_t>(x + r * d, mod(r, 3), mod(r, 4), d, b.eps2, b.eps_mlp, hp + (r - r0) * d);
+    const int64_t hidden = b.fc1_wt.size(1), slice = w.f.size(1);
+    for (int64_t u0 = 0; u0 < hidden; u0 += slice) {
+      const int64_t cols = std::min(slice, hidden - u0);
+      auto f_v = w.f.narrow(0, 0, nrows).narrow(1, 0, cols);
+      at::addmm_out(f_v, b.fc1_b.narrow(0, u0, cols), w.h.narrow(0, 0, nrows), b.fc1_wt.narrow(1, u0, cols));
+      at::gelu_(f_v, approximate);
+      at::addmm_out(y_v, y_v, f_v, b.fc2_wt.narrow(0, u0, cols), u0 == 0 ? 0 : 1, 1);
+    }
+    const scalar_t* fb = b.fc2_b.data_ptr<scalar_t>();
+    for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 5), yp + (r - r0) * d, fb, d);
+  }
+  std::copy_n(x + (s - 1) * c * d, c * d, out + m0 * d);
+}
+
+template <typename scalar_t>
+void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<Block>& blocks,
+                const std::vector<at::Tensor>& prefix_qkv, int64_t heads, c10::string_view approximate,
+                int64_t chunk_rows, at::Tensor& out) {
+  const int64_t m = x.size(0), s = x.size(1), d = x.size(2);
+  const int64_t inner = blocks[0].out_wt.size(0), dh = inner / heads, hidden = blocks[0].fc1_wt.size(1);
+  const int64_t gw = std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)) * dh;
+  const Mods ms{mods.stride(0), mods.stride(1), mods.stride(2), mods.stride(3)};
+  const int64_t p = prefix_qkv.empty() ? 0 : prefix_qkv[0].size(1);
+  const int64_t rows_per_prefix = prefix_qkv.empty() ? 1 : m / prefix_qkv[0].size(0);
+  std::vector<const scalar_t*> prefix;
+  for (const auto& t : prefix_qkv) prefix.push_back(t.data_ptr<scalar_t>());
+  // about chunk_rows window rows per chunk, and a multiple of the thread count of chunks (balanced threads)
+  const int64_t threads = at::get_num_threads();
+  int64_t nchunks = std::max<int64_t>(1, (m * s + chunk_rows - 1) / chunk_rows);
+  nchunks = std::min(m, (nchunks + threads - 1) / threads * threads);
+  const int64_t chunk = (m + nchunks - 1) / nchunks;
+  nchunks = (m + chunk - 1) / chunk;
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* mp = mods.data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t rows = chunk * s;
+    auto opts = x.options();
+    Scratch w{at::empty({rows, d}, opts), at::empty({rows, d}, opts), at::empty({rows, 3 * gw}, opts),
+              at::empty({rows, gw}, opts), at::empty({rows, d}, opts),
+              at::empty({rows, std::min(hidden, kGroupWidth * 2)}, opts)};
+    for (int64_t ci = begin; ci < end; ++ci) {
+      const int64_t m0 = ci * chunk, c = std::min(chunk, m - m0);
+      blocks_chunk<scalar_t>(xp, mp, ms, blocks, prefix, p, rows_per_prefix, m0, c, s, d, heads, dh, approximate, w,
+                             op);
+    }
+  });
+}
+
+at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at::TensorList prefix_qkv,
+                             at::TensorList weights, at::ArrayRef<double> eps, int64_t heads,
+                             c10::string_view gelu_approximate, int64_t chunk_rows) {
+  TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
+  const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
+  TORCH_CHECK_VALUE(weights.size() % 8 == 0 && !weights.empty(), "weights must hold 8 tensors per block, got ",
+                    weights.size());
+  const int64_t depth = static_cast<int64_t>(weights.size() / 8);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(eps.size()) == 4 * depth, "eps must hold 4 values per block, got ",
+                    eps.size());
+  TORCH_CHECK_VALUE(mods.dim() == 5 && mods.size(0) == m && mods.size(1) == s && mods.size(2) == depth &&
+                        mods.size(3) == 6 && mods.size(4) == d && mods.stride(4) == 1,
+                    "mods must be (M, S, depth, 6, D) = (", m, ", ", s, ", ", depth, ", 6, ", d,
+                    ") with a contiguous last dimension, got ", mods.sizes(), " strides ", mods.strides());
+  TORCH_CHECK_VALUE(prefix_qkv.empty() || static_cast<int64_t>(prefix_qkv.size()) == depth,
+                    "prefix_qkv must be empty or hold one tensor per block");
+  TORCH_CHECK_VALUE(heads >= 1 && chunk_rows >= 1, "heads and chunk_rows must be >= 1");
+  TORCH_CHECK_VALUE(mods.scalar_type() == x_in.scalar_type(), "mods must have x's dtype");
+  const at::Tensor x = x_in.contiguous();
+  std::vector<Block> blocks;
+  for (int64_t i = 0; i < depth; ++i) {
+    const auto* w = &weights[8 * i];
+    for (int k = 0; k < 8; ++k)
+      TORCH_CHECK_VALUE(w[k].scalar_type() == x.scalar_type(), "weights must have x's dtype");
+    TORCH_CHECK_VALUE(w[0].dim() == 2 && w[0].size(1) == d && w[0].size(0) % (3 * heads) == 0,
+                      "qkv weight of block ", i, " must be (3*heads*dh, D), got ", w[0].sizes());
+    TORCH_CHECK_VALUE(w[1].dim() == 1 && 3 * w[1].size(0) == w[0].size(0), "query bias of block ", i,
+                      " must have heads*dh entries, got ", w[1].sizes());
+    blocks.push_back(Block{w[0].t(), w[1], w[2].t(), w[3].contiguous(), w[4].t(), w[5], w[6].t(), w[7].contiguous(),
+                           eps[4 * i], eps[4 * i + 1], eps[4 * i + 2], eps[4 * i + 3]});
+  }
+  std::vector<at::Tensor> prefix;
+  for (const auto& t : prefix_qkv) {
+    prefix.push_back(t.contiguous());
+    check_prefix(prefix.back(), x, m, weights[0].size(0));
+    TORCH_CHECK_VALUE(prefix.back().size(1) == prefix[0].size(1) && prefix.back().size(0) == prefix[0].size(0),
+                      "all prefix_qkv tensors must share (B, P)");
+  }
+  auto out = at::empty({m, d}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "window_blocks_cpu", [&] {
+    blocks_all<scalar_t>(x, mods, blocks, prefix, heads, gelu_approximate, chunk_rows, out);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
+  m.def("window_attention(Tensor qkv, Tensor? prefix_qkv, int heads, int num_queries) -> Tensor");
+  m.def(
+      "window_blocks(Tensor x, Tensor mods, Tensor[] prefix_qkv, Tensor[] weights, float[] eps, int heads, "
+      "str gelu_approximate, int chunk_rows) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) {
+  m.impl("window_attention", &window_attention_cpu);
+  m.impl("window_blocks", &window_blocks_cpu);
+}

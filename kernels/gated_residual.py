@@ -1,0 +1,106 @@
+"""AdaLN-zero gated residual fused as the epilogue of the projection GEMM (Triton):
+``x += gate * (a @ weight^T + bias)`` in place, for the predictor's ``attn.to_out`` and ``mlp.net.4`` Linears.
+
+a (M, S, K) contiguous, weight (N, K), bias (N,) float32, x (M, S, N) float32 residual stream and gate (M, S, N)
+(strided views allowed on M, S: e.g. x[:, -1:] and a slice of the modulation buffer). fp32 inputs use IEEE fp32
+``tl.dot`` (parity with the reference); bf16 inputs run on tensor cores with fp32 accumulation. The output tile never
+leaves registers before it is gated and added to x, saving the GEMM output's round trip through memory.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gated_residual_kernel(
+    a_ptr, w_ptr, bias_ptr, gate_ptr, x_ptr,
+    R, N, K, rows_inner,
+    s_am, s_wn, s_gm, s_gs, s_xm, s_xs,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mmask = rm < R
+    nmask = rn < N
+    a_rows = a_ptr + rm.to(tl.int64)[:, None] * s_am
+    w_cols = w_ptr + rn.to(tl.int64)[None, :] * s_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        kmask = kk < K
+        a = tl.load(a_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_cols + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        if UPCAST:  # the interpreter's tl.dot mis-handles bf16 operands (Triton 3.x): multiply in fp32 there
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    m = (rm // rows_inner).to(tl.int64)
+    s = (rm % rows_inner).to(tl.int64)
+    mask = mmask[:, None] & nmask[None, :]
+    gate = tl.load(gate_ptr + (m * s_gm + s * s_gs)[:, None] + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_ptrs = x_ptr + (m * s_xm + s * s_xs)[:, None] + rn[None, :]
+    x = tl.load(x_ptrs, mask=mask, other=0.0)
+    tl.store(x_ptrs, (x.to(tl.float32) + gate * acc).to(x.dtype), mask=mask)
+
+
+def _block(n: int, cap: int) -> int:
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def gated_residual(
+    x: torch.Tensor, a: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], gate: torch.Tensor
+) -> torch.Tensor:
+    """In place ``x += gate * (a @ weight^T + bias)`` and return x; x, gate (M, S, N), a (M, S, K), weight (N, K).
+
+    ``weight`` None (an Identity projection) gives ``x += gate * a``. Inference only (no autograd).
+    """
+    for name, t in (("x", x), ("a", a), ("gate", gate)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{name} must be a 3-d (M, S, ·) tensor, got {getattr(t, 'shape', type(t).__name__)}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous along its last dimension, got strides {t.stride()}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if gate.shape != x.shape or a.shape[:2] != x.shape[:2]:
+        raise ValueError(f"x, gate (M, S, N) and a (M, S, K) must agree, got {tuple(x.shape)}, {tuple(gate.shape)}, {tuple(a.shape)}")
+    if weight is None:
+        if a.shape != x.shape:
+            raise ValueError(f"without weight, a must have x's shape {tuple(x.shape)}, got {tuple(a.shape)}")
+        return x.addcmul_(gate, a.to(x.dtype))
+    m, s, n = x.shape
+    k = a.shape[2]
+    if weight.shape != (n, k) or weight.stride(-1) != 1:
+        raise ValueError(f"weight must be a row-major ({n}, {k}) tensor, got {tuple(weight.shape)} strides {weight.stride()}")
+    if weight.dtype != a.dtype:
+        raise ValueError(f"a and weight must share a dtype, got {a.dtype} and {weight.dtype}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    a2 = a.reshape(m * s, k)
+    if a2.stride(-1) != 1:
+        a2 = a2.contiguous()
+    r = m * s
+    if r == 0:
+        return x
+    upcast = a.dtype != torch.float32 and a.device.type == "cpu"  # CPU tensors: the Triton interpreter
+    block_m, block_n, block_k = _block(r, 64), _block(n, 64), _block(k, 64)
+    grid = (triton.cdiv(r, block_m), triton.cdiv(n, block_n))
+    _gated_residual_kernel[grid](
+        a2, weight, bias if bias is not None else weight, gate, x,
+        r, n, k, s,
+        a2.stride(0), weight.stride(0), gate.stride(0), gate.stride(1), x.stride(0), x.stride(1),
+        HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32 or upcast, UPCAST=upcast,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
+    )
+    return x

@@ -1,0 +1,98 @@
+"""Planning cost fused into the last projection of the final rollout step (Triton):
+``cost[m] = sum_d (hidden[m] @ weight[d]^T + bias[d] - goal[m // (M // B), d])^2``.
+
+hidden (M, K) is the activation of ``pred_proj`` (after its first Linear, folded BatchNorm and GELU), weight (D, K)
+its last Linear: each program owns BLOCK_M candidates and the whole latent row (BLOCK_D >= D), so the predicted
+latent is reduced against the goal in registers and never written. fp32 inputs use IEEE fp32 ``tl.dot``; bf16 inputs
+tensor cores with fp32 accumulation; the cost is float32.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _goal_cost_kernel(
+    h_ptr, w_ptr, bias_ptr, goal_ptr, out_ptr,
+    M, D, K, rows_per_goal,
+    s_hm, s_wd, s_gb,
+    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, BLOCK_D)
+    rk = tl.arange(0, BLOCK_K)
+    mmask = rm < M
+    dmask = rd < D
+    h_rows = h_ptr + rm.to(tl.int64)[:, None] * s_hm
+    w_cols = w_ptr + rd[None, :] * s_wd
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        kmask = kk < K
+        h = tl.load(h_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_cols + kk[:, None], mask=kmask[:, None] & dmask[None, :], other=0.0)
+        if UPCAST:  # the interpreter's tl.dot mis-handles bf16 operands (Triton 3.x): multiply in fp32 there
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(h, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h, w, acc)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rd, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    mask = mmask[:, None] & dmask[None, :]
+    env = (rm // rows_per_goal).to(tl.int64)
+    goal = tl.load(goal_ptr + env[:, None] * s_gb + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+    diff = tl.where(mask, acc - goal, 0.0)
+    tl.store(out_ptr + rm, tl.sum(diff * diff, axis=1), mask=mmask)
+
+
+def goal_cost(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], goal: torch.Tensor
+) -> torch.Tensor:
+    """hidden (M, K), weight (D, K), bias (D,) or None, goal (B, D) with B dividing M -> costs (M,) float32.
+
+    Row m is scored against ``goal[m // (M // B)]``. Inference only (no autograd).
+    """
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
+        raise ValueError(f"hidden must be a (M, K) tensor, got {getattr(hidden, 'shape', type(hidden).__name__)}")
+    if not isinstance(goal, torch.Tensor) or goal.dim() != 2:
+        raise ValueError(f"goal must be a (B, D) tensor, got {getattr(goal, 'shape', type(goal).__name__)}")
+    m, k = hidden.shape
+    b, d = goal.shape
+    if weight.shape != (d, k):
+        raise ValueError(f"weight must have shape (D={d}, K={k}), got {tuple(weight.shape)}")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
+    if bias is not None and bias.shape != (d,):
+        raise ValueError(f"bias must have shape ({d},), got {tuple(bias.shape)}")
+    if b < 1 or m % b:
+        raise ValueError(f"goal's B={b} must divide the number of rows M={m}")
+    for name, t in (("weight", weight), ("goal", goal), ("bias", bias)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    weight = weight.contiguous()
+    goal = goal.contiguous()
+    out = torch.empty(m, device=hidden.device, dtype=torch.float32)
+    if m == 0:
+        return out
+    upcast = hidden.dtype != torch.float32 and hidden.device.type == "cpu"  # CPU tensors: the Triton interpreter
+    block_d = max(16, triton.next_power_of_2(d))
+    block_m = max(16, min(32, triton.next_power_of_2(m)))
+    block_k = max(16, min(64 if block_d <= 128 else 32, triton.next_power_of_2(k)))
+    _goal_cost_kernel[(triton.cdiv(m, block_m),)](
+        hidden, weight, bias if bias is not None else weight, goal, out,
+        m, d, k, m // b,
+        hidden.stride(0), weight.stride(0), goal.stride(0),
+        HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32 or upcast, UPCAST=upcast,
+        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=8 if block_d >= 256 else 4, num_stages=3,
+    )
+    return out

@@ -1,0 +1,8 @@
+"""CEM planning on LeWM: the fused rollout engine, ``accelerate`` and the planners built on them."""
+
+from .accelerate import AcceleratedLeWM, accelerate
+from .rollout import RolloutEngine
+from .base import PlannerBase, warm_start
+from .cem import CEMPlanner
+from .icem import ICEMPlanner, colored_noise_basis
+from .mppi import MPPIPlanner

@@ -1,0 +1,74 @@
+"""Fast CEM planner: drop-in for the reference ``CEMSolver`` on the fused rollout engine (SPEC §3)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..reference.lewm import LeWM
+from .base import LoopBuffers, PlannerBase
+from .rollout import RolloutEngine
+
+
+class CEMPlanner(PlannerBase):
+    """Cross-entropy method over action sequences, B environments at once.
+
+    Per iteration: ``num_samples`` candidates ~ N(mean, std) with candidate 0 = mean, costs from the rollout engine,
+    mean/std <- the ``topk`` lowest-cost elites (unbiased std). Same arguments and ``plan`` signature as the reference
+    ``CEMSolver`` plus ``backend``, ``dtype`` (rollout precision, e.g. torch.bfloat16; default fp32), ``engine`` (a
+    shared ``RolloutEngine``) and ``cuda_graph``.
+
+    On CPU (``backend`` "cpu"/"reference") seeded plans consume ``torch.randn(B, N, T, A, generator=g)`` per iteration
+    like the reference, so they match it to floating-point tolerance. With ``backend="triton"`` each iteration after the
+    first is one fused elite-refit + Philox-sampling kernel (``kernels/cem_refit.py``) and, on CUDA, the whole
+    ``n_steps`` loop is one replayed CUDA graph; a divergence (fewer than ``topk`` finite costs) is raised after the plan.
+    """
+
+    def __init__(
+        self,
+        model: LeWM,
+        num_samples: int = 300,
+        topk: int = 30,
+        n_steps: int = 30,
+        horizon: int = 5,
+        receding_horizon: int = 5,
+        var_scale: float = 1.0,
+        backend: str = "auto",
+        dtype: Optional[torch.dtype] = None,
+        seed: Optional[int] = None,
+        engine: Optional[RolloutEngine] = None,
+        cuda_graph: bool = True,
+    ):
+        super().__init__(
+            model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon,
+            receding_horizon=receding_horizon, var_scale=var_scale, backend=backend, dtype=dtype, seed=seed,
+            engine=engine, cuda_graph=cuda_graph,
+        )
+
+    def _loop(self, buf: LoopBuffers) -> None:
+        if self.which == "triton":
+            self._loop_fused(buf)
+            return
+        mean, std, cand = buf.init_mean, buf.init_std, buf.cand[0]
+        for i in range(self.n_steps):
+            self.sample_(cand, mean, std, i)
+            costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand)
+            self.refit_(buf, cand, costs, buf.means[i], buf.stds[i], i)
+            mean, std = buf.means[i], buf.stds[i]
+
+    def _loop_fused(self, buf: LoopBuffers) -> None:
+        """Triton: sample once, then per iteration costs + one refit-and-sample launch (no host sync)."""
+        from ..kernels.cem_refit import RefitBuffers, refit_and_sample_triton
+
+        buf.bad.zero_()
+        self.sample_(buf.cand[0], buf.init_mean, buf.init_std, 0)
+        for i in range(self.n_steps):
+            cand = buf.cand[i % 2]
+            costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand)
+            if i + 1 == self.n_steps:
+                self.refit_(buf, cand, costs, buf.means[i], buf.stds[i], i)
+                break
+            out = RefitBuffers(buf.means[i], buf.stds[i], buf.elite_idx, buf.elite_costs[i], buf.bad)
+            refit_and_sample_triton(cand, costs, self.topk, out, buf.cand[(i + 1) % 2], self.noise.seed_buf, i + 1)
+        self.advance_noise_()

@@ -1,0 +1,156 @@
+"""The four fused ops of the predictor rollout, one dispatch point for all of them.
+
+``PredictorOps`` holds the plain-PyTorch implementations (any device; the oracle the kernels are tested against),
+``CpuOps`` swaps in the C++ window attention (``csrc/window_attention.cpp``) and ``TritonOps`` the Triton kernels of
+``kernels/``. The rollout schedule (``fused_predictor.FusedRollout``) only ever calls these methods, so the fast paths
+swap ops without forking the model. Shapes: rows are ``(M, S)`` = (candidate, window token); strided views allowed
+on the first two axes, the feature axis must be contiguous.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+class PredictorOps:
+    """Plain-PyTorch ops (reference semantics; used on any device and as the fallback)."""
+
+    def adaln_layernorm(
+        self,
+        x: torch.Tensor,
+        shift: torch.Tensor,
+        mul: torch.Tensor,
+        eps1: float,
+        eps2: float,
+        out_dtype: torch.dtype,
+        weight: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``LN2(LN1(x) * mul + shift)``: LN1 without affine (eps1), LN2 with optional affine (eps2).
+
+        x, shift, mul (M, S, D) -> (M, S, D) contiguous in ``out_dtype``. ``mul`` is ``1 + scale`` of AdaLN.
+        """
+        d = x.shape[-1]
+        h = torch.addcmul(shift, F.layer_norm(x, (d,), eps=eps1), mul)
+        return F.layer_norm(h, (d,), weight, bias, eps2).to(out_dtype)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """(M, S, K) @ weight (N, K)^T + bias -> (M, S, N) contiguous (cuBLAS / MKL GEMM)."""
+        x2 = x.reshape(-1, x.shape[-1])
+        if bias is not None and bias.dtype != x2.dtype:
+            bias = bias.to(x2.dtype)
+        y = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    def window_attention(
+        self, qkv: torch.Tensor, heads: int, prefix_qkv: Optional[torch.Tensor] = None, num_queries: Optional[int] = None
+    ) -> torch.Tensor:
+        """Causal attention over a short window, straight from the ``to_qkv`` output layout.
+
+        qkv (M, S, 3*heads*dh) laid out ``[q | k | v]`` with heads-major inner layout; prefix_qkv (B, P, 3*heads*dh)
+        (or None) holds P window tokens shared by each group of M // B consecutive rows, placed before the S own
+        tokens. Own token i (window position P+i) attends to window positions <= P+i, scale dh**-0.5.
+        Returns the last ``num_queries`` (default S) own tokens: (M, num_queries, heads*dh), heads-major.
+        """
+        m, s, width = qkv.shape
+        inner = width // 3
+        dh = inner // heads
+        nq = s if num_queries is None else num_queries
+        q = qkv[:, s - nq:, :inner].unflatten(-1, (heads, dh)).transpose(1, 2)
+        k = qkv[:, :, inner:2 * inner]
+        v = qkv[:, :, 2 * inner:]
+        p = 0
+        if prefix_qkv is not None:
+            b, p = prefix_qkv.shape[:2]
+            rep = m // b
+            k = torch.cat([prefix_qkv[:, :, inner:2 * inner].repeat_interleave(rep, 0), k], dim=1)
+            v = torch.cat([prefix_qkv[:, :, 2 * inner:].repeat_interleave(rep, 0), v], dim=1)
+        k = k.unflatten(-1, (heads, dh)).transpose(1, 2)
+        v = v.unflatten(-1, (heads, dh)).transpose(1, 2)
+        keys = p + s
+        qpos = torch.arange(keys - nq, keys, device=qkv.device)
+        mask = torch.arange(keys, device=qkv.device)[None, :] <= qpos[:, None]
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+        return out.transpose(1, 2).reshape(m, nq, inner).to(qkv.dtype)
+
+    def gated_residual(
+        self,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        weight: Optional[torch.Tensor],
+        bias: Optional[torch.Tensor],
+        gate: torch.Tensor,
+    ) -> torch.Tensor:
+        """In place ``x += gate * (a @ weight^T + bias)`` (``weight`` None: ``x += gate * a``). x, gate (M, S, D)."""
+        y = a if weight is None else self.linear(a, weight, bias)
+        return x.addcmul_(gate, y.to(x.dtype))
+
+    def goal_cost(
+        self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], goal: torch.Tensor
+    ) -> torch.Tensor:
+        """Last projection fused with the planning cost: hidden (M, K), weight (D, K), goal (B, D) ->
+        ``sum_d (hidden @ weight^T + bias - goal[m // (M // B)])^2`` as (M,) float32."""
+        y = self.linear(hidden, weight, bias).float()
+        b = goal.shape[0]
+        return (y.view(b, -1, y.shape[-1]) - goal.float().unsqueeze(1)).square().sum(-1).reshape(-1)
+
+
+class CpuOps(PredictorOps):
+    """PyTorch ops with the C++ extension's window attention (CPU tensors, float32), and ``window_blocks``: all blocks
+    of a rollout step in one C++ call, candidates chunked so each core keeps a chunk's activations in its cache."""
+
+    chunk_rows = 960  # window rows per chunk (at least one chunk per thread); column blocking keeps them in L2
+
+    def window_attention(self, qkv, heads, prefix_qkv=None, num_queries=None):
+        nq = qkv.shape[1] if num_queries is None else num_queries
+        return torch.ops.lewm_fast.window_attention(qkv, prefix_qkv, heads, nq)
+
+    def window_blocks(
+        self,
+        x: torch.Tensor,
+        mods: torch.Tensor,
+        prefix_qkv: Optional[List[torch.Tensor]],
+        weights: List[torch.Tensor],
+        eps: List[float],
+        heads: int,
+        gelu_approximate: str,
+    ) -> torch.Tensor:
+        """x (M, S, D), mods (M, S, depth, 6, D) -> residual stream of the last token after all blocks (M, 1, D);
+        weights / eps: 8 tensors / 4 floats per block (see ``csrc/predictor_window.cpp``)."""
+        out = torch.ops.lewm_fast.window_blocks(
+            x, mods, prefix_qkv or [], weights, eps, heads, gelu_approximate, self.chunk_rows
+        )
+        return out.unsqueeze(1)
+
+
+class TritonOps(PredictorOps):
+    """Triton kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``); GEMMs without a fusable epilogue stay on
+    cuBLAS via ``PredictorOps.linear``."""
+
+    def adaln_layernorm(self, x, shift, mul, eps1, eps2, out_dtype, weight=None, bias=None):
+        from lewm_fast.kernels.adaln_layernorm import adaln_layernorm
+
+        return adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype=out_dtype, weight=weight, bias=bias)
+
+    def window_attention(self, qkv, heads, prefix_qkv=None, num_queries=None):
+        from lewm_fast.kernels.window_attention import window_attention
+
+        return window_attention(qkv, heads, prefix_qkv=prefix_qkv, num_queries=num_queries)
+
+    def gated_residual(self, x, a, weight, bias, gate):
+        from lewm_fast.kernels.gated_residual import gated_residual
+
+        return gated_residual(x, a, weight, bias, gate)
+
+    def goal_cost(self, hidden, weight, bias, goal):
+        from lewm_fast.kernels.goal_cost import goal_cost
+
+        return goal_cost(hidden, weight, bias, goal)
+
+
+def make_ops(backend: str) -> PredictorOps:
+    """Ops for a resolved engine backend: ``"triton"``, ``"cpu"`` (C++ attention) or ``"torch"``."""
+    return {"triton": TritonOps, "cpu": CpuOps, "torch": PredictorOps}[backend]()

@@ -1,0 +1,415 @@
+"""Inference-only fused LeWM predictor rollout: folded weights + a schedule that skips work the output never sees.
+
+What the schedule exploits (all exact up to float rounding; SPEC §1.4-1.5):
+- AdaLN modulations depend only on the actions: computed once per call for every action position and every block in
+  one GEMM (``1 + scale`` folded into the bias), never per step.
+- Affine LayerNorms feeding a Linear (``attn.norm`` -> ``to_qkv``, ``mlp.net.0`` -> ``mlp.net.1``, final norm ->
+  ``output_proj`` -> ``pred_proj.net.0``) and eval-mode BatchNorm (``pred_proj.net.1``) are folded into that Linear.
+  Of the resulting ``to_qkv`` bias only the query part is kept: a key bias shifts all scores of a query equally
+  (softmax-invariant) and a value bias passes through attention unchanged, so it is folded into ``to_out``'s bias.
+- Causality: a window token whose latent and action (and those of all earlier window tokens) come from the context /
+  action history is the same for every candidate; such a shared prefix runs once per environment (B rows, not B*N),
+  and the candidates' tokens attend to its keys/values.
+- Only the last window token is read out: the last block computes keys/values for all tokens but attention output and
+  MLP for the last token only; final norm and ``pred_proj`` run on that token only; on the last step the goal cost is
+  fused into the last projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fused_ops import CpuOps, PredictorOps
+
+
+@dataclass
+class BlockWeights:
+    qkv_w: torch.Tensor  # (3*inner, Dh), attn.norm affine folded in
+    qkv_b: torch.Tensor  # (3*inner,): key part 0; value part 0 too unless to_out is Identity (folded into out_b)
+    out_w: Optional[torch.Tensor]  # (Dh, inner); None when to_out is Identity
+    out_b: Optional[torch.Tensor]
+    fc1_w: torch.Tensor  # (mlp, Dh), mlp.net.0 affine folded in
+    fc1_b: torch.Tensor
+    fc2_w: torch.Tensor  # (Dh, mlp)
+    fc2_b: torch.Tensor
+    eps1: float  # norm1
+    eps_attn: float  # attn.norm
+    eps2: float  # norm2
+    eps_mlp: float  # mlp.net.0
+
+
+def _linear_wb(layer: nn.Module, name: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"{name} must be an nn.Linear, got {type(layer).__name__}")
+    return layer.weight.detach().double(), None if layer.bias is None else layer.bias.detach().double()
+
+
+def _fold_affine(w: torch.Tensor, b: Optional[torch.Tensor], norm: nn.LayerNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Linear(LN(x) * g + beta) == Linear'(LN(x)) with W' = W * g, b' = b + W @ beta (float64)."""
+    g = norm.weight.detach().double() if norm.weight is not None else torch.ones(w.shape[1], dtype=torch.float64, device=w.device)
+    beta = norm.bias.detach().double() if norm.bias is not None else torch.zeros_like(g)
+    bias = w @ beta + (b if b is not None else 0.0)
+    return w * g, bias
+
+
+def _layernorm(module: nn.Module, name: str) -> nn.LayerNorm:
+    if not isinstance(module, nn.LayerNorm) or len(module.normalized_shape) != 1:
+        raise TypeError(f"{name} must be an nn.LayerNorm over the last dimension, got {type(module).__name__}")
+    return module
+
+
+class PackedLeWM:
+    """Folded copies of a LeWM's predictor / pred_proj weights in the compute dtype, re-packed in place (so captured
+    CUDA graphs stay valid) whenever a source parameter changes (``refresh_if_stale``)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        self.model = model
+        self.dtype = dtype
+        predictor = model.predictor
+        tr = predictor.transformer
+        self.blocks_src = list(tr.layers)
+        if len(self.blocks_src) == 0:
+            raise ValueError("the predictor has no transformer blocks")
+        attn0 = self.blocks_src[0].attn
+        self.heads = int(attn0.heads)
+        self.dim_head = int(attn0.dim_head)
+        self.depth = len(self.blocks_src)
+        self.num_frames = int(predictor.pos_embedding.shape[1])
+        self.hidden = int(self.blocks_src[0].norm1.normalized_shape[0])
+        self.input_proj, self.cond_proj, self.output_proj = tr.input_proj, tr.cond_proj, tr.output_proj
+        self.mlp_act = self.blocks_src[0].mlp.net[2]
+        self.final_eps = float(_layernorm(tr.norm, "predictor.transformer.norm").eps)
+        self._signature = None
+        self.blocks: List[BlockWeights] = []
+        self.pack()
+
+    # ------------------------------------------------------------------ packing
+    def _signature_now(self):
+        model = self.model
+        sources = [*model.predictor.parameters(), *model.pred_proj.parameters(), *model.pred_proj.buffers()]
+        return tuple((t.data_ptr(), t._version) for t in sources)
+
+    @property
+    def signature(self) -> tuple:
+        """Identity of the weights the current packing was folded from (pointers and version counters)."""
+        return self._signature
+
+    def refresh_if_stale(self) -> None:
+        """Re-fold the weights (in place) when any source parameter/buffer was modified or replaced."""
+        if self._signature_now() != self._signature:
+            self.pack()
+
+    def pack(self) -> None:
+        with torch.no_grad():
+            fresh = self._fold()
+            if self._signature is None or not self._same_layout(fresh):
+                self.__dict__.update(fresh)
+            else:
+                for key, value in fresh.items():
+                    self._copy_into(getattr(self, key), value)
+        self._signature = self._signature_now()
+
+    def _same_layout(self, fresh) -> bool:
+        def shapes(obj):
+            if isinstance(obj, torch.Tensor):
+                return (tuple(obj.shape), obj.dtype, obj.device)
+            if isinstance(obj, (list, tuple)):
+                return tuple(shapes(o) for o in obj)
+            if isinstance(obj, BlockWeights):
+                return tuple(shapes(getattr(obj, f)) for f in obj.__dataclass_fields__)
+            return obj
+
+        return all(shapes(getattr(self, k)) == shapes(v) for k, v in fresh.items())
+
+    def _copy_into(self, old, new) -> None:
+        if isinstance(old, torch.Tensor):
+            old.copy_(new)
+        elif isinstance(old, BlockWeights):
+            for f in old.__dataclass_fields__:
+                o, n = getattr(old, f), getattr(new, f)
+                if isinstance(o, torch.Tensor):
+                    o.copy_(n)
+                else:
+                    setattr(old, f, n)
+        elif isinstance(old, (list, tuple)):
+            for o, n in zip(old, new):
+                self._copy_into(o, n)
+
+    def _cast(self, t: Optional[torch.Tensor], dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+        return None if t is None else t.to(dtype or self.dtype).contiguous()
+
+    def _fold(self) -> dict:
+        f32 = torch.float32
+        predictor = self.model.predictor
+        hidden = self.hidden
+        ada_w, ada_b, blocks = [], [], []
+        for i, blk in enumerate(self.blocks_src):
+            pre = f"predictor.transformer.layers.{i}"
+            w, b = _linear_wb(blk.adaLN_modulation[-1], pre + ".adaLN_modulation.1")
+            if w.shape[0] != 6 * hidden:
+                raise ValueError(f"{pre}.adaLN_modulation.1 must output 6*{hidden}, got {w.shape[0]}")
+            b = (b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)).clone()
+            b[hidden:2 * hidden] += 1.0  # scale1 -> 1 + scale1
+            b[4 * hidden:5 * hidden] += 1.0  # scale2 -> 1 + scale2
+            ada_w.append(w)
+            ada_b.append(b)
+            attn, mlp = blk.attn, blk.mlp
+            qkv_w, qkv_b = _fold_affine(*_linear_wb(attn.to_qkv, pre + ".attn.to_qkv"), _layernorm(attn.norm, pre + ".attn.norm"))
+            inner = qkv_w.shape[0] // 3
+            qkv_b[inner:2 * inner] = 0.0  # a key bias adds q.b_k to every score of a query: softmax ignores it
+            if isinstance(attn.to_out, nn.Identity):
+                out_w = out_b = None
+            else:
+                out_w, out_b = _linear_wb(attn.to_out[0], pre + ".attn.to_out.0")
+                # softmax weights sum to 1, so the value bias passes through attention: fold it into to_out's bias
+                out_b = (out_b if out_b is not None else 0.0) + out_w @ qkv_b[2 * inner:]
+                qkv_b[2 * inner:] = 0.0
+            fc1_w, fc1_b = _fold_affine(*_linear_wb(mlp.net[1], pre + ".mlp.net.1"), _layernorm(mlp.net[0], pre + ".mlp.net.0"))
+            fc2_w, fc2_b = _linear_wb(mlp.net[4], pre + ".mlp.net.4")
+            blocks.append(BlockWeights(
+                self._cast(qkv_w), self._cast(qkv_b), self._cast(out_w), self._cast(out_b, f32),
+                self._cast(fc1_w), self._cast(fc1_b), self._cast(fc2_w), self._cast(fc2_b, f32),
+                float(blk.norm1.eps), float(attn.norm.eps), float(blk.norm2.eps), float(mlp.net[0].eps),
+            ))
+        fresh = {
+            "pos": predictor.pos_embedding.detach()[0].float().contiguous(),
+            "ada_w": self._cast(torch.cat(ada_w)),
+            "ada_b": self._cast(torch.cat(ada_b)),
+            "blocks": blocks,
+        }
+        fresh.update(self._fold_head())
+        return fresh
+
+    def _fold_head(self) -> dict:
+        """Final LN affine -> output_proj -> pred_proj.net.0 -> BatchNorm, composed into one Linear over LN(x)."""
+        f32 = torch.float32
+        norm = self.model.predictor.transformer.norm
+        dev = norm.weight.device if norm.weight is not None else self.model.predictor.pos_embedding.device
+        d = self.hidden
+        w = torch.diag(norm.weight.detach().double()) if norm.weight is not None else torch.eye(d, dtype=torch.float64, device=dev)
+        b = norm.bias.detach().double() if norm.bias is not None else torch.zeros(d, dtype=torch.float64, device=dev)
+        if isinstance(self.output_proj, nn.Linear):
+            wl, bl = _linear_wb(self.output_proj, "predictor.transformer.output_proj")
+            w, b = wl @ w, wl @ b + (bl if bl is not None else 0.0)
+        elif not isinstance(self.output_proj, nn.Identity):
+            raise TypeError(f"predictor.transformer.output_proj must be Identity or Linear, got {type(self.output_proj).__name__}")
+        net = getattr(self.model.pred_proj, "net", None)
+        fused = (
+            isinstance(net, nn.Sequential) and len(net) == 4 and isinstance(net[0], nn.Linear)
+            and isinstance(net[3], nn.Linear) and isinstance(net[1], (nn.BatchNorm1d, nn.Identity))
+        )
+        if not fused:
+            # pred_proj of another structure (or Identity): run it as a module after the folded norm
+            return {"head_w": self._cast(w, f32), "head_b": self._cast(b, f32), "head_act": None,
+                    "head_w2": None, "head_b2": None, "head_module": self.model.pred_proj}
+        wl, bl = _linear_wb(net[0], "pred_proj.net.0")
+        w, b = wl @ w, wl @ b + (bl if bl is not None else 0.0)
+        bn = net[1]
+        if isinstance(bn, nn.BatchNorm1d):
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError("pred_proj.net.1 BatchNorm1d without running statistics cannot be folded for inference")
+            s = (bn.running_var.detach().double() + bn.eps).rsqrt()
+            if bn.weight is not None:
+                s = s * bn.weight.detach().double()
+            b = (b - bn.running_mean.detach().double()) * s + (bn.bias.detach().double() if bn.bias is not None else 0.0)
+            w = w * s[:, None]
+        w2, b2 = _linear_wb(net[3], "pred_proj.net.3")
+        return {"head_w": self._cast(w), "head_b": self._cast(b), "head_act": net[2],
+                "head_w2": self._cast(w2), "head_b2": self._cast(b2, f32), "head_module": None}
+
+
+class FusedRollout:
+    """The rollout schedule over ``PredictorOps``; inference only (dropout off, BatchNorm running statistics)."""
+
+    def __init__(self, model: nn.Module, ops: PredictorOps, dtype: torch.dtype = torch.float32):
+        self.model = model
+        self.ops = ops
+        self.dtype = dtype
+        self.packed = PackedLeWM(model, dtype)
+        act = self.packed.mlp_act
+        self.whole_window = (
+            isinstance(ops, CpuOps) and dtype == torch.float32 and isinstance(act, nn.GELU)
+            and all(b.out_w is not None for b in self.packed.blocks)
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def modulations(self, act_emb: torch.Tensor) -> torch.Tensor:
+        """act_emb (R, T, D) -> AdaLN (shift, 1+scale, gate) x 2 for every block: (R, T, depth, 6, Dh), in one GEMM."""
+        p = self.packed
+        c = F.silu(self.packed.cond_proj(act_emb)).to(self.dtype)
+        mods = self.ops.linear(c, p.ada_w, p.ada_b)
+        return mods.view(*act_emb.shape[:2], p.depth, 6, p.hidden)
+
+    def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """(R, T, A) -> (R, T, D) with the model's own action encoder (a small share of the work)."""
+        return self.model.action_encoder(actions)
+
+    def blocks(
+        self,
+        x: torch.Tensor,
+        mods: torch.Tensor,
+        prefix_qkv: Optional[List[torch.Tensor]] = None,
+        mode: str = "all",
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run the transformer blocks on the residual stream x (M, S, Dh) in place.
+
+        mods (M, S, depth, 6, Dh); prefix_qkv: per block (B, P, 3*inner) keys/values of a shared window prefix.
+        mode "all": every token through every block; "last": the last block only updates the last token;
+        "kv": stop after the last block's to_qkv (a prefix pass). Returns (rows of x that are final, per-block qkv).
+        """
+        p, ops = self.packed, self.ops
+        qkvs: List[torch.Tensor] = []
+        for i, w in enumerate(p.blocks):
+            last = i == p.depth - 1
+            m = mods[:, :, i]
+            h = ops.adaln_layernorm(x, m[:, :, 0], m[:, :, 1], w.eps1, w.eps_attn, self.dtype)
+            qkv = ops.linear(h, w.qkv_w, w.qkv_b)
+            if mode == "kv":
+                qkvs.append(qkv)
+                if last:
+                    break
+            nq = 1 if (last and mode == "last") else x.shape[1]
+            attn = ops.window_attention(qkv, p.heads, None if prefix_qkv is None else prefix_qkv[i], nq)
+            xs, ms = x[:, x.shape[1] - nq:], m[:, x.shape[1] - nq:]
+            ops.gated_residual(xs, attn, w.out_w, w.out_b, ms[:, :, 2])
+            h = ops.adaln_layernorm(xs, ms[:, :, 3], ms[:, :, 4], w.eps2, w.eps_mlp, self.dtype)
+            f = p.mlp_act(ops.linear(h, w.fc1_w, w.fc1_b))
+            ops.gated_residual(xs, f, w.fc2_w, w.fc2_b, ms[:, :, 5])
+            if last:
+                return xs, qkvs
+        return x, qkvs
+
+    def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]]) -> torch.Tensor:
+        """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh)."""
+        if not self.whole_window:
+            return self.blocks(x, mods, prefix_qkv, "last")[0]
+        p = self.packed
+        inner = p.heads * p.dim_head  # keys/values carry no bias (see the module docstring): pass the query bias
+        weights = [t for b in p.blocks for t in (b.qkv_w, b.qkv_b[:inner], b.out_w, b.out_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b)]
+        eps = [e for b in p.blocks for e in (b.eps1, b.eps_attn, b.eps2, b.eps_mlp)]
+        return self.ops.window_blocks(x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate)
+
+    def head_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm + folded pred_proj up to its activation: x (M, S, Dh) -> (M, S, hidden) or, for a pred_proj
+        without the MLP structure, its full output."""
+        p = self.packed
+        n = F.layer_norm(x, (x.shape[-1],), eps=p.final_eps).to(p.head_w.dtype)
+        y = self.ops.linear(n, p.head_w, p.head_b)
+        if p.head_module is not None:
+            return p.head_module(y.float().reshape(-1, y.shape[-1])).view(*y.shape[:-1], -1)
+        return p.head_act(y)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, S, Dh) -> next latents (M, S, D) float32."""
+        p = self.packed
+        h = self.head_hidden(x)
+        if p.head_module is not None:
+            return h.float()
+        return self.ops.linear(h, p.head_w2, p.head_b2).float()
+
+    def head_cost(self, x: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """x (M, 1, Dh) -> squared distance of the predicted latent to goal (B, D), summed over D: (M,) float32."""
+        p = self.packed
+        h = self.head_hidden(x)
+        if p.head_module is not None:
+            return (h.float().view(goal.shape[0], -1, h.shape[-1]) - goal.unsqueeze(1)).square().sum(-1).reshape(-1)
+        return self.ops.goal_cost(h.reshape(-1, h.shape[-1]), p.head_w2, p.head_b2, goal)
+
+    def tokens(self, latents: torch.Tensor, first_pos: int) -> torch.Tensor:
+        """latents (M, S, D) at window positions first_pos.. -> residual stream (M, S, Dh) float32."""
+        x = latents + self.packed.pos[first_pos:first_pos + latents.shape[1]]
+        return self.packed.input_proj(x).contiguous()
+
+    # ------------------------------------------------------------------ entry points
+    def predict(self, emb: torch.Tensor, act_emb: torch.Tensor) -> torch.Tensor:
+        """LeWM.predict: emb, act_emb (B, T, D) -> pred_proj(predictor(emb, act_emb)) (B, T, D)."""
+        self.packed.refresh_if_stale()
+        x = self.tokens(emb.float(), 0)
+        x, _ = self.blocks(x, self.modulations(act_emb.float()), None, "all")
+        return self.head(x)
+
+    def context(self, emb_ctx: torch.Tensor, action_history: torch.Tensor) -> "PlanContext":
+        """Keys/values of the window tokens every candidate shares (context latents paired with history actions), for
+        each rollout step that has such a prefix. Depends on the context and the weights only: one per plan."""
+        p = self.packed
+        p.refresh_if_stale()
+        b, h_ctx, _ = emb_ctx.shape
+        emb = emb_ctx.float()
+        mods_h = self.modulations(self.embed_actions(action_history)) if h_ctx > 1 else None  # (B, H-1, ...)
+        prefixes: List[List[torch.Tensor]] = []
+        for t in range(p.num_frames):  # a prefix exists while the window start is before token h_ctx - 1
+            start = max(h_ctx + t - p.num_frames, 0)
+            shared = h_ctx - 1 - start  # window tokens start..h_ctx-2
+            if shared <= 0:
+                break
+            xp = self.tokens(emb[:, start:start + shared], 0)
+            prefixes.append(self.blocks(xp, mods_h[:, start:start + shared], None, "kv")[1])
+        return PlanContext(emb_ctx, action_history, (emb_ctx._version, action_history._version), prefixes, p.signature)
+
+    def run(
+        self,
+        emb_ctx: torch.Tensor,
+        action_history: torch.Tensor,
+        candidates: torch.Tensor,
+        goal: Optional[torch.Tensor] = None,
+        context: Optional["PlanContext"] = None,
+    ) -> torch.Tensor:
+        """emb_ctx (B,H,D), action_history (B,H-1,A), candidates (B,N,T,A) shared context per environment.
+
+        goal None: the latents (B, N, H+T, D). goal (B, D): the costs (B, N) of the last latent. ``context``: from
+        ``self.context(emb_ctx, action_history)`` (computed here when None).
+        """
+        p = self.packed
+        if context is not None:
+            context.check(emb_ctx, action_history)
+            p.refresh_if_stale()
+        if context is None or context.weights_signature != p.signature:
+            context = self.context(emb_ctx, action_history)
+        b, n, t_hor, _ = candidates.shape
+        h_ctx = emb_ctx.shape[1]
+        m = b * n
+        w = p.num_frames
+        mods_c = self.modulations(self.embed_actions(candidates.reshape(m, t_hor, -1)))  # (M, T, depth, 6, Dh)
+        lat = emb_ctx.new_empty(b, n, h_ctx + t_hor, emb_ctx.shape[-1], dtype=torch.float32)
+        lat[:, :, :h_ctx] = emb_ctx.unsqueeze(1)
+        lat = lat.view(m, h_ctx + t_hor, -1)
+        cost = None
+        for t in range(t_hor):
+            end = h_ctx + t  # latents 0..end-1 exist; predict latent `end`
+            prefix = context.prefixes[t] if t < len(context.prefixes) else None
+            shared = 0 if prefix is None else prefix[0].shape[1]
+            first = max(end - w, 0) + shared  # first per-candidate token; its action is candidate first - (h_ctx - 1)
+            c0 = first - (h_ctx - 1)
+            x = self.tokens(lat[:, first:end], shared)
+            x_last = self.last_token(x, mods_c[:, c0:c0 + end - first], prefix)
+            if goal is not None and t == t_hor - 1:
+                cost = self.head_cost(x_last, goal.float())
+            else:
+                lat[:, end] = self.head(x_last)[:, 0]
+        if goal is not None:
+            return cost.view(b, n)
+        return lat.view(b, n, h_ctx + t_hor, -1)
+
+
+@dataclass
+class PlanContext:
+    """What a rollout needs from the context alone (``RolloutEngine.prepare``): the context tensors it was made from
+    and, per rollout step with a shared window prefix, that prefix's per-block keys/values (B, P, 3*inner)."""
+
+    emb_ctx: torch.Tensor
+    action_history: torch.Tensor
+    versions: Tuple[int, int]
+    prefixes: List[List[torch.Tensor]]
+    weights_signature: tuple
+
+    def check(self, emb_ctx: torch.Tensor, action_history: torch.Tensor) -> None:
+        """Raise unless this context was prepared from these very tensors, unmodified since (host-side check)."""
+        if emb_ctx is not self.emb_ctx or action_history is not self.action_history:
+            raise ValueError("context was prepared from other emb_ctx / action_history tensors: call prepare() with these")
+        if (emb_ctx._version, action_history._version) != self.versions:
+            raise ValueError("emb_ctx or action_history was modified in place after prepare(): prepare the context again")

@@ -1,0 +1,66 @@
+"""MPPI planner (model predictive path integral control) on the fused rollout engine."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..reference.lewm import LeWM
+from .base import LoopBuffers, PlannerBase
+from .rollout import RolloutEngine
+
+
+class MPPIPlanner(PlannerBase):
+    """Information-theoretic MPPI over action sequences, B environments at once.
+
+    Per iteration: ``num_samples`` candidates ~ N(mean, var_scale²) (candidate 0 = mean), costs from the rollout
+    engine, weights ``w ∝ exp(-(cost - min cost) / temperature)`` (NaN/inf costs get weight 0), mean <- the weighted
+    average of the candidates. The sampling std stays ``var_scale``. Diagnostics report the ``topk`` lowest costs of
+    each iteration as ``elite_costs`` and the sampling std as ``std``. An environment whose costs are all non-finite is
+    reported (ValueError) after the plan.
+    """
+
+    def __init__(
+        self,
+        model: LeWM,
+        num_samples: int = 300,
+        topk: int = 30,
+        n_steps: int = 30,
+        horizon: int = 5,
+        receding_horizon: int = 5,
+        var_scale: float = 1.0,
+        temperature: float = 1.0,
+        backend: str = "auto",
+        dtype: Optional[torch.dtype] = None,
+        seed: Optional[int] = None,
+        engine: Optional[RolloutEngine] = None,
+        cuda_graph: bool = True,
+    ):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        super().__init__(
+            model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon,
+            receding_horizon=receding_horizon, var_scale=var_scale, backend=backend, dtype=dtype, seed=seed,
+            engine=engine, cuda_graph=cuda_graph,
+        )
+        self.temperature = float(temperature)
+
+    def _loop(self, buf: LoopBuffers) -> None:
+        buf.bad.zero_()
+        mean, std, cand = buf.init_mean, buf.init_std, buf.cand[0]
+        flat = cand.flatten(2)  # (B, N, T*A)
+        for i in range(self.n_steps):
+            self.sample_(cand, mean, std, i)
+            costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand)
+            clean = torch.where(torch.isnan(costs), float("inf"), costs)
+            finite = torch.isfinite(clean)
+            buf.bad.bitwise_or_((~finite.any(1)).int())
+            best = clean.amin(1, keepdim=True)
+            logits = torch.where(finite, (best - clean) / self.temperature, float("-inf"))
+            weights = torch.softmax(logits, dim=1).nan_to_num_(0.0)  # an all-diverged env: zero mean, flagged in bad
+            torch.bmm(weights.unsqueeze(1), flat, out=buf.means[i].view(mean.shape[0], 1, -1))
+            buf.stds[i].copy_(std)
+            torch.topk(clean, self.topk, dim=1, largest=False, out=(buf.elite_costs[i], buf.elite_idx))
+            mean = buf.means[i]
+        self.advance_noise_()

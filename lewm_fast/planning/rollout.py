@@ -1,0 +1,178 @@
+"""``RolloutEngine``: candidate rollouts and CEM costs of a LeWM through the fused predictor paths.
+
+Backends (``backend=``): ``"triton"`` (Triton kernels + cuBLAS GEMMs; CUDA, or CPU under ``TRITON_INTERPRET=1``),
+``"cpu"`` (PyTorch + the C++ window attention of ``lewm_fast._C``), ``"reference"`` (the model's own ``rollout``, the
+oracle) and ``"auto"``: Triton on CUDA, the CPU path on CPU; where neither kernel library is available the same fused
+schedule runs on plain PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._validation import check_tensor
+from ..backends import BACKENDS, resolve_backend
+from ..reference.cem import goal_mse_cost
+from .fused_ops import make_ops
+from .fused_predictor import FusedRollout, PlanContext
+
+DTYPES = (None, torch.float32, torch.bfloat16)
+
+
+def engine_backend(backend: str, device: torch.device) -> str:
+    """The engine path for a requested backend: ``"triton"``, ``"cpu"``, ``"torch"`` (fused schedule on plain PyTorch
+    ops: the fallback of ``"auto"``) or ``"reference"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        resolved = resolve_backend("auto", device)
+        if resolved == "reference":
+            return "torch"
+        return resolved
+    return resolve_backend(backend, device)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.predictor.parameters()).device
+    except StopIteration as exc:
+        raise ValueError("model.predictor has no parameters") from exc
+
+
+class RolloutEngine:
+    """Fast candidate rollouts / CEM costs of ``model`` (a LeWM, or any module with stable-worldmodel's ``predictor``,
+    ``action_encoder`` and ``pred_proj``). Inference semantics: dropout off, BatchNorm running statistics.
+
+    dtype None / float32: float32 everywhere (parity with the reference). bfloat16: bf16 weights and GEMM/attention
+    inputs with float32 accumulation, float32 residual stream, LayerNorm statistics and costs (Triton backend only).
+    The engine re-folds its weights when a parameter of ``model`` changes; after changing weights in place, call
+    ``refresh()`` before replaying a captured CUDA graph (replays do not run the check).
+    """
+
+    def __init__(self, model: nn.Module, backend: str = "auto", dtype: Optional[torch.dtype] = None):
+        for name in ("predictor", "action_encoder", "pred_proj"):
+            if not isinstance(getattr(model, name, None), nn.Module):
+                raise TypeError(f"model must have a '{name}' submodule (a LeWM), got {type(model).__name__}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be None, torch.float32 or torch.bfloat16, got {dtype}")
+        self.model = model
+        self.device = _model_device(model)
+        self.backend = engine_backend(backend, self.device)
+        self.dtype = dtype or torch.float32
+        if self.dtype == torch.bfloat16 and self.backend != "triton":
+            raise ValueError(
+                f"dtype=torch.bfloat16 needs the Triton backend (CUDA); backend {backend!r} resolved to "
+                f"{self.backend!r} on {self.device}, which computes in float32: pass dtype=None"
+            )
+        if getattr(model, "training", False):
+            warnings.warn(
+                "RolloutEngine computes the model in inference mode (no dropout, BatchNorm running statistics), but "
+                "the model is in training mode; call model.eval() for the reference to match",
+                stacklevel=2,
+            )
+        self.fused = None if self.backend == "reference" else FusedRollout(model, make_ops(self.backend), self.dtype)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.model.predictor.pos_embedding.shape[-1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.model.action_encoder.patch_embed.in_channels)
+
+    def refresh(self) -> None:
+        """Re-fold the weights from the model now (in place: captured CUDA graphs see the new values)."""
+        if self.fused is not None:
+            self.fused.packed.pack()
+
+    # ------------------------------------------------------------------ validation (host-side only: no sync)
+    def _check(self, emb_ctx, action_history, candidates=None, goal_emb=None):
+        d, a = self.latent_dim, self.action_dim
+        check_tensor(emb_ctx, "emb_ctx", ndim=3, last_dim=d)
+        check_tensor(action_history, "action_history", ndim=3, last_dim=a, nonempty=False)
+        b, h = emb_ctx.shape[:2]
+        if tuple(action_history.shape[:2]) != (b, h - 1):
+            raise ValueError(
+                f"action_history must have shape (B={b}, H-1={h - 1}, {a}) for emb_ctx {tuple(emb_ctx.shape)}, "
+                f"got {tuple(action_history.shape)}"
+            )
+        tensors = {"emb_ctx": emb_ctx, "action_history": action_history}
+        if candidates is not None:
+            check_tensor(candidates, "candidates", ndim=4, last_dim=a)
+            if candidates.shape[0] != b:
+                raise ValueError(f"candidates (B,N,T,A) must have B={b} like emb_ctx, got {tuple(candidates.shape)}")
+            tensors["candidates"] = candidates
+        if goal_emb is not None:
+            check_tensor(goal_emb, "goal_emb", ndim=2, last_dim=d)
+            if goal_emb.shape[0] != b:
+                raise ValueError(f"goal_emb must have shape (B={b}, {d}), got {tuple(goal_emb.shape)}")
+            tensors["goal_emb"] = goal_emb
+        for name, t in tensors.items():
+            if t.device != self.device:
+                raise ValueError(f"{name} is on {t.device} but the model is on {self.device}")
+
+    # ------------------------------------------------------------------ API
+    @torch.no_grad()
+    def prepare(self, emb_ctx: torch.Tensor, action_history: torch.Tensor) -> Optional[PlanContext]:
+        """Precompute what depends on the context only (the keys/values of the window tokens all candidates share),
+        for reuse by every CEM iteration of a plan: pass it as ``context=`` to ``costs`` / ``rollout`` with the same
+        (unmodified) tensors. None for the reference backend (nothing to precompute)."""
+        self._check(emb_ctx, action_history)
+        return None if self.fused is None else self.fused.context(emb_ctx, action_history)
+
+    @torch.no_grad()
+    def costs(
+        self,
+        emb_ctx: torch.Tensor,
+        action_history: torch.Tensor,
+        goal_emb: torch.Tensor,
+        candidates: torch.Tensor,
+        context: Optional[PlanContext] = None,
+    ) -> torch.Tensor:
+        """emb_ctx (B,H,D), action_history (B,H-1,A), goal_emb (B,D), candidates (B,N,T,A) -> costs (B,N) float32:
+        ``||last rolled-out latent - goal||^2`` summed over D, as the reference ``CEMSolver.costs`` (same context for
+        all N candidates). Non-finite candidates give non-finite costs (no check: that would sync the device).
+        ``context``: ``prepare(emb_ctx, action_history)``, to skip recomputing it. Graph-capturable on CUDA."""
+        self._check(emb_ctx, action_history, candidates, goal_emb)
+        if self.fused is None:
+            return goal_mse_cost(self.rollout(emb_ctx, action_history, candidates)[:, :, -1], goal_emb).float()
+        return self.fused.run(emb_ctx, action_history, candidates, goal_emb, context)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        emb_ctx: torch.Tensor,
+        action_history: torch.Tensor,
+        candidates: torch.Tensor,
+        context: Optional[PlanContext] = None,
+    ) -> torch.Tensor:
+        """emb_ctx (B,H,D), action_history (B,H-1,A), candidates (B,N,T,A) -> latents (B,N,H+T,D) float32, as
+        ``LeWM.rollout`` with the context expanded over the N candidates; the first H latents are the context."""
+        self._check(emb_ctx, action_history, candidates)
+        if self.fused is None:
+            b, n = candidates.shape[:2]
+            ctx = emb_ctx.unsqueeze(1).expand(b, n, *emb_ctx.shape[1:])
+            hist = action_history.unsqueeze(1).expand(b, n, *action_history.shape[1:])
+            return self.model.rollout(ctx, hist, candidates).float()
+        return self.fused.run(emb_ctx, action_history, candidates, context=context)
+
+    @torch.no_grad()
+    def predict(self, emb: torch.Tensor, act_emb: torch.Tensor) -> torch.Tensor:
+        """``LeWM.predict``: emb, act_emb (B,T,D), T <= the predictor's window -> next latents (B,T,D) float32."""
+        d = self.latent_dim
+        check_tensor(emb, "emb", ndim=3, last_dim=d)
+        check_tensor(act_emb, "act_emb", ndim=3, last_dim=d)
+        if emb.shape[:2] != act_emb.shape[:2]:
+            raise ValueError(f"emb and act_emb must share (B,T), got {tuple(emb.shape)} and {tuple(act_emb.shape)}")
+        window = int(self.model.predictor.pos_embedding.shape[1])
+        if emb.shape[1] > window:
+            raise ValueError(f"predictor window has {emb.shape[1]} frames but the model was built for at most {window}")
+        if self.fused is None:
+            b, t, _ = emb.shape
+            out = self.model.predictor(emb, act_emb)
+            return self.model.pred_proj(out.reshape(b * t, -1)).view(b, t, -1).float()
+        return self.fused.predict(emb, act_emb)

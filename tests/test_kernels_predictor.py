@@ -1,0 +1,271 @@
+"""Predictor rollout kernels against their plain-PyTorch references (``PredictorOps``), on small odd shapes:
+the Triton kernels of ``kernels/`` (under TRITON_INTERPRET=1 on CPU, or on CUDA) and the C++ CPU ops of
+``csrc/predictor_window.cpp``. Tolerances: fp32 1e-5 relative-ish; bf16 one to two bf16 ulps of the output scale."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels then run on CPU tensors
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lewm_fast.backends import csrc_available, triton_available
+from lewm_fast.planning.fused_ops import CpuOps, PredictorOps, TritonOps
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+needs_triton = pytest.mark.skipif(not triton_available(DEVICE), reason="needs triton with CUDA or TRITON_INTERPRET=1")
+needs_csrc = pytest.mark.skipif(not csrc_available(), reason="needs the C++ extension lewm_fast._C")
+REF = PredictorOps()
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
+
+
+def _randn(*shape, gen, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def _attention_naive(qkv, heads, prefix=None, nq=None):
+    """Loop-over-everything attention (independent of PredictorOps' SDPA formulation)."""
+    m, s, width = qkv.shape
+    inner = width // 3
+    dh = inner // heads
+    nq = s if nq is None else nq
+    p = 0 if prefix is None else prefix.shape[1]
+    out = torch.empty(m, nq, inner, dtype=torch.float64)
+    for r in range(m):
+        own = qkv[r].double()
+        keys = own if prefix is None else torch.cat([prefix[r // (m // prefix.shape[0])].double(), own])
+        for qi in range(nq):
+            i = s - nq + qi
+            q = own[i, :inner].view(heads, dh)
+            k = keys[: p + i + 1, inner:2 * inner].view(-1, heads, dh)
+            v = keys[: p + i + 1, 2 * inner:].view(-1, heads, dh)
+            w = torch.softmax(torch.einsum("hd,jhd->hj", q, k) / dh ** 0.5, dim=-1)
+            out[r, qi] = torch.einsum("hj,jhd->hd", w, v).reshape(-1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- adaln_layernorm
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine", [False, True])
+def test_adaln_layernorm_matches_torch(dtype, affine):
+    from lewm_fast.kernels.adaln_layernorm import adaln_layernorm
+
+    g = torch.Generator().manual_seed(0)
+    m, t, d = 7, 5, 37
+    x = _randn(m, t, d, gen=g, scale=3.0) + 1.0
+    mods = _randn(m, t, 4, d, gen=g)  # strided views of a bigger buffer, as in the engine
+    shift, mul = mods[:, 1:4, 0], mods[:, 1:4, 2] + 1.0
+    xs = x[:, 1:4]
+    w, b = (_randn(d, gen=g), _randn(d, gen=g)) if affine else (None, None)
+    got = adaln_layernorm(xs, shift, mul, 1e-6, 1e-5, out_dtype=dtype, weight=w, bias=b)
+    want = F.layer_norm(F.layer_norm(xs, (d,), eps=1e-6) * mul + shift, (d,), w, b, eps=1e-5)
+    assert got.dtype == dtype and got.shape == (m, 3, d) and got.is_contiguous()
+    torch.testing.assert_close(got.float(), want, **TOL[dtype])
+    torch.testing.assert_close(got, REF.adaln_layernorm(xs, shift, mul, 1e-6, 1e-5, dtype, w, b), **TOL[dtype])
+    # 2-d input (M, D)
+    x2, sh2, mu2 = x[:, 0], shift[:, 0], mul[:, 0]
+    want2 = F.layer_norm(F.layer_norm(x2, (d,), eps=1e-6) * mu2 + sh2, (d,), w, b, eps=1e-5)
+    torch.testing.assert_close(adaln_layernorm(x2, sh2, mu2, 1e-6, 1e-5, weight=w, bias=b), want2, **TOL[torch.float32])
+
+
+@needs_triton
+def test_adaln_layernorm_bad_inputs():
+    from lewm_fast.kernels.adaln_layernorm import adaln_layernorm
+
+    x = torch.randn(3, 2, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="shift must have shape"):
+        adaln_layernorm(x, x[:, :1], x, 1e-6, 1e-5)
+    with pytest.raises(ValueError, match="contiguous along its last"):
+        adaln_layernorm(x, x, x.transpose(1, 2).contiguous().transpose(1, 2), 1e-6, 1e-5)
+    with pytest.raises(ValueError, match="together"):
+        adaln_layernorm(x, x, x, 1e-6, 1e-5, weight=torch.ones(8, device=DEVICE))
+    with pytest.raises(ValueError, match=r"\(M, S, D\) or \(M, D\)"):
+        adaln_layernorm(x[0, 0], x[0, 0], x[0, 0], 1e-6, 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ window_attention
+CASES = [  # (M, S, B-prefix or None, P, num_queries, heads, dh)
+    (7, 3, None, 0, 3, 4, 8),
+    (7, 3, None, 0, 1, 4, 8),
+    (6, 2, 2, 1, 2, 3, 5),
+    (6, 1, 3, 2, 1, 16, 4),
+    (5, 1, None, 0, 1, 2, 16),
+]
+
+
+def _attention_inputs(m, s, b, p, heads, dh, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    qkv = _randn(m, s, 3 * heads * dh, gen=g, dtype=dtype)
+    prefix = _randn(b, p, 3 * heads * dh, gen=g, dtype=dtype) if b else None
+    return qkv, prefix
+
+
+@needs_triton
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_window_attention_triton(case, dtype):
+    from lewm_fast.kernels.window_attention import window_attention
+
+    m, s, b, p, nq, heads, dh = case
+    qkv, prefix = _attention_inputs(m, s, b, p, heads, dh, dtype)
+    got = window_attention(qkv, heads, prefix_qkv=prefix, num_queries=nq)
+    want = _attention_naive(qkv.cpu(), heads, None if prefix is None else prefix.cpu(), nq)
+    assert got.shape == (m, nq, heads * dh) and got.dtype == dtype
+    torch.testing.assert_close(got.double().cpu(), want, **TOL[dtype])
+    torch.testing.assert_close(REF.window_attention(qkv, heads, prefix, nq).double().cpu(), want, **TOL[dtype])
+
+
+@needs_csrc
+@pytest.mark.parametrize("case", CASES)
+def test_window_attention_cpp(case):
+    m, s, b, p, nq, heads, dh = case
+    qkv, prefix = _attention_inputs(m, s, b, p, heads, dh, torch.float32)
+    got = CpuOps().window_attention(qkv.cpu(), heads, None if prefix is None else prefix.cpu(), nq)
+    torch.testing.assert_close(got.double(), _attention_naive(qkv.cpu(), heads, None if prefix is None else prefix.cpu(), nq),
+                               **TOL[torch.float32])
+
+
+@needs_triton
+def test_window_attention_bad_inputs():
+    from lewm_fast.kernels.window_attention import window_attention
+
+    qkv = torch.randn(4, 3, 3 * 2 * 8, device=DEVICE)
+    with pytest.raises(ValueError, match="heads must be"):
+        window_attention(qkv, 5)
+    with pytest.raises(ValueError, match="num_queries"):
+        window_attention(qkv, 2, num_queries=4)
+    with pytest.raises(ValueError, match="B dividing M"):
+        window_attention(qkv, 2, prefix_qkv=torch.randn(3, 1, 48, device=DEVICE))
+    with pytest.raises(ValueError, match="dtype and device"):
+        window_attention(qkv, 2, prefix_qkv=torch.randn(2, 1, 48, device=DEVICE, dtype=torch.float64))
+
+
+@needs_csrc
+def test_window_attention_cpp_bad_inputs():
+    with pytest.raises(ValueError, match="num_queries"):
+        torch.ops.lewm_fast.window_attention(torch.randn(4, 3, 48), None, 2, 0)
+    with pytest.raises(ValueError, match="must divide"):
+        torch.ops.lewm_fast.window_attention(torch.randn(4, 3, 48), torch.randn(3, 1, 48), 2, 1)
+
+
+# -------------------------------------------------------------------------------------------------- gated_residual
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(7, 3, 37, 29), (5, 1, 16, 70), (3, 2, 20, 16)])
+def test_gated_residual_matches_torch(dtype, shape):
+    from lewm_fast.kernels.gated_residual import gated_residual
+
+    m, s, n, k = shape
+    g = torch.Generator().manual_seed(1)
+    x_full = _randn(m, s + 1, n, gen=g)
+    gate = _randn(m, s + 2, 6, n, gen=g)[:, 1:s + 1, 2]  # strided slice of a modulation buffer
+    a = _randn(m, s, k, gen=g, dtype=dtype)
+    w = _randn(n, k, gen=g, dtype=dtype, scale=k ** -0.5)
+    bias = _randn(n, gen=g)
+    x = x_full[:, 1:]  # strided view, updated in place
+    want = x.clone() + gate * (a.float() @ w.float().t() + bias)
+    out = gated_residual(x, a, w, bias, gate)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(x_full[:, 1:], want, **TOL[dtype])
+    if dtype == torch.float32:
+        x_ref = x.clone() - gate * (a @ w.t() + bias)  # undo, then the torch op must reproduce it
+        REF.gated_residual(x_ref, a, w, bias, gate)
+        torch.testing.assert_close(x_ref, x, **TOL[dtype])
+    x0, y = x.clone(), _randn(m, s, n, gen=g)
+    gated_residual(x, y, None, None, gate)  # an Identity projection: x += gate * y
+    torch.testing.assert_close(x, x0 + gate * y, **TOL[torch.float32])
+
+
+@needs_triton
+def test_gated_residual_bad_inputs():
+    from lewm_fast.kernels.gated_residual import gated_residual
+
+    x = torch.zeros(2, 3, 8, device=DEVICE)
+    a = torch.zeros(2, 3, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="weight must be"):
+        gated_residual(x, a, torch.zeros(5, 8, device=DEVICE), None, x)
+    with pytest.raises(ValueError, match="share a dtype"):
+        gated_residual(x, a, torch.zeros(8, 5, device=DEVICE, dtype=torch.bfloat16), None, x)
+    with pytest.raises(ValueError, match="must agree"):
+        gated_residual(x, a, torch.zeros(8, 5, device=DEVICE), None, x[:, :2])
+
+
+# ------------------------------------------------------------------------------------------------------- goal_cost
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(7, 1, 48, 32), (12, 3, 70, 19), (40, 2, 16, 200)])
+def test_goal_cost_matches_torch(dtype, shape):
+    from lewm_fast.kernels.goal_cost import goal_cost
+
+    m, b, k, d = shape
+    g = torch.Generator().manual_seed(2)
+    hidden = _randn(m, k, gen=g, dtype=dtype)
+    w = _randn(d, k, gen=g, dtype=dtype, scale=k ** -0.5)
+    bias = _randn(d, gen=g)
+    goal = _randn(b, d, gen=g)
+    got = goal_cost(hidden, w, bias, goal)
+    y = hidden.double() @ w.double().t() + bias.double()
+    want = (y.view(b, -1, d) - goal.double().unsqueeze(1)).square().sum(-1).reshape(-1)
+    assert got.dtype == torch.float32 and got.shape == (m,)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 3e-2, atol=1e-4)
+    if dtype == torch.float32:
+        torch.testing.assert_close(REF.goal_cost(hidden, w, bias, goal), got, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(goal_cost(hidden, w, None, goal).double(),
+                                   (hidden.double() @ w.double().t()).view(b, -1, d).sub(goal.double().unsqueeze(1)).square().sum(-1).reshape(-1),
+                                   rtol=1e-5, atol=1e-4)
+
+
+@needs_triton
+def test_goal_cost_bad_inputs():
+    from lewm_fast.kernels.goal_cost import goal_cost
+
+    h = torch.zeros(6, 4, device=DEVICE)
+    w = torch.zeros(3, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="must divide"):
+        goal_cost(h, w, None, torch.zeros(4, 3, device=DEVICE))
+    with pytest.raises(ValueError, match=r"weight must have shape \(D=5"):
+        goal_cost(h, w, None, torch.zeros(2, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        goal_cost(h, w, torch.zeros(4, device=DEVICE), torch.zeros(2, 3, device=DEVICE))
+
+
+# ---------------------------------------------------------------------------------------- C++ whole-window blocks
+@needs_csrc
+@pytest.mark.parametrize("s,p", [(3, 0), (2, 1), (1, 2), (1, 0)])
+@pytest.mark.parametrize("chunk_rows", [4, 1000])
+def test_window_blocks_cpp_matches_op_by_op(s, p, chunk_rows, tiny_model):
+    """All blocks of a rollout step in one C++ call == the op-by-op schedule on the plain-PyTorch ops."""
+    from lewm_fast.planning.fused_predictor import FusedRollout
+
+    torch.manual_seed(0)
+    engine = FusedRollout(tiny_model, PredictorOps())
+    pk = engine.packed
+    m, b, d = 10, 2, tiny_model.latent_dim
+    x = torch.randn(m, s, d)
+    mods = torch.randn(m, s + 2, pk.depth, 6, d)[:, 1:s + 1]
+    prefix = None
+    if p:
+        _, prefix = engine.blocks(torch.randn(b, p, d), torch.randn(b, p, pk.depth, 6, d), None, "kv")
+    want = engine.blocks(x.clone(), mods, prefix, "last")[0]
+    ops = CpuOps()
+    ops.chunk_rows = chunk_rows
+    inner = pk.heads * pk.dim_head
+    assert all(not blk.qkv_b[inner:].any() for blk in pk.blocks)  # packed keys/values carry no bias
+    weights = [t for blk in pk.blocks for t in (blk.qkv_w, blk.qkv_b[:inner], blk.out_w, blk.out_b, blk.fc1_w, blk.fc1_b, blk.fc2_w, blk.fc2_b)]
+    eps = [e for blk in pk.blocks for e in (blk.eps1, blk.eps_attn, blk.eps2, blk.eps_mlp)]
+    x_in = x.clone()
+    got = ops.window_blocks(x_in, mods, prefix, weights, eps, pk.heads, "none")
+    assert torch.equal(x_in, x)  # the input stays untouched
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_csrc
+def test_window_blocks_cpp_bad_inputs(tiny_model):
+    w = [torch.zeros(1)] * 7
+    with pytest.raises(ValueError, match="8 tensors per block"):
+        torch.ops.lewm_fast.window_blocks(torch.zeros(2, 1, 4), torch.zeros(2, 1, 1, 6, 4), [], w, [1e-6] * 4, 1, "none", 8)
+    w = [torch.zeros(1)] * 8
+    with pytest.raises(ValueError, match="mods must be"):
+        torch.ops.lewm_fast.window_blocks(torch.zeros(2, 1, 4), torch.zeros(2, 1, 1, 5, 4), [], w, [1e-6] * 4, 1, "none", 8)
