@@ -35,8 +35,11 @@ class CorruptCosts:
     def __init__(self, engine):
         self.engine = engine
 
-    def costs(self, *args):
-        c = self.engine.costs(*args).clone()
+    def prepare(self, emb_ctx, action_history):
+        return self.engine.prepare(emb_ctx, action_history)
+
+    def costs(self, *args, **kwargs):
+        c = self.engine.costs(*args, **kwargs).clone()
         c[:, ::3] = float("nan")
         c[:, 1::5] = float("inf")
         return c

@@ -82,6 +82,7 @@ class LoopBuffers:
         self.elite_idx = torch.empty(b, k, device=dev, dtype=torch.long)
         self.bad = torch.zeros(b, device=dev, dtype=torch.int32)
         self.extra: Dict[str, torch.Tensor] = {}
+        self.context = None  # RolloutEngine.prepare(emb_ctx, hist), remade at the start of every plan
         self.runner: Optional[GraphedLoop] = None
 
 
@@ -166,6 +167,10 @@ class PlannerBase(abc.ABC):
     def costs(self, emb_ctx: torch.Tensor, action_history: torch.Tensor, goal_emb: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Costs (B,N) of candidates (B,N,T,A) from context emb_ctx (B,H,D), as the reference ``CEMSolver.costs``."""
         return self.engine.costs(emb_ctx, action_history, goal_emb, candidates)
+
+    def loop_costs(self, buf: "LoopBuffers", cand: torch.Tensor) -> torch.Tensor:
+        """Costs (B,N) of ``cand`` inside the planning loop, reusing the plan's precomputed context work."""
+        return self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand, context=buf.context)
 
     # ------------------------------------------------------------------ sampling
     def sample_(self, out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, key_offset: int) -> torch.Tensor:
@@ -254,8 +259,13 @@ class PlannerBase(abc.ABC):
     def _new_buffers(self, emb_ctx: torch.Tensor) -> "LoopBuffers":
         buf = LoopBuffers(self, emb_ctx)
         preserve = (self.noise.seed_buf,) if isinstance(self.noise, PhiloxNoise) else ()
-        buf.runner = GraphedLoop(lambda: self._loop(buf), capture=self.captures, preserve=preserve)
+        buf.runner = GraphedLoop(lambda: self._iterate(buf), capture=self.captures, preserve=preserve)
         return buf
+
+    def _iterate(self, buf: "LoopBuffers") -> None:
+        """One plan's device work: the context-only part of the rollout once, then the planner's iterations."""
+        buf.context = self.engine.prepare(buf.emb_ctx, buf.hist)
+        self._loop(buf)
 
     @abc.abstractmethod
     def _loop(self, buf: "LoopBuffers") -> None:

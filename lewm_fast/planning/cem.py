@@ -53,7 +53,7 @@ class CEMPlanner(PlannerBase):
         mean, std, cand = buf.init_mean, buf.init_std, buf.cand[0]
         for i in range(self.n_steps):
             self.sample_(cand, mean, std, i)
-            costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand)
+            costs = self.loop_costs(buf, cand)
             self.refit_(buf, cand, costs, buf.means[i], buf.stds[i], i)
             mean, std = buf.means[i], buf.stds[i]
 
@@ -65,7 +65,7 @@ class CEMPlanner(PlannerBase):
         self.sample_(buf.cand[0], buf.init_mean, buf.init_std, 0)
         for i in range(self.n_steps):
             cand = buf.cand[i % 2]
-            costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand)
+            costs = self.loop_costs(buf, cand)
             if i + 1 == self.n_steps:
                 self.refit_(buf, cand, costs, buf.means[i], buf.stds[i], i)
                 break

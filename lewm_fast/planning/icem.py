@@ -110,7 +110,7 @@ class ICEMPlanner(PlannerBase):
             cand[:, 0] = mean
             keep = x["init_elites"] if i == 0 else x["kept"]
             kept_rows.copy_(torch.where(torch.isnan(keep), kept_rows, keep))  # NaN: no elite for that step
-            costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand)
+            costs = self.loop_costs(buf, cand)
             self.refit_(buf, cand, costs, x["elite_mean"], x["elite_std"], i)
             torch.gather(cand, 1, index, out=x["kept"])
             mean = torch.lerp(x["elite_mean"], mean, self.momentum, out=buf.means[i])

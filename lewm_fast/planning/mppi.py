@@ -52,7 +52,7 @@ class MPPIPlanner(PlannerBase):
         flat = cand.flatten(2)  # (B, N, T*A)
         for i in range(self.n_steps):
             self.sample_(cand, mean, std, i)
-            costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand)
+            costs = self.loop_costs(buf, cand)
             clean = torch.where(torch.isnan(costs), float("inf"), costs)
             finite = torch.isfinite(clean)
             buf.bad.bitwise_or_((~finite.any(1)).int())
