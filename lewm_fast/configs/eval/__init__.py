@@ -1,0 +1,1 @@
+"""Config groups of ``lewm-eval``: planner (added to hydra's search path by eval.yaml)."""

@@ -1,0 +1,1 @@
+"""Config groups of ``lewm-train``: model, data, optim, preset (added to hydra's search path by train.yaml)."""

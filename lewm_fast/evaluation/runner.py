@@ -1,0 +1,128 @@
+"""``evaluate(cfg)``: load a checkpoint, build the env, its expert and a ``CEMPlanner``, run the MPC episodes, write
+``results.json`` and pictures of the first episodes into the output directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from ..backends import BACKENDS
+from ..reference.lewm import LeWM
+from ..training.checkpointing import read_normalization, resolve_model_folder
+from ..training.config import DEVICES, require_choice, require_key, require_int, require_number
+from ..training.trainer import resolve_device
+from .media import save_gif, save_strip
+from .mpc import ActionCodec, run_episode, summarize
+
+PLANNER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Raise ValueError naming the key for any bad evaluation setting (planner sizes are checked by the planner)."""
+    checkpoint = require_key(cfg, "checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise ValueError(f"checkpoint must be a checkpoint folder or a training run directory, got {checkpoint!r}")
+    require_int(cfg, "episodes")
+    require_int(cfg, "goal_offset")
+    require_int(cfg, "budget")
+    require_int(cfg, "seed", 0)
+    require_int(cfg, "save_episodes", 0)
+    require_choice(cfg, "device", DEVICES)
+    if require_key(cfg, "env") is not None and not isinstance(cfg.env, str):
+        raise ValueError(f"env must be an environment name or null (the checkpoint's), got {cfg.env!r}")
+    if require_key(cfg, "image_size") is not None:
+        require_int(cfg, "image_size", 8)
+    for key in ("num_samples", "topk", "n_steps", "horizon", "receding_horizon"):
+        require_int(cfg, f"planner.{key}")
+    require_number(cfg, "planner.var_scale", 0.0, open_low=True)
+    require_choice(cfg, "planner.backend", BACKENDS)
+    if require_key(cfg, "planner.dtype") is not None:
+        require_choice(cfg, "planner.dtype", tuple(PLANNER_DTYPES))
+
+
+def build_planner(model: LeWM, cfg: DictConfig):
+    from ..planning.cem import CEMPlanner
+
+    p = cfg.planner
+    return CEMPlanner(
+        model, num_samples=int(p.num_samples), topk=int(p.topk), n_steps=int(p.n_steps), horizon=int(p.horizon),
+        receding_horizon=int(p.receding_horizon), var_scale=float(p.var_scale), backend=str(p.backend),
+        dtype=PLANNER_DTYPES[p.dtype] if p.dtype is not None else None, seed=int(cfg.seed),
+    )
+
+
+class Evaluation:
+    """``Evaluation(cfg).run() -> summary``: the constructor checks the config and loads checkpoint, env, expert and
+    planner (raising ValueError/CheckpointError with a clear message); ``run`` plays the episodes."""
+
+    def __init__(self, cfg: DictConfig, out_dir: Optional[os.PathLike] = None):
+        validate_eval_config(cfg)
+        from .. import envs
+
+        self.cfg = cfg
+        self.folder = resolve_model_folder(cfg.checkpoint)
+        norm = read_normalization(self.folder)
+        self.device = resolve_device(cfg.device)
+        self.model = LeWM.from_pretrained(self.folder, map_location=self.device)
+        self.env_name = cfg.env or norm["env"]
+        image_size = int(cfg.image_size or self.model.config["encoder"]["image_size"])
+        self.frameskip = int(norm["frameskip"])
+        self.env = envs.make(self.env_name, image_size=image_size, seed=int(cfg.seed))
+        action_dim = int(self.env.action_space.shape[0])
+        if action_dim * self.frameskip != self.model.action_dim:
+            raise ValueError(
+                f"env {self.env_name!r} has {action_dim}-d actions, x frameskip {self.frameskip} = "
+                f"{action_dim * self.frameskip}, but the model takes {self.model.action_dim}-wide action blocks: "
+                "it was trained on another environment"
+            )
+        self.codec = ActionCodec(norm["action"]["mean"], norm["action"]["std"], self.frameskip, action_dim)
+        self.policy = envs.make_policy(self.env_name, self.env, kind="expert", seed=int(cfg.seed))
+        self.planner = build_planner(self.model, cfg)
+        self.out = Path(out_dir or cfg.out or Path("runs") / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+    def run(self) -> Dict[str, Any]:
+        """Play ``cfg.episodes`` MPC episodes; -> the summary written to ``<out>/results.json``."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        results = []
+        bar = tqdm(range(int(cfg.episodes)), desc=f"eval {self.env_name}", dynamic_ncols=True)
+        for e in bar:
+            record = e < int(cfg.save_episodes)
+            r = run_episode(
+                self.env, self.policy, self.planner, self.model, self.codec, episode=e, seed=int(cfg.seed) + e,
+                goal_offset=int(cfg.goal_offset), budget=int(cfg.budget), record=record,
+            )
+            results.append(r)
+            if record:
+                save_strip(self.out / f"episode_{e:03d}.png", r.frames, r.goal_frame, every=self.frameskip, success=r.success)
+                save_gif(self.out / f"episode_{e:03d}.gif", r.frames, r.goal_frame)
+            done = sum(x.success for x in results)
+            last = f"{1e3 * r.plan_latencies_s[-1]:.0f}" if r.plan_latencies_s else "-"
+            bar.set_postfix(success=f"{done}/{len(results)}", plan_ms=last)
+        summary = {
+            "env": self.env_name,
+            "checkpoint": str(self.folder),
+            "device": str(self.device),
+            "planner": {**OmegaConf.to_container(cfg.planner, resolve=True), "class": type(self.planner).__name__,
+                        "backend_requested": cfg.planner.backend, "backend": self.planner.which},
+            "goal_offset": int(cfg.goal_offset),
+            "budget": int(cfg.budget),
+            "seed": int(cfg.seed),
+            **summarize(results),
+            "per_episode": [r.summary() for r in results],
+        }
+        (self.out / "results.json").write_text(json.dumps(summary, indent=2))
+        summary["out"] = str(self.out)
+        return summary
+
+
+def evaluate(cfg: DictConfig, out_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
+    """``Evaluation(cfg, out_dir).run()``."""
+    return Evaluation(cfg, out_dir).run()

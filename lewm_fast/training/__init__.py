@@ -1,0 +1,11 @@
+"""Training LeWM from pixels (``lewm-train``): config composition/validation, the loop, checkpoints and resume."""
+
+from .checkpointing import latest_checkpoint, list_checkpoints, read_normalization, resolve_model_folder
+from .config import compose_train_config, model_config, validate_train_config
+from .trainer import Trainer, build_scheduler, build_sigreg, epoch_batches, train, warmup_cosine
+
+__all__ = [
+    "Trainer", "build_scheduler", "build_sigreg", "compose_train_config", "epoch_batches", "latest_checkpoint",
+    "list_checkpoints", "model_config", "read_normalization", "resolve_model_folder", "train", "validate_train_config",
+    "warmup_cosine",
+]

@@ -1,0 +1,266 @@
+"""Training configuration: hydra composition of the packaged configs, validation with clear messages, and the
+model config (stable-worldmodel form) a training config describes.
+
+Configs live in ``lewm_fast/configs``: ``train.yaml`` (primary) with the groups ``model`` (architecture: cpu_small,
+paper), ``data`` (env datasets), ``optim`` (adamw) and ``preset`` (cpu, paper: batch size, epochs, model choice).
+"""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..backends import BACKENDS
+from ..checkpoint import default_config
+
+CONFIG_MODULE = "lewm_fast.configs"
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+# model-group keys forwarded to default_config's ViT overrides when set (null = keep the encoder_size's value)
+ENCODER_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``lewm_fast/configs/<config_name>.yaml`` with hydra ``key=value`` overrides (hydra's compose API)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def compose_train_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The training config with ``overrides``, validated (raises ValueError naming the bad key)."""
+    cfg = compose_config("train", overrides)
+    validate_train_config(cfg)
+    return cfg
+
+
+def group_options(group: str) -> List[str]:
+    """Option names of a config group, e.g. ``group_options("train/model") -> ["cpu_small", "paper"]``."""
+    from importlib import resources
+
+    folder = resources.files(CONFIG_MODULE).joinpath(group)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def require_key(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key``; ValueError if it is absent or left ``???``."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True, default=_Absent)
+    except MissingMandatoryValue:
+        raise ValueError(f"{key} is required: pass {key}=<value>") from None
+    if value is _Absent:
+        raise ValueError(f"config key {key!r} is missing")
+    return value
+
+
+class _Absent:
+    pass
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def require_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+    value = require_key(cfg, key)
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def require_number(cfg: DictConfig, key: str, low: float, high: Optional[float] = None, open_low: bool = False) -> float:
+    value = require_key(cfg, key)
+    bad = not _is_number(value) or value != value or (value <= low if open_low else value < low)
+    if high is not None and _is_number(value):
+        bad = bad or value > high
+    if bad:
+        bound = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{key} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def require_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> str:
+    value = require_key(cfg, key)
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def require_bool(cfg: DictConfig, key: str) -> bool:
+    value = require_key(cfg, key)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def validate_model_config(cfg: DictConfig) -> None:
+    """Checks on the ``model`` group: positive sizes, patch grid, head splits."""
+    for key in ("image_size", "patch_size", "latent_dim", "history_size", "depth", "heads", "dim_head", "mlp_dim",
+                "proj_hidden_dim"):
+        require_int(cfg, f"model.{key}")
+    for key in ENCODER_OVERRIDES:
+        if require_key(cfg, f"model.{key}") is not None:
+            require_int(cfg, f"model.{key}")
+    require_number(cfg, "model.dropout", 0.0, 1.0)
+    m = cfg.model
+    if m.image_size % m.patch_size:
+        raise ValueError(f"model.image_size ({m.image_size}) must be a multiple of model.patch_size ({m.patch_size})")
+    if m.hidden_size is not None and m.num_attention_heads is not None and m.hidden_size % m.num_attention_heads:
+        raise ValueError(
+            f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads ({m.num_attention_heads})"
+        )
+    from ..reference.vit import VIT_SIZES
+
+    if m.encoder_size not in VIT_SIZES:
+        raise ValueError(f"model.encoder_size must be one of {sorted(VIT_SIZES)}, got {m.encoder_size!r}")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Raise ValueError with the offending key and the expected values for any bad training setting."""
+    validate_model_config(cfg)
+    require_int(cfg, "batch_size", 2)  # BatchNorm and SIGReg need at least 2 samples
+    require_int(cfg, "epochs")
+    require_int(cfg, "seed", 0)
+    require_int(cfg, "log_every")
+    require_int(cfg, "save_every_steps", 0)
+    require_int(cfg, "keep_checkpoints", 0)
+    require_bool(cfg, "resume")
+    require_choice(cfg, "device", DEVICES)
+    require_choice(cfg, "precision", PRECISIONS)
+    require_number(cfg, "optim.lr", 0.0, open_low=True)
+    require_number(cfg, "optim.weight_decay", 0.0)
+    require_number(cfg, "optim.warmup_fraction", 0.0, 1.0)
+    require_number(cfg, "optim.min_lr_ratio", 0.0, 1.0)
+    require_number(cfg, "optim.eps", 0.0, open_low=True)
+    betas = require_key(cfg, "optim.betas")
+    if len(betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(betas)!r}")
+    if require_key(cfg, "optim.grad_clip") is not None:
+        require_number(cfg, "optim.grad_clip", 0.0, open_low=True)
+    require_bool(cfg, "sigreg.fused")
+    require_number(cfg, "sigreg.weight", 0.0)
+    require_int(cfg, "sigreg.knots", 2)
+    require_int(cfg, "sigreg.num_proj")
+    require_choice(cfg, "sigreg.backend", BACKENDS)
+    require_int(cfg, "data.frameskip")
+    require_int(cfg, "data.num_workers", 0)
+    frames = require_int(cfg, "data.num_frames", 2)
+    if frames > cfg.model.history_size + 1:
+        raise ValueError(
+            f"data.num_frames ({frames}) must be <= model.history_size + 1 ({cfg.model.history_size + 1}): the predictor "
+            "sees num_frames - 1 context frames"
+        )
+    if not isinstance(require_key(cfg, "data.env"), str):
+        raise ValueError(f"data.env must be an environment name, got {cfg.data.env!r}")
+    if cfg.resume and cfg.out is None:
+        raise ValueError("resume=true needs out=<run dir> naming the run to continue")
+
+
+def check_data_path(cfg: DictConfig) -> Path:
+    """The dataset file, or a ValueError saying how to create it."""
+    path = require_key(cfg, "data.path")
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"data.path must be the path of an HDF5 dataset, got {path!r}")
+    if not Path(path).is_file():
+        raise ValueError(
+            f"data.path={path} does not exist; collect a dataset first, e.g. "
+            f"`lewm-collect env={cfg.data.env} episodes=20 out={path}`"
+        )
+    return Path(path)
+
+
+def model_config(cfg: DictConfig, action_dim: int) -> Dict[str, Any]:
+    """stable-worldmodel model config for ``cfg.model`` and an env with ``action_dim`` (per env step)."""
+    m = cfg.model
+    encoder = {k: int(m[k]) for k in ENCODER_OVERRIDES if m[k] is not None}
+    return default_config(
+        action_dim=action_dim,
+        frameskip=int(cfg.data.frameskip),
+        image_size=int(m.image_size),
+        patch_size=int(m.patch_size),
+        encoder_size=str(m.encoder_size),
+        latent_dim=int(m.latent_dim),
+        history_size=int(m.history_size),
+        depth=int(m.depth),
+        heads=int(m.heads),
+        dim_head=int(m.dim_head),
+        mlp_dim=int(m.mlp_dim),
+        proj_hidden_dim=int(m.proj_hidden_dim),
+        dropout=float(m.dropout),
+        **encoder,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+def parse_cli(argv: Sequence[str], flags: Dict[str, str]) -> tuple[List[str], bool, bool]:
+    """Split a hydra-style command line. ``flags`` maps literal flags to the override they stand for
+    (e.g. ``{"--fused-sigreg": "sigreg.fused=true"}``). -> (overrides, wants_help, wants_cfg)."""
+    overrides: List[str] = []
+    wants_help = wants_cfg = False
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            wants_help = True
+        elif arg == "--cfg":
+            wants_cfg = True
+        elif arg in flags:
+            overrides.append(flags[arg])
+        elif arg.startswith("-"):
+            known = ", ".join([*flags, "--cfg", "--help"])
+            raise ValueError(f"unknown flag {arg!r} (flags: {known}); settings are given as key=value")
+        elif "=" not in arg:
+            raise ValueError(f"expected key=value, got {arg!r} (e.g. epochs=3, model=paper)")
+        else:
+            overrides.append(arg)
+    return overrides, wants_help, wants_cfg
+
+
+def format_help(prog: str, description: str, config_name: str, groups: Dict[str, str], flags: Dict[str, str],
+                examples: Sequence[str]) -> str:
+    """Usage, flags, config groups with their options (default marked *), every key with its default, examples.
+    ``groups`` maps a group's name on the command line to its folder under lewm_fast/configs."""
+    cfg = compose_config(config_name)
+    choices = _default_choices(config_name)
+    usage = ' '.join([prog, *(f'[{f}]' for f in flags), '[--cfg] [--help] [key=value ...]'])
+    lines = [f"usage: {usage}", "", description, "",
+             "flags:"]
+    for flag, override in flags.items():
+        lines.append(f"  {flag:<18} same as {override}")
+    lines += [f"  {'--cfg':<18} print the composed config and exit", f"  {'-h, --help':<18} show this help and exit", ""]
+    if groups:
+        lines.append("config groups (group=option, * = default):")
+        for name, folder in groups.items():
+            opts = [f"{o}*" if o == choices.get(name) else o for o in group_options(folder)]
+            lines.append(f"  {name:<10} {', '.join(opts)}")
+        lines.append("")
+    lines.append("settings (key=value; defaults shown):")
+    lines += ["  " + line for line in OmegaConf.to_yaml(cfg).rstrip().splitlines()]
+    lines += ["", "examples:"] + [f"  {e}" for e in examples]
+    return "\n".join(lines)
+
+
+def _default_choices(config_name: str) -> Dict[str, str]:
+    """Group -> option chosen by the primary config's defaults list."""
+    from importlib import resources
+
+    text = resources.files(CONFIG_MODULE).joinpath(f"{config_name}.yaml").read_text()
+    defaults = OmegaConf.create(text).get("defaults", [])
+    out: Dict[str, str] = {}
+    for entry in defaults:
+        if OmegaConf.is_dict(entry):
+            for k, v in entry.items():
+                out[str(k)] = str(v)
+    return out

@@ -1,0 +1,210 @@
+"""lewm-eval: the MPC loop reaches a held-out goal when given the expert's actions, runs end to end with CEMPlanner
+on a tiny checkpoint (CLI included), writes results.json, PNG strips and GIFs, and fails clearly on bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lewm_fast import build_model
+from lewm_fast.cli.evaluate import main as eval_main
+from lewm_fast.evaluation import ActionCodec, held_out_goal, render_state, run_episode, summarize
+from lewm_fast.training.checkpointing import NORMALIZATION
+
+from conftest import tiny_config
+
+ACTION_MEAN, ACTION_STD = [0.05, -0.02], [0.6, 0.5]
+SMALL_PLANNER = ["planner.num_samples=12", "planner.topk=3", "planner.n_steps=2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast, and immune to oversubscription on a busy 2-core runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random LeWM for 28 px Two-Room frames, saved as lewm-train does (model folder + normalization.json)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config(image_size=28, patch_size=14)).eval()
+    folder = tmp_path_factory.mktemp("ckpt") / "step_00000010"
+    model.save_pretrained(folder)
+    norm = {"env": "two_room", "frameskip": 5, "action": {"mean": ACTION_MEAN, "std": ACTION_STD}}
+    (folder / NORMALIZATION).write_text(json.dumps(norm))
+    return folder
+
+
+@pytest.fixture
+def env():
+    from lewm_fast.envs import make
+
+    return make("two_room", image_size=28, seed=0)
+
+
+def expert(env, seed=0):
+    from lewm_fast.envs import make_policy
+
+    return make_policy("two_room", env, kind="expert", seed=seed)
+
+
+class RecordingPolicy:
+    """Wraps the expert and remembers the (clipped) actions of the held-out trajectory."""
+
+    def __init__(self, policy):
+        self.policy, self.actions = policy, []
+
+    def reset(self, seed=None):
+        self.policy.reset(seed=seed)
+        self.actions = []
+
+    def act(self, obs):
+        action = self.policy.act(obs)
+        self.actions.append(np.clip(action, -1.0, 1.0))
+        return action
+
+
+class ReplayPlanner:
+    """A planner stand-in that returns the recorded expert actions, block after block (zeros after they run out)."""
+
+    def __init__(self, recorder, codec, horizon=5):
+        self.recorder, self.codec, self.horizon, self.block = recorder, codec, horizon, 0
+        self.calls = []
+
+    def reset(self):
+        self.block = 0
+
+    def act(self, obs, goal, action_history):
+        self.calls.append((tuple(obs.shape), tuple(action_history.shape)))
+        fs, acts = self.codec.frameskip, self.recorder.actions
+        blocks = []
+        for b in range(self.block, self.block + self.horizon):
+            chunk = acts[b * fs : (b + 1) * fs]
+            blocks.append(self.codec.to_model(np.stack(chunk)) if len(chunk) == fs else torch.zeros(fs * 2))
+        self.block += self.horizon
+        return torch.stack(blocks).unsqueeze(0)
+
+
+class ZeroPlanner(ReplayPlanner):
+    def act(self, obs, goal, action_history):
+        return self.codec.to_model(np.zeros((5, 2))).expand(1, self.horizon, -1)
+
+
+def test_action_codec_round_trip_and_layouts():
+    codec = ActionCodec(ACTION_MEAN, ACTION_STD, frameskip=5, action_dim=2)
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(5, 2))
+    block = codec.to_model(actions)
+    assert block.shape == (10,) and block.dtype == torch.float32
+    np.testing.assert_allclose(codec.to_env(block), actions, atol=1e-6)
+    np.testing.assert_allclose(codec.to_env(torch.zeros(10)), np.tile(ACTION_MEAN, (5, 1)))
+    per_block = ActionCodec(np.tile(ACTION_MEAN, 5), np.tile(ACTION_STD, 5), frameskip=5, action_dim=2)
+    np.testing.assert_allclose(per_block.to_env(block), actions, atol=1e-6)
+    with pytest.raises(ValueError, match="2 \\(per env action\\) or 10 \\(per block\\)"):
+        ActionCodec([0.0] * 3, [1.0] * 3, frameskip=5, action_dim=2)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        ActionCodec([0.0, 0.0], [1.0, 0.0], frameskip=5, action_dim=2)
+
+
+def test_held_out_goal_is_reached_by_replaying_the_expert(env, checkpoint):
+    from lewm_fast import LeWM
+
+    model = LeWM.from_pretrained(checkpoint)
+    codec = ActionCodec(ACTION_MEAN, ACTION_STD, frameskip=5, action_dim=2)
+    start, goal = held_out_goal(env, expert(env), seed=3, goal_offset=25)
+    np.testing.assert_array_equal(env.unwrapped.get_state(), start)  # left at the start
+    assert not np.array_equal(render_state(env, goal), env.render())
+    np.testing.assert_array_equal(env.unwrapped.get_state(), start)  # rendering the goal does not move the env
+
+    for seed in range(3):
+        recorder = RecordingPolicy(expert(env))
+        planner = ReplayPlanner(recorder, codec)
+        r = run_episode(env, recorder, planner, model, codec, episode=seed, seed=seed, goal_offset=25, budget=50, record=True)
+        assert r.success and 1 <= r.steps <= 25, r
+        assert len(r.frames) == r.steps + 1 and len(r.plan_latencies_s) == len(planner.calls)
+        # context grows one frame per executed block, up to the model's window, with H-1 action blocks
+        assert planner.calls[0] == ((1, 1, 3, 28, 28), (1, 0, 10))
+
+    stuck = run_episode(env, recorder, ZeroPlanner(recorder, codec), model, codec, episode=0, seed=0, budget=50)
+    if not stuck.success:  # the agent does not move: the whole budget is spent, in replans of 5 blocks
+        assert stuck.steps == 50 and len(stuck.plan_latencies_s) == 2
+
+
+def test_summary_statistics():
+    from lewm_fast.evaluation import EpisodeResult
+
+    results = [EpisodeResult(0, 0, True, 12, [0.1, 0.3]), EpisodeResult(1, 1, False, 50, [0.2]), EpisodeResult(2, 2, True, 0)]
+    s = summarize(results)
+    assert s["success_rate"] == pytest.approx(2 / 3) and s["successes"] == 2 and s["already_at_goal"] == 1
+    assert s["plans"] == 3
+    assert s["plan_latency_mean_s"] == pytest.approx(0.2) and s["plan_latency_median_s"] == pytest.approx(0.2)
+    assert s["mean_steps_successful"] == 6
+
+
+def test_cli_evaluates_end_to_end_with_cem_planner(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = eval_main([f"checkpoint={checkpoint}", "episodes=2", "budget=10", "goal_offset=10", "save_episodes=1",
+                    f"out={out}", *SMALL_PLANNER])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "two_room: success" in printed and "plan latency" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["episodes"] == 2 and 0.0 <= results["success_rate"] <= 1.0
+    assert results["planner"]["class"] == "CEMPlanner" and results["planner"]["n_steps"] == 2
+    assert results["plans"] >= 2 and results["plan_latency_mean_s"] > 0
+    assert all(1 <= e["steps"] <= 10 for e in results["per_episode"])
+    strip = Image.open(out / "episode_000.png")
+    gif = Image.open(out / "episode_000.gif")
+    assert strip.size[0] > strip.size[1] and gif.n_frames == results["per_episode"][0]["steps"] + 1
+    assert not (out / "episode_001.png").exists()
+
+
+def test_run_directory_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
+    from lewm_fast.training import resolve_model_folder
+
+    run = tmp_path / "run"
+    for step in (5, 10):
+        shutil.copytree(checkpoint, run / "checkpoints" / f"step_{step:08d}")
+    assert resolve_model_folder(run).name == "step_00000010"
+    assert resolve_model_folder(checkpoint) == checkpoint
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "checkpoint is required"),
+        (["checkpoint=/nonexistent"], "neither a checkpoint folder"),
+        (["episodes=0"], "episodes must be an integer >= 1"),
+        (["planner.topk=500"], "topk \\(500\\) must be <= num_samples \\(300\\)"),
+        (["planner.dtype=fp16"], "planner.dtype must be one of"),
+        (["env=chess"], "chess"),
+    ],
+)
+def test_cli_bad_values_fail_clearly(checkpoint, args, message, capsys):
+    if args and not any(a.startswith("checkpoint=") for a in args):
+        args = [f"checkpoint={checkpoint}", *args]
+    assert eval_main(args) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_checkpoint_without_normalization_is_rejected(checkpoint, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(checkpoint, bare)
+    (bare / NORMALIZATION).unlink()
+    assert eval_main([f"checkpoint={bare}"]) == 2
+    assert "no normalization.json" in capsys.readouterr().err
+
+
+def test_cli_help_lists_planner_presets(capsys):
+    assert eval_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "planner    cem*, cpu_quick" in out and "goal_offset: 25" in out and "episodes: 50" in out

@@ -1,0 +1,306 @@
+"""lewm-train: the loss goes down, fused and reference SIGReg give the same step, resume after a kill is exact,
+bad config values fail with clear messages, the CLI trains end to end with --fused-sigreg."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from lewm_fast import LeWM
+from lewm_fast.cli.train import main as train_main
+from lewm_fast.training import Trainer, compose_train_config, list_checkpoints, warmup_cosine
+from lewm_fast.training.checkpointing import CHECKPOINT_DIR, read_normalization
+from lewm_fast.training.trainer import epoch_batches
+
+# a model small enough for a few CPU steps per second; 32 px frames, 4x4 patches of 8 px
+TINY = [
+    "model.image_size=32", "model.patch_size=8", "model.hidden_size=32", "model.num_hidden_layers=1",
+    "model.num_attention_heads=2", "model.intermediate_size=64", "model.latent_dim=32", "model.depth=1",
+    "model.heads=2", "model.dim_head=16", "model.mlp_dim=64", "model.proj_hidden_dim=64",
+    "batch_size=8", "sigreg.num_proj=64", "log_every=2",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast, and immune to oversubscription on a busy 2-core runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def cfg_for(tmp_path, *overrides, data_path=None):
+    return compose_train_config([*TINY, f"out={tmp_path}", *([f"data.path={data_path}"] if data_path else []), *overrides])
+
+
+@pytest.fixture(scope="session")
+def two_room_h5(tmp_path_factory):
+    """A small Two-Room episode file written by lewm_fast.data.collect: 4 episodes of 40 steps, 32 px frames."""
+    from lewm_fast.data import collect
+
+    path = tmp_path_factory.mktemp("data") / "two_room.h5"
+    return collect("two_room", episodes=4, out=path, episode_len=40, image_size=32, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def dataset(two_room_h5):
+    from lewm_fast.data import SequenceDataset
+
+    return SequenceDataset(two_room_h5, num_frames=4, frameskip=5, image_size=32)
+
+
+class FirstItems(torch.utils.data.Dataset):
+    """The first n items of a dataset (keeps its .stats and .env_name)."""
+
+    def __init__(self, dataset, n):
+        self.dataset, self.n, self.stats, self.env_name = dataset, n, dataset.stats, dataset.env_name
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+
+# ---------------------------------------------------------------------------------------------------- learning
+def test_few_steps_lower_the_loss(tmp_path, dataset):
+    dataset = FirstItems(dataset, 48)  # 6 steps per epoch
+    cfg = cfg_for(tmp_path, "epochs=4", "optim.lr=3e-3", "optim.warmup_fraction=0.1", "model.dropout=0.0")
+    summary = Trainer(cfg, dataset).fit()
+    losses = [r["loss"] for r in summary["history"]]
+    assert len(losses) == summary["global_step"] == 4 * (len(dataset) // 8)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.7 * first, (first, last)
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2, 3, 4]
+    assert summary["epochs"][-1]["loss"] < summary["epochs"][0]["loss"]
+    # outputs: stable-worldmodel folder + trainer state, JSON log, PNG plot
+    ckpts = list_checkpoints(tmp_path)  # one per epoch, the newest keep_checkpoints=3 kept
+    spe = len(dataset) // 8
+    assert [c.name for c in ckpts] == [f"step_{e * spe:08d}" for e in (2, 3, 4)]
+    model = LeWM.from_pretrained(ckpts[-1])
+    assert model.action_dim == 10 and model.config["encoder"]["image_size"] == 32
+    norm = read_normalization(ckpts[-1])
+    assert norm["env"] == "two_room" and norm["frameskip"] == 5 and len(norm["action"]["std"]) in (2, 10)
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["global_step"] == summary["global_step"] and len(log["history"]) == summary["global_step"]
+    assert {"loss", "pred_loss", "sigreg_loss", "lr", "grad_norm"} <= set(log["history"][0])
+    assert Image.open(tmp_path / "loss_curves.png").size[0] > 500
+
+
+def test_warmup_cosine_schedule():
+    lrs = [warmup_cosine(s, total_steps=100, warmup_steps=10, min_ratio=0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+def test_epoch_batches_are_seeded_full_and_disjoint():
+    a, b = epoch_batches(50, 8, seed=3, epoch=1), epoch_batches(50, 8, seed=3, epoch=1)
+    assert a == b and len(a) == 6 and all(len(x) == 8 for x in a)
+    flat = [i for batch in a for i in batch]
+    assert len(set(flat)) == 48
+    assert epoch_batches(50, 8, seed=3, epoch=2) != a
+
+
+# ---------------------------------------------------------------------------------------------------- fused SIGReg
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_fused_and_reference_sigreg_give_the_same_training_step(tmp_path, dataset, backend):
+    from lewm_fast.backends import csrc_available, triton_available
+
+    if backend == "triton" and not triton_available(torch.device("cpu")):
+        pytest.skip("Triton interpreter not available")
+    if backend == "cpu" and not csrc_available():
+        pytest.skip("C++ extension not built")
+    ref = Trainer(cfg_for(tmp_path / "ref"), dataset)
+    fused = Trainer(cfg_for(tmp_path / "fused", "sigreg.fused=true", f"sigreg.backend={backend}"), dataset)
+    fused.model.load_state_dict(ref.model.state_dict())
+    assert type(fused.sigreg).__module__ == "lewm_fast.ops.sigreg" and fused.sigreg_backend == backend
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(8)])
+
+    grads = {}
+    for name, trainer in (("ref", ref), ("fused", fused)):
+        torch.manual_seed(123)  # same dropout masks and the same random projection A
+        pixels, actions = trainer._inputs(batch)
+        from lewm_fast.reference import lewm_loss
+
+        terms = lewm_loss(trainer.model, pixels, actions, trainer.sigreg, 0.09)
+        trainer.model.zero_grad()
+        terms.loss.backward()
+        grads[name] = (terms, {k: p.grad.clone() for k, p in trainer.model.named_parameters() if p.grad is not None})
+    (t_ref, g_ref), (t_fused, g_fused) = grads["ref"], grads["fused"]
+    for a, b in zip(t_ref, t_fused):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert set(g_ref) == set(g_fused) and len(g_ref) > 20
+    for k in g_ref:
+        torch.testing.assert_close(g_fused[k], g_ref[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+    # and the trainer's own step (autocast context, clipping): same loss terms and gradient norm. (Parameters after
+    # the first AdamW step are not compared: that step is ~lr * sign(grad), which turns rounding noise in near-zero
+    # gradients, e.g. of the attention key biases that softmax ignores, into differences of order lr.)
+    torch.manual_seed(7)
+    ref_terms, ref_norm = ref.train_step(batch)
+    torch.manual_seed(7)
+    fused_terms, fused_norm = fused.train_step(batch)
+    for a, b in zip(ref_terms, fused_terms):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_norm, ref_norm, rtol=1e-5, atol=1e-6)
+
+
+def test_precision_fp32_on_cpu_and_bf16_autocast_step(tmp_path, dataset):
+    from lewm_fast.training.trainer import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+    trainer = Trainer(cfg_for(tmp_path, "precision=bf16", "sigreg.fused=true"), dataset)  # the CUDA recipe, on CPU
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(8)])
+    terms, grad_norm = trainer.train_step(batch)
+    assert all(torch.isfinite(t) for t in terms) and torch.isfinite(grad_norm)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast: fp32 master weights
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+class Killed(Exception):
+    pass
+
+
+RESUME = ("epochs=3", "keep_checkpoints=0", "model.dropout=0.1", "batch_size=4")
+
+
+@pytest.fixture(scope="module")
+def resume_data(dataset):
+    return FirstItems(dataset, 16)  # 4 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, resume_data):
+    trainer = Trainer(cfg_for(tmp_path_factory.mktemp("whole"), *RESUME), resume_data)
+    return trainer, trainer.fit()
+
+
+def run_until_killed(cfg, dataset, kill_at_step):
+    trainer = Trainer(cfg, dataset)
+    step = trainer.train_step
+
+    def dying_step(batch):
+        if trainer.global_step == kill_at_step:
+            raise Killed
+        return step(batch)
+
+    trainer.train_step = dying_step
+    with pytest.raises(Killed):
+        trainer.fit()
+
+
+@pytest.mark.parametrize("save_every,kill_at,resume_from", [(0, 6, 4), (3, 11, 9)],
+                         ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, resume_data, uninterrupted, save_every, kill_at,
+                                                            resume_from):
+    whole, summary_whole = uninterrupted
+    cfg = (*RESUME, f"save_every_steps={save_every}")
+    run_until_killed(cfg_for(tmp_path, *cfg), resume_data, kill_at)
+    assert list_checkpoints(tmp_path)[-1].name == f"step_{resume_from:08d}"
+    # an interrupted save leaves a temporary folder: it must be ignored and cleaned up
+    partial = tmp_path / CHECKPOINT_DIR / ".tmp-step_99999999"
+    partial.mkdir()
+    (partial / "weights.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="resume=true"):
+        Trainer(cfg_for(tmp_path, *cfg), resume_data).fit()
+    resumed = Trainer(cfg_for(tmp_path, *cfg, "resume=true"), resume_data)
+    summary_resumed = resumed.fit()
+    assert not partial.exists()
+
+    assert summary_resumed["global_step"] == summary_whole["global_step"] == 12
+    steps = [r["step"] for r in summary_resumed["history"]]
+    assert steps == list(range(1, 13))  # no lost or repeated step
+    assert [r["loss"] for r in summary_resumed["history"]] == [r["loss"] for r in summary_whole["history"]]
+    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    opt_a, opt_b = whole.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for i in opt_a:
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_a[i][k], opt_b[i][k])
+    assert resumed.scheduler.last_epoch == whole.scheduler.last_epoch == 12
+
+
+def test_resume_refuses_a_different_model_or_dataset(tmp_path, dataset, resume_data):
+    Trainer(cfg_for(tmp_path, "epochs=1", "batch_size=4"), resume_data).fit()
+    with pytest.raises(ValueError, match="trained with model="):
+        Trainer(cfg_for(tmp_path, "epochs=2", "batch_size=4", "resume=true", "model.depth=2"), resume_data).fit()
+    with pytest.raises(ValueError, match="dataset of 16 sequences"):
+        Trainer(cfg_for(tmp_path, "epochs=2", "batch_size=4", "resume=true"), FirstItems(dataset, 20)).fit()
+
+
+# ---------------------------------------------------------------------------------------------------- config errors
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("batch_size=1", "batch_size must be an integer >= 2"),
+        ("epochs=0", "epochs must be an integer >= 1"),
+        ("optim.lr=-1e-3", "optim.lr must be a number > 0"),
+        ("optim.warmup_fraction=1.5", "optim.warmup_fraction must be a number >= 0.0 and <= 1.0"),
+        ("optim.betas=[0.9,1.5]", "optim.betas must be two numbers"),
+        ("optim.grad_clip=0", "optim.grad_clip must be a number > 0"),
+        ("model.image_size=60", "multiple of model.patch_size"),
+        ("model.num_attention_heads=3", "divisible by model.num_attention_heads"),
+        ("model.encoder_size=gigantic", "model.encoder_size must be one of"),
+        ("sigreg.backend=gpu", "sigreg.backend must be one of"),
+        ("sigreg.fused=maybe", "sigreg.fused must be true or false"),
+        ("precision=fp16", "precision must be one of"),
+        ("device=tpu", "device must be one of"),
+        ("data.num_frames=9", "data.num_frames (9) must be <= model.history_size + 1"),
+        ("resume=true", "resume=true needs out="),
+    ],
+)
+def test_bad_config_values_fail_clearly(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+").replace(".", r"\.")):
+        compose_train_config([override])
+
+
+def test_cli_reports_bad_values_without_a_traceback(capsys, tmp_path):
+    assert train_main(["batch_size=0"]) == 2
+    assert "batch_size must be an integer >= 2, got 0" in capsys.readouterr().err
+    assert train_main(["--fused-sigrg"]) == 2
+    assert "unknown flag '--fused-sigrg'" in capsys.readouterr().err
+    assert train_main(["nonsense=1"]) == 2
+    assert "Could not override 'nonsense'" in capsys.readouterr().err
+    assert train_main([f"data.path={tmp_path / 'missing.h5'}", f"out={tmp_path / 'run'}"]) == 2
+    assert "lewm-collect env=two_room" in capsys.readouterr().err
+
+
+def test_cli_help_lists_flags_groups_and_defaults(capsys):
+    assert train_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("--fused-sigreg", "preset     cpu*, paper", "model      cpu_small*, paper", "two_room*", "batch_size: 16",
+                 "weight: 0.09"):
+        assert text in out
+
+
+def test_fused_flag_and_paper_preset_compose():
+    from lewm_fast.cli.train import FLAGS
+    from lewm_fast.training.config import parse_cli
+
+    overrides, _, _ = parse_cli(["--fused-sigreg", "preset=paper"], FLAGS)
+    cfg = compose_train_config(overrides)
+    assert cfg.sigreg.fused is True and cfg.batch_size == 128 and cfg.model.image_size == 224
+    assert cfg.model.depth == 6 and cfg.model.hidden_size is None and cfg.optim.lr == 5e-5 and cfg.optim.grad_clip == 1.0
+    from lewm_fast import build_model
+    from lewm_fast.training import model_config
+
+    n = sum(p.numel() for p in build_model(model_config(cfg, action_dim=2)).parameters())
+    assert 17e6 < n < 20e6  # the paper's ~18M-parameter LeWM
+
+
+def test_cli_trains_end_to_end_with_fused_sigreg(tmp_path, two_room_h5, capsys):
+    rc = train_main(["--fused-sigreg", f"data.path={two_room_h5}", f"out={tmp_path}", *TINY, "epochs=1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "SIGReg fused" in out and "loss: epoch 1" in out
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["sigreg"]["fused"] is True and log["epochs_done"] == 1
+    LeWM.from_pretrained(list_checkpoints(tmp_path)[-1])
