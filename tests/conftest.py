@@ -55,3 +55,12 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def tiny_model():
     torch.manual_seed(0)
     return randomize_(build_model(tiny_config())).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and immune to oversubscription on a busy 2-core runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,13 +23,7 @@ ACTION_MEAN, ACTION_STD = [0.05, -0.02], [0.6, 0.5]
 SMALL_PLANNER = ["planner.num_samples=12", "planner.topk=3", "planner.n_steps=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and immune to oversubscription on a busy 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -24,11 +24,24 @@ def _print_info(as_json: bool) -> None:
     print(f"auto backend     cpu -> {info['auto_backend_cpu']}" + (f", cuda -> {info['auto_backend_cuda']}" if info["auto_backend_cuda"] else ""))
 
 
-def _demo(device: str, n_steps: int) -> None:
-    """Build the paper-size LeWM with random weights, encode random frames, plan with the reference CEM."""
+def _timed(fn, device: str):
     import torch
 
-    from lewm_fast import build_lewm
+    fn()  # warm-up (kernel compilation, CUDA graph capture)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def _demo(device: str, n_steps: int) -> None:
+    """Build the paper-size LeWM with random weights, encode random frames, plan with the reference and fast CEM."""
+    import torch
+
+    from lewm_fast import CEMPlanner, build_lewm
     from lewm_fast.reference import CEMSolver
 
     torch.manual_seed(0)
@@ -36,13 +49,17 @@ def _demo(device: str, n_steps: int) -> None:
     obs = torch.randn(1, 3, 3, 224, 224, device=device)
     goal = torch.randn(1, 3, 224, 224, device=device)
     with torch.no_grad():
-        t0 = time.perf_counter()
-        emb = model.encode(obs)
-        t1 = time.perf_counter()
-    plan = CEMSolver(model, n_steps=n_steps, seed=0).plan(obs, goal)
-    t2 = time.perf_counter()
-    print(f"encoded {tuple(obs.shape)} -> {tuple(emb.shape)} in {1e3 * (t1 - t0):.1f} ms")
-    print(f"CEM plan ({n_steps} iterations x 300 samples, horizon 5) -> {tuple(plan.shape)} in {t2 - t1:.2f} s")
+        emb, t_enc = _timed(lambda: model.encode(obs), device)
+    print(f"encoded {tuple(obs.shape)} -> {tuple(emb.shape)} in {1e3 * t_enc:.1f} ms")
+    ref = CEMSolver(model, n_steps=n_steps, seed=0)
+    fast = CEMPlanner(model, n_steps=n_steps, seed=0)
+    plan_ref, t_ref = _timed(lambda: ref.plan(obs, goal), device)
+    plan_fast, t_fast = _timed(lambda: fast.plan(obs, goal), device)
+    what = f"{n_steps} iterations x 300 samples, horizon 5 -> {tuple(plan_fast.shape)}"
+    print(f"reference CEMSolver: {t_ref:.3f} s   ({what})")
+    print(f"lewm_fast.CEMPlanner [{fast.which}]: {t_fast:.3f} s   ({t_ref / t_fast:.1f}x)")
+    if device == "cpu":
+        print(f"max |plan difference| vs reference (same seed): {(plan_fast - plan_ref).abs().max().item():.2e}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -50,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command")
     info = sub.add_parser("info", help="print the backends available here (CUDA/Triton, C++ extension, interpreter)")
     info.add_argument("--json", action="store_true", help="print as JSON")
-    demo = sub.add_parser("demo", help="build a random paper-size LeWM, encode frames and plan once with CEM")
+    demo = sub.add_parser("demo", help="build a random paper-size LeWM, encode frames, plan with the reference and the fast CEM, print timings")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.add_argument("--n-steps", type=int, default=3, help="CEM iterations (default: 3)")
     args = parser.parse_args(argv)
