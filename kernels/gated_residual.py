@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tile_matmul import tile_matmul_bias
+
 
 @triton.jit
 def _gated_residual_kernel(
@@ -26,26 +28,12 @@ def _gated_residual_kernel(
 ):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mmask = rm < R
     nmask = rn < N
-    a_rows = a_ptr + rm.to(tl.int64)[:, None] * s_am
-    w_cols = w_ptr + rn.to(tl.int64)[None, :] * s_wn
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        kmask = kk < K
-        a = tl.load(a_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        w = tl.load(w_cols + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-        if UPCAST:  # the interpreter's tl.dot mis-handles bf16 operands (Triton 3.x): multiply in fp32 there
-            a = a.to(tl.float32)
-            w = w.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(a, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w, acc)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    acc = tile_matmul_bias(
+        a_ptr, w_ptr, bias_ptr, rm, rn, mmask, nmask, K, s_am, s_wn,
+        HAS_BIAS, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K,
+    )
     m = (rm // rows_inner).to(tl.int64)
     s = (rm % rows_inner).to(tl.int64)
     mask = mmask[:, None] & nmask[None, :]

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tile_matmul import tile_matmul_bias
+
 
 @triton.jit
 def _goal_cost_kernel(
@@ -26,26 +28,12 @@ def _goal_cost_kernel(
 ):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rd = tl.arange(0, BLOCK_D)
-    rk = tl.arange(0, BLOCK_K)
     mmask = rm < M
     dmask = rd < D
-    h_rows = h_ptr + rm.to(tl.int64)[:, None] * s_hm
-    w_cols = w_ptr + rd[None, :] * s_wd
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        kmask = kk < K
-        h = tl.load(h_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        w = tl.load(w_cols + kk[:, None], mask=kmask[:, None] & dmask[None, :], other=0.0)
-        if UPCAST:  # the interpreter's tl.dot mis-handles bf16 operands (Triton 3.x): multiply in fp32 there
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(h, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(h, w, acc)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rd, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    acc = tile_matmul_bias(
+        h_ptr, w_ptr, bias_ptr, rm, rd, mmask, dmask, K, s_hm, s_wd,
+        HAS_BIAS, IEEE, UPCAST, BLOCK_M, BLOCK_D, BLOCK_K,
+    )
     mask = mmask[:, None] & dmask[None, :]
     env = (rm // rows_per_goal).to(tl.int64)
     goal = tl.load(goal_ptr + env[:, None] * s_gb + rd[None, :], mask=mask, other=0.0).to(tl.float32)
