@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-from ..reference.lewm import LeWM
 from .base import LoopBuffers, PlannerBase
-from .rollout import RolloutEngine
 
 
 class CEMPlanner(PlannerBase):
@@ -24,27 +20,6 @@ class CEMPlanner(PlannerBase):
     first is one fused elite-refit + Philox-sampling kernel (``kernels/cem_refit.py``) and, on CUDA, the whole
     ``n_steps`` loop is one replayed CUDA graph; a divergence (fewer than ``topk`` finite costs) is raised after the plan.
     """
-
-    def __init__(
-        self,
-        model: LeWM,
-        num_samples: int = 300,
-        topk: int = 30,
-        n_steps: int = 30,
-        horizon: int = 5,
-        receding_horizon: int = 5,
-        var_scale: float = 1.0,
-        backend: str = "auto",
-        dtype: Optional[torch.dtype] = None,
-        seed: Optional[int] = None,
-        engine: Optional[RolloutEngine] = None,
-        cuda_graph: bool = True,
-    ):
-        super().__init__(
-            model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon,
-            receding_horizon=receding_horizon, var_scale=var_scale, backend=backend, dtype=dtype, seed=seed,
-            engine=engine, cuda_graph=cuda_graph,
-        )
 
     def _loop(self, buf: LoopBuffers) -> None:
         if self.which == "triton":
