@@ -17,7 +17,7 @@ import torch
 from .._validation import check_positive_int, check_tensor
 from ..backends import resolve_backend
 from ..ops.elite_refit import elite_refit_resolved
-from ..reference.cem import CEMSolver, PlanDiagnostics
+from ..reference.cem import CEMSolver, PlanDiagnostics, check_cem_settings
 from ..reference.lewm import LeWM
 from .cuda_graph import GraphedLoop
 from .rollout import RolloutEngine
@@ -112,17 +112,7 @@ class PlannerBase(abc.ABC):
         engine: Optional[RolloutEngine] = None,
         cuda_graph: bool = True,
     ):
-        check_positive_int(num_samples, "num_samples", 2)
-        check_positive_int(topk, "topk", 2)
-        check_positive_int(n_steps, "n_steps")
-        check_positive_int(horizon, "horizon")
-        check_positive_int(receding_horizon, "receding_horizon")
-        if topk > num_samples:
-            raise ValueError(f"topk ({topk}) must be <= num_samples ({num_samples})")
-        if receding_horizon > horizon:
-            raise ValueError(f"receding_horizon ({receding_horizon}) must be <= horizon ({horizon})")
-        if not var_scale > 0:
-            raise ValueError(f"var_scale must be > 0, got {var_scale}")
+        check_cem_settings(num_samples, topk, n_steps, horizon, receding_horizon, var_scale)
         if seed is not None:
             check_positive_int(seed, "seed", 0)
         self.model = model

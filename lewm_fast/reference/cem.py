@@ -54,6 +54,21 @@ def sample_candidates(
     return cand
 
 
+def check_cem_settings(num_samples: int, topk: int, n_steps: int, horizon: int, receding_horizon: int, var_scale: float) -> None:
+    """Validate a sampling planner's settings (shared by the reference and the fast planners)."""
+    check_positive_int(num_samples, "num_samples", 2)
+    check_positive_int(topk, "topk", 2)
+    check_positive_int(n_steps, "n_steps")
+    check_positive_int(horizon, "horizon")
+    check_positive_int(receding_horizon, "receding_horizon")
+    if topk > num_samples:
+        raise ValueError(f"topk ({topk}) must be <= num_samples ({num_samples})")
+    if receding_horizon > horizon:
+        raise ValueError(f"receding_horizon ({receding_horizon}) must be <= horizon ({horizon})")
+    if not var_scale > 0:
+        raise ValueError(f"var_scale must be > 0, got {var_scale}")
+
+
 @dataclass
 class PlanDiagnostics:
     """Per-iteration history: elite costs (B,k), mean and std (B,T,A) after each refit."""
@@ -81,17 +96,7 @@ class CEMSolver:
         var_scale: float = 1.0,
         seed: Optional[int] = None,
     ):
-        check_positive_int(num_samples, "num_samples", 2)
-        check_positive_int(topk, "topk", 2)
-        check_positive_int(n_steps, "n_steps")
-        check_positive_int(horizon, "horizon")
-        check_positive_int(receding_horizon, "receding_horizon")
-        if topk > num_samples:
-            raise ValueError(f"topk ({topk}) must be <= num_samples ({num_samples})")
-        if receding_horizon > horizon:
-            raise ValueError(f"receding_horizon ({receding_horizon}) must be <= horizon ({horizon})")
-        if not var_scale > 0:
-            raise ValueError(f"var_scale must be > 0, got {var_scale}")
+        check_cem_settings(num_samples, topk, n_steps, horizon, receding_horizon, var_scale)
         self.model = model
         self.num_samples, self.topk, self.n_steps = num_samples, topk, n_steps
         self.horizon, self.receding_horizon, self.var_scale = horizon, receding_horizon, var_scale
