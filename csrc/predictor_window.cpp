@@ -7,9 +7,12 @@
 //   the output holds own tokens S-q..S-1.
 //
 // window_blocks(x (M, S, D), mods (M, S, depth, 6, D) strided, prefix_qkv[depth] or [], weights[8*depth], eps[4*depth],
-//               heads, gelu_approximate, chunk_rows) -> (M, D)
+//               heads, gelu_approximate, chunk_rows, head[4] or [], head_eps, head_approximate, goal (B, D')?)
+//   -> (M, D) without a head; (M, D') with one; (M,) with a head and a goal
 //   All AdaLN-zero blocks of the predictor for a rollout step, returning the residual stream of the last token (the
-//   only one read out). Per block: LN(norm1) * (1+scale1) + shift1 -> LN (attn.norm, affine folded into to_qkv) ->
+//   only one read out) or, given the folded prediction head {w1 (F, D), b1, w2 (D', F), b2}, the next latent
+//   w2 @ act(w1 @ LN(x_last) + b1) + b2 (LN without affine, eps head_eps), or its squared distance to the goal of its
+//   environment (rows are grouped by environment: M / B consecutive rows per goal). Per block: LN(norm1) * (1+scale1) + shift1 -> LN (attn.norm, affine folded into to_qkv) ->
 //   to_qkv -> window attention -> x += gate1 * to_out(.) ; LN(norm2) * (1+scale2) + shift2 -> LN (mlp.net.0, folded)
 //   -> fc1 -> GELU -> x += gate2 * fc2(.). The last block computes keys/values for all tokens but the query, attention
 //   output and MLP for the last token only; a window's first token (it sees only itself: output = its value) gets no
@@ -129,8 +132,7 @@ at::Tensor window_attention_cpu(const at::Tensor& qkv, const c10::optional<at::T
 // ---------------------------------------------------------------------------------------------------- whole window
 template <typename scalar_t>
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void norm_modulate_norm(const scalar_t* x, const scalar_t* shift, const scalar_t* mul, int64_t d, scalar_t eps1,
-                        scalar_t eps2, scalar_t* out) {
+void normalize(const scalar_t* x, int64_t d, scalar_t eps, scalar_t* out) {
   scalar_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t e = 0; e < d; ++e) sum += x[e];
@@ -138,20 +140,29 @@ void norm_modulate_norm(const scalar_t* x, const scalar_t* shift, const scalar_t
   scalar_t sq = 0;
 #pragma omp simd reduction(+ : sq)
   for (int64_t e = 0; e < d; ++e) sq += (x[e] - mean) * (x[e] - mean);
-  const scalar_t rstd = scalar_t(1) / std::sqrt(sq / d + eps1);
-  scalar_t sum2 = 0;
-#pragma omp simd reduction(+ : sum2)
-  for (int64_t e = 0; e < d; ++e) {
-    out[e] = (x[e] - mean) * rstd * mul[e] + shift[e];
-    sum2 += out[e];
-  }
-  const scalar_t mean2 = sum2 / d;
-  scalar_t sq2 = 0;
-#pragma omp simd reduction(+ : sq2)
-  for (int64_t e = 0; e < d; ++e) sq2 += (out[e] - mean2) * (out[e] - mean2);
-  const scalar_t rstd2 = scalar_t(1) / std::sqrt(sq2 / d + eps2);
+  const scalar_t rstd = scalar_t(1) / std::sqrt(sq / d + eps);
 #pragma omp simd
-  for (int64_t e = 0; e < d; ++e) out[e] = (out[e] - mean2) * rstd2;
+  for (int64_t e = 0; e < d; ++e) out[e] = (x[e] - mean) * rstd;
+}
+
+// out = LN2(LN1(x) * mul + shift), both LayerNorms without affine.
+template <typename scalar_t>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void norm_modulate_norm(const scalar_t* x, const scalar_t* shift, const scalar_t* mul, int64_t d, scalar_t eps1,
+                        scalar_t eps2, scalar_t* out) {
+  normalize<scalar_t>(x, d, eps1, out);
+#pragma omp simd
+  for (int64_t e = 0; e < d; ++e) out[e] = out[e] * mul[e] + shift[e];
+  normalize<scalar_t>(out, d, eps2, out);
+}
+
+template <typename scalar_t>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+scalar_t squared_distance(const scalar_t* z, const scalar_t* bias, const scalar_t* goal, int64_t d) {
+  scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t e = 0; e < d; ++e) acc += (z[e] + bias[e] - goal[e]) * (z[e] + bias[e] - goal[e]);
+  return acc;
 }
 
 template <typename scalar_t>
@@ -160,6 +171,41 @@ void gated_add(scalar_t* x, const scalar_t* gate, const scalar_t* y, const scala
 #pragma omp simd
   for (int64_t e = 0; e < d; ++e) x[e] += gate[e] * (y[e] + bias[e]);
 }
+
+template <typename scalar_t>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void add_bias(scalar_t* x, const scalar_t* bias, int64_t d) {
+#pragma omp simd
+  for (int64_t e = 0; e < d; ++e) x[e] += bias[e];
+}
+
+// y (rows, D') = act(h (rows, K) @ w1t (K, F) + b1) @ w2t (F, D'), the hidden units F taken in slices of f's width so
+// the (rows, slice) intermediate stays in L2; f: scratch with at least `rows` rows. No output bias.
+template <typename scalar_t>
+void mlp_sliced(const at::Tensor& h, const at::Tensor& w1t, const at::Tensor& b1, const at::Tensor& w2t,
+                c10::string_view approximate, at::Tensor& f, at::Tensor& y) {
+  const int64_t rows = h.size(0), hidden = w1t.size(1), slice = f.size(1);
+  for (int64_t u0 = 0; u0 < hidden; u0 += slice) {
+    const int64_t cols = std::min(slice, hidden - u0);
+    auto f_v = f.narrow(0, 0, rows).narrow(1, 0, cols);
+    at::mm_out(f_v, h, w1t.narrow(1, u0, cols));  // bias added here, not by a broadcast copy before the GEMM
+    scalar_t* fp = f_v.data_ptr<scalar_t>();
+    const scalar_t* bp = b1.data_ptr<scalar_t>() + u0;
+    for (int64_t r = 0; r < rows; ++r) add_bias<scalar_t>(fp + r * f_v.stride(0), bp, cols);
+    at::gelu_(f_v, approximate);
+    at::addmm_out(y, y, f_v, w2t.narrow(0, u0, cols), u0 == 0 ? 0 : 1, 1);
+  }
+}
+
+// The folded prediction head on the last token: LN (no affine) -> Linear -> act -> Linear (pred_proj with the final
+// norm's affine, output_proj and BatchNorm folded in by the rollout engine). head = {w1 (F, D), b1, w2 (D', F), b2}.
+struct Head {
+  at::Tensor w1t, b1, w2t, b2;
+  double eps;
+  c10::string_view approximate;
+  at::Tensor goal;  // (B, D'): emit the costs sum_d (latent - goal)^2 instead of latents; undefined: latents
+  int64_t rows_per_goal;
+};
 
 struct Block {
   at::Tensor qkv_wt, q_b, out_wt, out_b, fc1_wt, fc1_b, fc2_wt, fc2_b;
@@ -173,7 +219,7 @@ struct Mods {  // strided view (M, S, depth, 6, D)
 // Scratch of one thread; rows = chunk * S window rows, position-major inside a chunk (row t*c + m), so the tokens that
 // need a query (those whose attention output is used) form one contiguous row range, and so do those the MLP runs on.
 struct Scratch {
-  at::Tensor x, h, qkv, att, y, f;
+  at::Tensor x, h, qkv, att, y, f, z;  // z: the head's output (chunk, D')
 };
 
 constexpr int64_t kGroupWidth = 256;  // attention heads (x dh) per column group, MLP hidden units per slice
@@ -185,8 +231,8 @@ constexpr int64_t kGroupWidth = 256;  // attention heads (x dh) per column group
 template <typename scalar_t>
 void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, const std::vector<Block>& blocks,
                   const std::vector<const scalar_t*>& prefix, int64_t p, int64_t rows_per_prefix, int64_t m0, int64_t c,
-                  int64_t s, int64_t d, int64_t heads, int64_t dh, c10::string_view approximate, Scratch& w,
-                  scalar_t* out) {
+                  int64_t s, int64_t d, int64_t heads, int64_t dh, c10::string_view approximate, const Head* head,
+                  Scratch& w, scalar_t* out) {
   const int64_t depth = static_cast<int64_t>(blocks.size()), inner = heads * dh, width = 3 * inner;
   const int64_t group = std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)), gw = group * dh;
   scalar_t* x = w.x.data_ptr<scalar_t>();
@@ -220,14 +266,12 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
         if (from >= rows) continue;
         auto dst = qkv_v.narrow(0, from, rows - from).narrow(1, part * gw, cols);
         const auto w_part = b.qkv_wt.narrow(1, part * inner + col0, cols);
-        if (part == 0) {
-          at::addmm_out(dst, b.q_b.narrow(0, col0, cols), h_all.narrow(0, from, rows - from), w_part);
-        } else {
-          at::mm_out(dst, h_all.narrow(0, from, rows - from), w_part);
-        }
+        at::mm_out(dst, h_all.narrow(0, from, rows - from), w_part);  // biases added below (no broadcast copy)
       }
+      const scalar_t* qb = b.q_b.data_ptr<scalar_t>() + col0;
       for (int64_t r = r0; r < rows; ++r) {
         const int64_t t = r / c, m = r % c;
+        if (r >= rq) add_bias<scalar_t>(qp + r * qkv_ld, qb, cols);
         for (int64_t j = 0; j < p; ++j)
           keys[j] = prefix[i] + (((m0 + m) / rows_per_prefix) * p + j) * width + inner + col0;
         for (int64_t j = 0; j <= t; ++j) keys[p + j] = qp + (j * c + m) * qkv_ld + gw;
@@ -241,26 +285,41 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 2), yp + (r - r0) * d, ob, d);
     for (int64_t r = r0; r < rows; ++r)
       norm_modulate_norm<scalar_t>(x + r * d, mod(r, 3), mod(r, 4), d, b.eps2, b.eps_mlp, hp + (r - r0) * d);
-    const int64_t hidden = b.fc1_wt.size(1), slice = w.f.size(1);
-    for (int64_t u0 = 0; u0 < hidden; u0 += slice) {
-      const int64_t cols = std::min(slice, hidden - u0);
-      auto f_v = w.f.narrow(0, 0, nrows).narrow(1, 0, cols);
-      at::addmm_out(f_v, b.fc1_b.narrow(0, u0, cols), w.h.narrow(0, 0, nrows), b.fc1_wt.narrow(1, u0, cols));
-      at::gelu_(f_v, approximate);
-      at::addmm_out(y_v, y_v, f_v, b.fc2_wt.narrow(0, u0, cols), u0 == 0 ? 0 : 1, 1);
-    }
+    mlp_sliced<scalar_t>(w.h.narrow(0, 0, nrows), b.fc1_wt, b.fc1_b, b.fc2_wt, approximate, w.f, y_v);
     const scalar_t* fb = b.fc2_b.data_ptr<scalar_t>();
     for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 5), yp + (r - r0) * d, fb, d);
   }
-  std::copy_n(x + (s - 1) * c * d, c * d, out + m0 * d);
+  const scalar_t* xl = x + (s - 1) * c * d;  // the last token's residual stream of candidates m0..m0+c-1
+  if (head == nullptr) {
+    std::copy_n(xl, c * d, out + m0 * d);
+    return;
+  }
+  for (int64_t m = 0; m < c; ++m) normalize<scalar_t>(xl + m * d, d, head->eps, hp + m * d);
+  auto z = w.z.narrow(0, 0, c);
+  mlp_sliced<scalar_t>(w.h.narrow(0, 0, c), head->w1t, head->b1, head->w2t, head->approximate, w.f, z);
+  const int64_t dout = z.size(1);
+  const scalar_t* zp = z.data_ptr<scalar_t>();
+  const scalar_t* b2 = head->b2.data_ptr<scalar_t>();
+  if (head->goal.defined()) {
+    const scalar_t* g = head->goal.data_ptr<scalar_t>();
+    for (int64_t m = 0; m < c; ++m)
+      out[m0 + m] = squared_distance<scalar_t>(zp + m * dout, b2, g + ((m0 + m) / head->rows_per_goal) * dout, dout);
+  } else {
+    for (int64_t m = 0; m < c; ++m) {
+      scalar_t* o = out + (m0 + m) * dout;
+      std::copy_n(zp + m * dout, dout, o);
+      add_bias<scalar_t>(o, b2, dout);
+    }
+  }
 }
 
 template <typename scalar_t>
 void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<Block>& blocks,
                 const std::vector<at::Tensor>& prefix_qkv, int64_t heads, c10::string_view approximate,
-                int64_t chunk_rows, at::Tensor& out) {
+                const Head* head, int64_t chunk_rows, at::Tensor& out) {
   const int64_t m = x.size(0), s = x.size(1), d = x.size(2);
-  const int64_t inner = blocks[0].out_wt.size(0), dh = inner / heads, hidden = blocks[0].fc1_wt.size(1);
+  const int64_t inner = blocks[0].out_wt.size(0), dh = inner / heads;
+  const int64_t hidden = std::max(blocks[0].fc1_wt.size(1), head ? head->w1t.size(1) : int64_t(0));
   const int64_t gw = std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)) * dh;
   const Mods ms{mods.stride(0), mods.stride(1), mods.stride(2), mods.stride(3)};
   const int64_t p = prefix_qkv.empty() ? 0 : prefix_qkv[0].size(1);
@@ -281,18 +340,20 @@ void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<B
     auto opts = x.options();
     Scratch w{at::empty({rows, d}, opts), at::empty({rows, d}, opts), at::empty({rows, 3 * gw}, opts),
               at::empty({rows, gw}, opts), at::empty({rows, d}, opts),
-              at::empty({rows, std::min(hidden, kGroupWidth * 2)}, opts)};
+              at::empty({rows, std::min(hidden, kGroupWidth * 2)}, opts),
+              at::empty({chunk, head ? head->w2t.size(1) : 0}, opts)};
     for (int64_t ci = begin; ci < end; ++ci) {
       const int64_t m0 = ci * chunk, c = std::min(chunk, m - m0);
-      blocks_chunk<scalar_t>(xp, mp, ms, blocks, prefix, p, rows_per_prefix, m0, c, s, d, heads, dh, approximate, w,
-                             op);
+      blocks_chunk<scalar_t>(xp, mp, ms, blocks, prefix, p, rows_per_prefix, m0, c, s, d, heads, dh, approximate, head,
+                             w, op);
     }
   });
 }
 
 at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at::TensorList prefix_qkv,
                              at::TensorList weights, at::ArrayRef<double> eps, int64_t heads,
-                             c10::string_view gelu_approximate, int64_t chunk_rows) {
+                             c10::string_view gelu_approximate, int64_t chunk_rows, at::TensorList head_weights,
+                             double head_eps, c10::string_view head_approximate, const c10::optional<at::Tensor>& goal) {
   TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
   const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
   TORCH_CHECK_VALUE(weights.size() % 8 == 0 && !weights.empty(), "weights must hold 8 tensors per block, got ",
@@ -318,7 +379,7 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
                       "qkv weight of block ", i, " must be (3*heads*dh, D), got ", w[0].sizes());
     TORCH_CHECK_VALUE(w[1].dim() == 1 && 3 * w[1].size(0) == w[0].size(0), "query bias of block ", i,
                       " must have heads*dh entries, got ", w[1].sizes());
-    blocks.push_back(Block{w[0].t(), w[1], w[2].t(), w[3].contiguous(), w[4].t(), w[5], w[6].t(), w[7].contiguous(),
+    blocks.push_back(Block{w[0].t(), w[1].contiguous(), w[2].t(), w[3].contiguous(), w[4].t(), w[5].contiguous(), w[6].t(), w[7].contiguous(),
                            eps[4 * i], eps[4 * i + 1], eps[4 * i + 2], eps[4 * i + 3]});
   }
   std::vector<at::Tensor> prefix;
@@ -328,9 +389,33 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
     TORCH_CHECK_VALUE(prefix.back().size(1) == prefix[0].size(1) && prefix.back().size(0) == prefix[0].size(0),
                       "all prefix_qkv tensors must share (B, P)");
   }
-  auto out = at::empty({m, d}, x.options());
+  c10::optional<Head> head;
+  if (!head_weights.empty()) {
+    TORCH_CHECK_VALUE(head_weights.size() == 4, "head must hold 4 tensors (w1, b1, w2, b2), got ", head_weights.size());
+    const auto &w1 = head_weights[0], &b1 = head_weights[1], &w2 = head_weights[2], &b2 = head_weights[3];
+    for (const auto& t : head_weights)
+      TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), "head weights must have x's dtype");
+    TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == d && b1.dim() == 1 && b1.size(0) == w1.size(0) && w2.dim() == 2 &&
+                          w2.size(1) == w1.size(0) && b2.dim() == 1 && b2.size(0) == w2.size(0),
+                      "head must be w1 (F, D=", d, "), b1 (F), w2 (D', F), b2 (D'), got ", w1.sizes(), ", ",
+                      b1.sizes(), ", ", w2.sizes(), ", ", b2.sizes());
+    head = Head{w1.t(), b1.contiguous(), w2.t(), b2.contiguous(), head_eps, head_approximate, at::Tensor(), 1};
+    if (goal.has_value()) {
+      TORCH_CHECK_VALUE(goal->dim() == 2 && goal->size(1) == w2.size(0) && goal->size(0) >= 1 &&
+                            m % goal->size(0) == 0 && goal->scalar_type() == x.scalar_type(),
+                        "goal must be (B, ", w2.size(0), ") with B dividing M=", m, " and x's dtype, got ",
+                        goal->sizes(), " ", goal->scalar_type());
+      head->goal = goal->contiguous();
+      head->rows_per_goal = m / goal->size(0);
+    }
+  } else {
+    TORCH_CHECK_VALUE(!goal.has_value(), "goal needs the head weights");
+  }
+  auto out = !head ? at::empty({m, d}, x.options())
+             : head->goal.defined() ? at::empty({m}, x.options())
+                                    : at::empty({m, head->w2t.size(1)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "window_blocks_cpu", [&] {
-    blocks_all<scalar_t>(x, mods, blocks, prefix, heads, gelu_approximate, chunk_rows, out);
+    blocks_all<scalar_t>(x, mods, blocks, prefix, heads, gelu_approximate, head ? &*head : nullptr, chunk_rows, out);
   });
   return out;
 }
@@ -341,7 +426,8 @@ TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
   m.def("window_attention(Tensor qkv, Tensor? prefix_qkv, int heads, int num_queries) -> Tensor");
   m.def(
       "window_blocks(Tensor x, Tensor mods, Tensor[] prefix_qkv, Tensor[] weights, float[] eps, int heads, "
-      "str gelu_approximate, int chunk_rows) -> Tensor");
+      "str gelu_approximate, int chunk_rows, Tensor[] head, float head_eps, str head_approximate, Tensor? goal) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) {

@@ -262,10 +262,54 @@ def test_window_blocks_cpp_matches_op_by_op(s, p, chunk_rows, tiny_model):
 
 
 @needs_csrc
+@pytest.mark.parametrize("s,p", [(3, 0), (1, 2)])
+@pytest.mark.parametrize("chunk_rows", [4, 1000])
+def test_window_blocks_cpp_head_matches_op_by_op(s, p, chunk_rows, tiny_model):
+    """With the folded head: next latents == blocks + head, and with a goal the costs == head_cost (op by op)."""
+    from lewm_fast.planning.fused_predictor import FusedRollout
+
+    torch.manual_seed(1)
+    engine = FusedRollout(tiny_model, PredictorOps())
+    fast = FusedRollout(tiny_model, CpuOps())
+    fast.ops.chunk_rows = chunk_rows
+    assert fast.whole_step and not engine.whole_step
+    pk = engine.packed
+    m, b, d = 12, 3, tiny_model.latent_dim
+    x = torch.randn(m, s, d)
+    mods = torch.randn(m, s, pk.depth, 6, d)
+    goal = torch.randn(b, d)
+    prefix = None
+    if p:
+        _, prefix = engine.blocks(torch.randn(b, p, d), torch.randn(b, p, pk.depth, 6, d), None, "kv")
+    x_last = engine.blocks(x.clone(), mods, prefix, "last")[0]
+    torch.testing.assert_close(fast.step(x, mods, prefix), engine.head(x_last)[:, 0], rtol=1e-5, atol=1e-5)
+    got = fast.step(x, mods, prefix, goal)
+    assert got.shape == (m,)
+    torch.testing.assert_close(got, engine.head_cost(x_last, goal), rtol=1e-5, atol=1e-5)
+
+
+def _window_blocks(x, mods, weights, head=(), goal=None):
+    return torch.ops.lewm_fast.window_blocks(x, mods, [], weights, [1e-6] * 4, 1, "none", 8, head, 1e-6, "none", goal)
+
+
+@needs_csrc
 def test_window_blocks_cpp_bad_inputs(tiny_model):
-    w = [torch.zeros(1)] * 7
+    x, mods = torch.zeros(2, 1, 4), torch.zeros(2, 1, 1, 6, 4)
     with pytest.raises(ValueError, match="8 tensors per block"):
-        torch.ops.lewm_fast.window_blocks(torch.zeros(2, 1, 4), torch.zeros(2, 1, 1, 6, 4), [], w, [1e-6] * 4, 1, "none", 8)
+        _window_blocks(x, mods, [torch.zeros(1)] * 7)
     w = [torch.zeros(1)] * 8
     with pytest.raises(ValueError, match="mods must be"):
-        torch.ops.lewm_fast.window_blocks(torch.zeros(2, 1, 4), torch.zeros(2, 1, 1, 5, 4), [], w, [1e-6] * 4, 1, "none", 8)
+        _window_blocks(x, torch.zeros(2, 1, 1, 5, 4), w)
+    w = [torch.zeros(12, 4), torch.zeros(4), torch.zeros(4, 4), torch.zeros(4), torch.zeros(8, 4), torch.zeros(8),
+         torch.zeros(4, 8), torch.zeros(4)]
+    head = [torch.zeros(8, 4), torch.zeros(8), torch.zeros(3, 8), torch.zeros(3)]
+    assert _window_blocks(x, mods, w, head).shape == (2, 3)
+    assert _window_blocks(x, mods, w, head, torch.zeros(1, 3)).shape == (2,)
+    with pytest.raises(ValueError, match="4 tensors"):
+        _window_blocks(x, mods, w, head[:3])
+    with pytest.raises(ValueError, match="head must be w1"):
+        _window_blocks(x, mods, w, [head[0], head[1], torch.zeros(3, 7), head[3]])
+    with pytest.raises(ValueError, match="goal must be"):
+        _window_blocks(x, mods, w, head, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="goal needs the head"):
+        _window_blocks(x, mods, w, [], torch.zeros(1, 3))

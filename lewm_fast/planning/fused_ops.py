@@ -9,10 +9,14 @@ on the first two axes, the feature axis must be contiguous.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+
+WindowHead = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, str]
+"""The folded prediction head for ``CpuOps.window_blocks``: (w1 (F, D), b1, w2 (D', F), b2, LN eps, GELU approximate)."""
 
 
 class PredictorOps:
@@ -37,12 +41,19 @@ class PredictorOps:
         h = torch.addcmul(shift, F.layer_norm(x, (d,), eps=eps1), mul)
         return F.layer_norm(h, (d,), weight, bias, eps2).to(out_dtype)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """(M, S, K) @ weight (N, K)^T + bias -> (M, S, N) contiguous (cuBLAS / MKL GEMM)."""
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], out: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """(M, S, K) @ weight (N, K)^T + bias -> (M, S, N) contiguous (cuBLAS / MKL GEMM); written into ``out``
+        (contiguous, (M, S, N)) when given."""
         x2 = x.reshape(-1, x.shape[-1])
         if bias is not None and bias.dtype != x2.dtype:
             bias = bias.to(x2.dtype)
-        y = torch.addmm(bias, x2, weight.t()) if bias is not None else torch.mm(x2, weight.t())
+        y = None if out is None else out.view(x2.shape[0], weight.shape[0])
+        if bias is not None:
+            y = torch.addmm(bias, x2, weight.t(), out=y)
+        else:
+            y = torch.mm(x2, weight.t(), out=y)
         return y.view(*x.shape[:-1], weight.shape[0])
 
     def window_attention(
@@ -117,13 +128,18 @@ class CpuOps(PredictorOps):
         eps: List[float],
         heads: int,
         gelu_approximate: str,
+        head: Optional[WindowHead] = None,
+        goal: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """x (M, S, D), mods (M, S, depth, 6, D) -> residual stream of the last token after all blocks (M, 1, D);
-        weights / eps: 8 tensors / 4 floats per block (see ``csrc/predictor_window.cpp``)."""
+        """x (M, S, D), mods (M, S, depth, 6, D); weights / eps: 8 tensors / 4 floats per block (see
+        ``csrc/predictor_window.cpp``). Without ``head``: the residual stream of the last token after all blocks
+        (M, 1, D). With ``head``: the predicted latents (M, D'), or with ``goal`` (B, D') the costs (M,)."""
+        w1, b1, w2, b2, head_eps, head_approximate = head if head is not None else ((), (), (), (), 0.0, "none")
         out = torch.ops.lewm_fast.window_blocks(
-            x, mods, prefix_qkv or [], weights, eps, heads, gelu_approximate, self.chunk_rows
+            x, mods, prefix_qkv or [], weights, eps, heads, gelu_approximate, self.chunk_rows,
+            [w1, b1, w2, b2] if head is not None else [], head_eps, head_approximate, goal,
         )
-        return out.unsqueeze(1)
+        return out if head is not None else out.unsqueeze(1)
 
 
 class TritonOps(PredictorOps):

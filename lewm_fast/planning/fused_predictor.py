@@ -231,18 +231,32 @@ class FusedRollout:
         self.ops = ops
         self.dtype = dtype
         self.packed = PackedLeWM(model, dtype)
+        self._mods_buffer: Optional[torch.Tensor] = None  # see modulations(reuse=True)
         act = self.packed.mlp_act
         self.whole_window = (
             isinstance(ops, CpuOps) and dtype == torch.float32 and isinstance(act, nn.GELU)
             and all(b.out_w is not None for b in self.packed.blocks)
         )
+        # ... and the prediction head (or the goal cost) in the same C++ call
+        self.whole_step = self.whole_window and isinstance(self.packed.head_act, nn.GELU)
+        self._window_args_cache: Optional[tuple] = None
 
     # ------------------------------------------------------------------ pieces
-    def modulations(self, act_emb: torch.Tensor) -> torch.Tensor:
-        """act_emb (R, T, D) -> AdaLN (shift, 1+scale, gate) x 2 for every block: (R, T, depth, 6, Dh), in one GEMM."""
+    def modulations(self, act_emb: torch.Tensor, reuse: bool = False) -> torch.Tensor:
+        """act_emb (R, T, D) -> AdaLN (shift, 1+scale, gate) x 2 for every block: (R, T, depth, 6, Dh), in one GEMM.
+
+        reuse: on CPU, write into this rollout's persistent buffer (valid until the next ``reuse`` call). The tensor
+        is tens of MB per CEM iteration, above glibc's mmap threshold: a fresh one costs as much in page faults as
+        its GEMM."""
         p = self.packed
         c = F.silu(self.packed.cond_proj(act_emb)).to(self.dtype)
-        mods = self.ops.linear(c, p.ada_w, p.ada_b)
+        out = None
+        if reuse and act_emb.device.type == "cpu":
+            n = act_emb.shape[0] * act_emb.shape[1] * p.ada_w.shape[0]
+            if self._mods_buffer is None or self._mods_buffer.numel() < n or self._mods_buffer.dtype != c.dtype:
+                self._mods_buffer = torch.empty(n, dtype=c.dtype)
+            out = self._mods_buffer[:n]
+        mods = self.ops.linear(c, p.ada_w, p.ada_b, out=out)
         return mods.view(*act_emb.shape[:2], p.depth, 6, p.hidden)
 
     def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
@@ -284,15 +298,44 @@ class FusedRollout:
                 return xs, qkvs
         return x, qkvs
 
+    def _window_args(self) -> tuple:
+        """(weights, eps, head) of ``CpuOps.window_blocks`` for the current packing (cached per packing)."""
+        p = self.packed
+        cache = self._window_args_cache
+        if cache is not None and cache[0] == p.signature:
+            return cache[1]
+        inner = p.heads * p.dim_head  # keys/values carry no bias (see the module docstring): pass the query bias
+        weights = [t for b in p.blocks for t in (b.qkv_w, b.qkv_b[:inner], b.out_w, b.out_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b)]
+        eps = [e for b in p.blocks for e in (b.eps1, b.eps_attn, b.eps2, b.eps_mlp)]
+        head = None
+        if self.whole_step:
+            head = (p.head_w, p.head_b, p.head_w2, p.head_b2, p.final_eps, p.head_act.approximate)
+        self._window_args_cache = (p.signature, (weights, eps, head))
+        return weights, eps, head
+
     def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]]) -> torch.Tensor:
         """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh)."""
         if not self.whole_window:
             return self.blocks(x, mods, prefix_qkv, "last")[0]
+        weights, eps, _ = self._window_args()
         p = self.packed
-        inner = p.heads * p.dim_head  # keys/values carry no bias (see the module docstring): pass the query bias
-        weights = [t for b in p.blocks for t in (b.qkv_w, b.qkv_b[:inner], b.out_w, b.out_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b)]
-        eps = [e for b in p.blocks for e in (b.eps1, b.eps_attn, b.eps2, b.eps_mlp)]
         return self.ops.window_blocks(x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        mods: torch.Tensor,
+        prefix_qkv: Optional[List[torch.Tensor]],
+        goal: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """One rollout step: the blocks on the window x (M, S, Dh) and the head on its last token -> the next latents
+        (M, D) float32, or with ``goal`` (B, D) the costs (M,) of those latents."""
+        if self.whole_step:
+            weights, eps, head = self._window_args()
+            p = self.packed
+            return self.ops.window_blocks(x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate, head, goal)
+        x_last = self.last_token(x, mods, prefix_qkv)
+        return self.head(x_last)[:, 0] if goal is None else self.head_cost(x_last, goal)
 
     def head_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm + folded pred_proj up to its activation: x (M, S, Dh) -> (M, S, hidden) or, for a pred_proj
@@ -374,7 +417,7 @@ class FusedRollout:
         h_ctx = emb_ctx.shape[1]
         m = b * n
         w = p.num_frames
-        mods_c = self.modulations(self.embed_actions(candidates.reshape(m, t_hor, -1)))  # (M, T, depth, 6, Dh)
+        mods_c = self.modulations(self.embed_actions(candidates.reshape(m, t_hor, -1)), reuse=True)  # (M, T, depth, 6, Dh)
         lat = emb_ctx.new_empty(b, n, h_ctx + t_hor, emb_ctx.shape[-1], dtype=torch.float32)
         lat[:, :, :h_ctx] = emb_ctx.unsqueeze(1)
         lat = lat.view(m, h_ctx + t_hor, -1)
@@ -386,11 +429,11 @@ class FusedRollout:
             first = max(end - w, 0) + shared  # first per-candidate token; its action is candidate first - (h_ctx - 1)
             c0 = first - (h_ctx - 1)
             x = self.tokens(lat[:, first:end], shared)
-            x_last = self.last_token(x, mods_c[:, c0:c0 + end - first], prefix)
+            mods = mods_c[:, c0:c0 + end - first]
             if goal is not None and t == t_hor - 1:
-                cost = self.head_cost(x_last, goal.float())
+                cost = self.step(x, mods, prefix, goal.float())
             else:
-                lat[:, end] = self.head(x_last)[:, 0]
+                lat[:, end] = self.step(x, mods, prefix)
         if goal is not None:
             return cost.view(b, n)
         return lat.view(b, n, h_ctx + t_hor, -1)
