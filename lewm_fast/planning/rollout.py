@@ -50,7 +50,8 @@ class RolloutEngine:
     dtype None / float32: float32 everywhere (parity with the reference). bfloat16: bf16 weights and GEMM/attention
     inputs with float32 accumulation, float32 residual stream, LayerNorm statistics and costs (Triton backend only).
     The engine re-folds its weights when a parameter of ``model`` changes; after changing weights in place, call
-    ``refresh()`` before replaying a captured CUDA graph (replays do not run the check).
+    ``refresh()`` before replaying a captured CUDA graph (replays do not run the check). On CPU the engine reuses a
+    work buffer across calls: use one engine per thread.
     """
 
     def __init__(self, model: nn.Module, backend: str = "auto", dtype: Optional[torch.dtype] = None):
