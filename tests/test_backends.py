@@ -39,3 +39,11 @@ def test_describe_reports_versions():
     assert info["torch"] == torch.__version__
     assert info["csrc"] == csrc_available()
     assert info["auto_backend_cpu"] in ("cpu", "reference")
+
+
+def test_import_stays_light():
+    """``import lewm_fast`` must not pull in torch._dynamo (seconds of import time, and ~100k objects that every
+    full garbage collection then walks: measurable in the planning loop)."""
+    code = "import sys, lewm_fast; print('torch._dynamo' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

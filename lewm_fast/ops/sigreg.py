@@ -10,6 +10,7 @@ of that loss.
 
 from __future__ import annotations
 
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -155,7 +156,16 @@ def _knots(
     return t, phi, weights
 
 
-@torch.compiler.assume_constant_result  # evaluated once while torch.compile traces: it only reads the installation
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` when lewm_fast is imported
+    (that import alone costs ~2 s and ~100k Python objects, which every full garbage collection then walks)."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # what torch._dynamo.assume_constant_result sets (tests/ compile fullgraph)
+    return fn
+
+
+@_assume_constant_result  # evaluated once while torch.compile traces: it only reads the installation
 def _pick_backend(backend: str, device: torch.device, float64: bool) -> str:
     which = resolve_backend(backend, device)
     if which == "triton" and float64:
