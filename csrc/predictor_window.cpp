@@ -29,6 +29,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -335,14 +336,15 @@ void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<B
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* mp = mods.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
-  at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+  std::atomic<int64_t> next_chunk{0};  // chunks are taken dynamically: a core slowed down by others takes fewer
+  at::parallel_for(0, std::min(threads, nchunks), 1, [&](int64_t, int64_t) {
     const int64_t rows = chunk * s;
     auto opts = x.options();
     Scratch w{at::empty({rows, d}, opts), at::empty({rows, d}, opts), at::empty({rows, 3 * gw}, opts),
               at::empty({rows, gw}, opts), at::empty({rows, d}, opts),
               at::empty({rows, std::min(hidden, kGroupWidth * 2)}, opts),
               at::empty({chunk, head ? head->w2t.size(1) : 0}, opts)};
-    for (int64_t ci = begin; ci < end; ++ci) {
+    for (int64_t ci = next_chunk++; ci < nchunks; ci = next_chunk++) {
       const int64_t m0 = ci * chunk, c = std::min(chunk, m - m0);
       blocks_chunk<scalar_t>(xp, mp, ms, blocks, prefix, p, rows_per_prefix, m0, c, s, d, heads, dh, approximate, head,
                              w, op);
