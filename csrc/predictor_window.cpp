@@ -22,7 +22,7 @@
 //   fc2_b; eps per block: norm1, attn.norm, norm2, mlp.net.0. Elementwise loops are compiled for AVX-512, AVX2 and
 //   baseline x86-64 and picked at load time.
 //   Candidates are processed in chunks of about chunk_rows window rows (a multiple of the thread count of chunks),
-//   one chunk per thread at a time, so threads never wait on each other; inside a chunk, attention runs per group of
+//   handed out to the threads one at a time, so threads never wait on each other; inside a chunk, attention runs per group of
 //   heads and the MLP per slice of hidden units, so intermediates stay in the core's L2. GEMMs are ATen's (MKL),
 //   single-threaded inside the parallel region.
 #include <torch/extension.h>
