@@ -19,7 +19,8 @@
 //   query. mods[:, :, i] = (shift1, 1+scale1, gate1, shift2, 1+scale2, gate2) of block i;
 //   weights per block: qkv_w (3I, D), q_b (I: keys and values carry no bias; the rollout engine folds a value bias
 //   into out_b, and a key bias does not change softmax), out_w (D, I), out_b, fc1_w (F, D), fc1_b, fc2_w (D, F),
-//   fc2_b; eps per block: norm1, attn.norm, norm2, mlp.net.0. Elementwise loops are compiled for AVX-512, AVX2 and
+//   fc2_b, ov_w (D, D) = out_w @ (value rows of qkv_w): a window's first token sees only itself, so its attention
+//   output is its value and to_out needs no attention or I-wide GEMM for it; eps per block: norm1, attn.norm, norm2, mlp.net.0. Elementwise loops are compiled for AVX-512, AVX2 and
 //   baseline x86-64 and picked at load time.
 //   Candidates are processed in chunks of about chunk_rows window rows (a multiple of the thread count of chunks),
 //   handed out to the threads one at a time, so threads never wait on each other; inside a chunk, attention runs per group of
@@ -209,7 +210,7 @@ struct Head {
 };
 
 struct Block {
-  at::Tensor qkv_wt, q_b, out_wt, out_b, fc1_wt, fc1_b, fc2_wt, fc2_b;
+  at::Tensor qkv_wt, q_b, out_wt, out_b, fc1_wt, fc1_b, fc2_wt, fc2_b, ov_wt;
   double eps1, eps_attn, eps2, eps_mlp;
 };
 
@@ -252,15 +253,20 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     auto mod = [&](int64_t row, int64_t k) {  // row = t * c + m
       return mods + (m0 + row % c) * ms.sm + (row / c) * ms.ss + i * ms.sl + k * ms.sk;
     };
-    // attention output is used for tokens t0..s-1; a query is needed for those, except a window's first token
+    // attention output is used for tokens t0..s-1; a query is needed for those, except a window's first token: it
+    // sees only itself, so its attention output is its value and to_out(value) = ov_w @ h (rows 0..c-1, "alone")
     const int64_t t0 = last ? s - 1 : 0, tq = (p == 0 && t0 == 0) ? 1 : t0;
-    const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0;
+    const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0, ra = rq;
     for (int64_t r = 0; r < rows; ++r)
       norm_modulate_norm<scalar_t>(x + r * d, mod(r, 0), mod(r, 1), d, b.eps1, b.eps_attn, hp + r * d);
     auto h_all = w.h.narrow(0, 0, rows);
     auto y_v = w.y.narrow(0, 0, nrows);
     auto qkv_v = w.qkv.narrow(0, 0, rows);
-    for (int64_t h0 = 0; h0 < heads; h0 += group) {
+    if (ra > r0) {
+      auto y_alone = w.y.narrow(0, 0, ra - r0);
+      at::mm_out(y_alone, h_all.narrow(0, r0, ra - r0), b.ov_wt);
+    }
+    for (int64_t h0 = 0; h0 < heads && ra < rows; h0 += group) {
       const int64_t gh = std::min(group, heads - h0), cols = gh * dh, col0 = h0 * dh;
       for (int64_t part = 0; part < 3; ++part) {  // q (rows needing one), k, v (all rows)
         const int64_t from = part == 0 ? rq : 0;
@@ -270,16 +276,17 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
         at::mm_out(dst, h_all.narrow(0, from, rows - from), w_part);  // biases added below (no broadcast copy)
       }
       const scalar_t* qb = b.q_b.data_ptr<scalar_t>() + col0;
-      for (int64_t r = r0; r < rows; ++r) {
+      for (int64_t r = ra; r < rows; ++r) {
         const int64_t t = r / c, m = r % c;
-        if (r >= rq) add_bias<scalar_t>(qp + r * qkv_ld, qb, cols);
+        add_bias<scalar_t>(qp + r * qkv_ld, qb, cols);
         for (int64_t j = 0; j < p; ++j)
           keys[j] = prefix[i] + (((m0 + m) / rows_per_prefix) * p + j) * width + inner + col0;
         for (int64_t j = 0; j <= t; ++j) keys[p + j] = qp + (j * c + m) * qkv_ld + gw;
         attend_group<scalar_t>(qp + r * qkv_ld, keys.data(), p, t + 1, gh, dh, inner, gw, score.data(),
-                               ap + (r - r0) * gw);
+                               ap + (r - ra) * gw);
       }
-      at::addmm_out(y_v, y_v, w.att.narrow(0, 0, nrows).narrow(1, 0, cols), b.out_wt.narrow(0, col0, cols),
+      auto y_att = y_v.narrow(0, ra - r0, rows - ra);
+      at::addmm_out(y_att, y_att, w.att.narrow(0, 0, rows - ra).narrow(1, 0, cols), b.out_wt.narrow(0, col0, cols),
                     h0 == 0 ? 0 : 1, 1);
     }
     const scalar_t* ob = b.out_b.data_ptr<scalar_t>();
@@ -358,9 +365,9 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
                              double head_eps, c10::string_view head_approximate, const c10::optional<at::Tensor>& goal) {
   TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
   const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
-  TORCH_CHECK_VALUE(weights.size() % 8 == 0 && !weights.empty(), "weights must hold 8 tensors per block, got ",
+  TORCH_CHECK_VALUE(weights.size() % 9 == 0 && !weights.empty(), "weights must hold 9 tensors per block, got ",
                     weights.size());
-  const int64_t depth = static_cast<int64_t>(weights.size() / 8);
+  const int64_t depth = static_cast<int64_t>(weights.size() / 9);
   TORCH_CHECK_VALUE(static_cast<int64_t>(eps.size()) == 4 * depth, "eps must hold 4 values per block, got ",
                     eps.size());
   TORCH_CHECK_VALUE(mods.dim() == 5 && mods.size(0) == m && mods.size(1) == s && mods.size(2) == depth &&
@@ -374,15 +381,18 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
   const at::Tensor x = x_in.contiguous();
   std::vector<Block> blocks;
   for (int64_t i = 0; i < depth; ++i) {
-    const auto* w = &weights[8 * i];
-    for (int k = 0; k < 8; ++k)
+    const auto* w = &weights[9 * i];
+    for (int k = 0; k < 9; ++k)
       TORCH_CHECK_VALUE(w[k].scalar_type() == x.scalar_type(), "weights must have x's dtype");
     TORCH_CHECK_VALUE(w[0].dim() == 2 && w[0].size(1) == d && w[0].size(0) % (3 * heads) == 0,
                       "qkv weight of block ", i, " must be (3*heads*dh, D), got ", w[0].sizes());
     TORCH_CHECK_VALUE(w[1].dim() == 1 && 3 * w[1].size(0) == w[0].size(0), "query bias of block ", i,
                       " must have heads*dh entries, got ", w[1].sizes());
-    blocks.push_back(Block{w[0].t(), w[1].contiguous(), w[2].t(), w[3].contiguous(), w[4].t(), w[5].contiguous(), w[6].t(), w[7].contiguous(),
-                           eps[4 * i], eps[4 * i + 1], eps[4 * i + 2], eps[4 * i + 3]});
+    TORCH_CHECK_VALUE(w[8].dim() == 2 && w[8].size(0) == d && w[8].size(1) == d, "ov weight of block ", i,
+                      " must be (D, D), got ", w[8].sizes());
+    blocks.push_back(Block{w[0].t(), w[1].contiguous(), w[2].t(), w[3].contiguous(), w[4].t(), w[5].contiguous(),
+                           w[6].t(), w[7].contiguous(), w[8].t(), eps[4 * i], eps[4 * i + 1], eps[4 * i + 2],
+                           eps[4 * i + 3]});
   }
   std::vector<at::Tensor> prefix;
   for (const auto& t : prefix_qkv) {

@@ -253,8 +253,7 @@ def test_window_blocks_cpp_matches_op_by_op(s, p, chunk_rows, tiny_model):
     ops.chunk_rows = chunk_rows
     inner = pk.heads * pk.dim_head
     assert all(not blk.qkv_b[inner:].any() for blk in pk.blocks)  # packed keys/values carry no bias
-    weights = [t for blk in pk.blocks for t in (blk.qkv_w, blk.qkv_b[:inner], blk.out_w, blk.out_b, blk.fc1_w, blk.fc1_b, blk.fc2_w, blk.fc2_b)]
-    eps = [e for blk in pk.blocks for e in (blk.eps1, blk.eps_attn, blk.eps2, blk.eps_mlp)]
+    weights, eps, _ = FusedRollout(tiny_model, CpuOps())._window_args()
     x_in = x.clone()
     got = ops.window_blocks(x_in, mods, prefix, weights, eps, pk.heads, "none")
     assert torch.equal(x_in, x)  # the input stays untouched
@@ -295,16 +294,18 @@ def _window_blocks(x, mods, weights, head=(), goal=None):
 @needs_csrc
 def test_window_blocks_cpp_bad_inputs(tiny_model):
     x, mods = torch.zeros(2, 1, 4), torch.zeros(2, 1, 1, 6, 4)
-    with pytest.raises(ValueError, match="8 tensors per block"):
-        _window_blocks(x, mods, [torch.zeros(1)] * 7)
-    w = [torch.zeros(1)] * 8
+    with pytest.raises(ValueError, match="9 tensors per block"):
+        _window_blocks(x, mods, [torch.zeros(1)] * 8)
+    w = [torch.zeros(1)] * 9
     with pytest.raises(ValueError, match="mods must be"):
         _window_blocks(x, torch.zeros(2, 1, 1, 5, 4), w)
     w = [torch.zeros(12, 4), torch.zeros(4), torch.zeros(4, 4), torch.zeros(4), torch.zeros(8, 4), torch.zeros(8),
-         torch.zeros(4, 8), torch.zeros(4)]
+         torch.zeros(4, 8), torch.zeros(4), torch.zeros(4, 4)]
     head = [torch.zeros(8, 4), torch.zeros(8), torch.zeros(3, 8), torch.zeros(3)]
     assert _window_blocks(x, mods, w, head).shape == (2, 3)
     assert _window_blocks(x, mods, w, head, torch.zeros(1, 3)).shape == (2,)
+    with pytest.raises(ValueError, match=r"ov weight of block 0 must be \(D, D\)"):
+        _window_blocks(x, mods, w[:8] + [torch.zeros(4, 5)], head)
     with pytest.raises(ValueError, match="4 tensors"):
         _window_blocks(x, mods, w, head[:3])
     with pytest.raises(ValueError, match="head must be w1"):

@@ -10,6 +10,8 @@ What the schedule exploits (all exact up to float rounding; SPEC §1.4-1.5):
 - Causality: a window token whose latent and action (and those of all earlier window tokens) come from the context /
   action history is the same for every candidate; such a shared prefix runs once per environment (B rows, not B*N),
   and the candidates' tokens attend to its keys/values.
+- A window's first token with no shared prefix before it attends only to itself: its attention output is its value,
+  so ``to_out(value) = (W_out W_v) h``: one (Dh, Dh) GEMM instead of the inner-wide value -> to_out pair (C++ path).
 - Only the last window token is read out: the last block computes keys/values for all tokens but attention output and
   MLP for the last token only; final norm and ``pred_proj`` run on that token only; on the last step the goal cost is
   fused into the last projection.
@@ -41,6 +43,7 @@ class BlockWeights:
     eps_attn: float  # attn.norm
     eps2: float  # norm2
     eps_mlp: float  # mlp.net.0
+    ov_w: Optional[torch.Tensor] = None  # (Dh, Dh) = out_w @ value weights: a token that attends only to itself
 
 
 def _linear_wb(layer: nn.Module, name: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -171,10 +174,12 @@ class PackedLeWM:
                 qkv_b[2 * inner:] = 0.0
             fc1_w, fc1_b = _fold_affine(*_linear_wb(mlp.net[1], pre + ".mlp.net.1"), _layernorm(mlp.net[0], pre + ".mlp.net.0"))
             fc2_w, fc2_b = _linear_wb(mlp.net[4], pre + ".mlp.net.4")
+            ov_w = None if out_w is None else out_w @ qkv_w[2 * inner:]
             blocks.append(BlockWeights(
                 self._cast(qkv_w), self._cast(qkv_b), self._cast(out_w), self._cast(out_b, f32),
                 self._cast(fc1_w), self._cast(fc1_b), self._cast(fc2_w), self._cast(fc2_b, f32),
                 float(blk.norm1.eps), float(attn.norm.eps), float(blk.norm2.eps), float(mlp.net[0].eps),
+                self._cast(ov_w),
             ))
         fresh = {
             "pos": predictor.pos_embedding.detach()[0].float().contiguous(),
@@ -305,7 +310,9 @@ class FusedRollout:
         if cache is not None and cache[0] == p.signature:
             return cache[1]
         inner = p.heads * p.dim_head  # keys/values carry no bias (see the module docstring): pass the query bias
-        weights = [t for b in p.blocks for t in (b.qkv_w, b.qkv_b[:inner], b.out_w, b.out_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b)]
+        weights = [
+            t for b in p.blocks for t in (b.qkv_w, b.qkv_b[:inner], b.out_w, b.out_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b, b.ov_w)
+        ]
         eps = [e for b in p.blocks for e in (b.eps1, b.eps_attn, b.eps2, b.eps_mlp)]
         head = None
         if self.whole_step:
