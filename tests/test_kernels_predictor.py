@@ -287,6 +287,30 @@ def test_window_blocks_cpp_head_matches_op_by_op(s, p, chunk_rows, tiny_model):
     torch.testing.assert_close(got, engine.head_cost(x_last, goal), rtol=1e-5, atol=1e-5)
 
 
+@needs_csrc
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_window_blocks_cpp_gelu_over_a_wide_range(approximate, tiny_model):
+    """The C++ MLP's fused bias + GELU (its own erf on float32) against torch's GELU, pre-activations spanning about
+    +-40 (MLP input weights scaled up), for both GELU forms."""
+    import copy
+
+    from lewm_fast.planning.fused_predictor import FusedRollout
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for blk in model.predictor.transformer.layers:
+            blk.mlp.net[1].weight.mul_(20.0)
+            blk.mlp.net[2].approximate = approximate
+    torch.manual_seed(2)
+    engine, fast = FusedRollout(model, PredictorOps()), FusedRollout(model, CpuOps())
+    pk = engine.packed
+    x, mods = torch.randn(9, 3, model.latent_dim), torch.randn(9, 3, pk.depth, 6, model.latent_dim)
+    h = fast.ops.adaln_layernorm(x, mods[:, :, 0, 3], mods[:, :, 0, 4], pk.blocks[0].eps2, pk.blocks[0].eps_mlp, torch.float32)
+    assert fast.ops.linear(h, pk.blocks[0].fc1_w, pk.blocks[0].fc1_b).abs().max() > 20  # the range is exercised
+    want = engine.blocks(x.clone(), mods, None, "last")[0]
+    torch.testing.assert_close(fast.last_token(x, mods, None), want, rtol=1e-5, atol=1e-5)
+
+
 def _window_blocks(x, mods, weights, head=(), goal=None):
     return torch.ops.lewm_fast.window_blocks(x, mods, [], weights, [1e-6] * 4, 1, "none", 8, head, 1e-6, "none", goal)
 
