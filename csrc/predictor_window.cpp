@@ -32,9 +32,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -184,55 +181,6 @@ void add_bias(scalar_t* x, const scalar_t* bias, int64_t d) {
   for (int64_t e = 0; e < d; ++e) x[e] += bias[e];
 }
 
-// exp(y) for y <= 0: Cephes' expf polynomial (~1 ulp) with the 2^n scale built from its bits, so loops vectorize
-static inline float exp_neg(float y) {
-  y = y < -87.0f ? -87.0f : y;
-  const float n = std::nearbyint(y * 1.44269504088896341f);
-  float r = y - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-// x = GELU(x + bias), erf form, in one pass. erf as in ATen's vectorized CPU kernel (Abramowitz & Stegun 7.1.26,
-// |error| <= 1.5e-7), so it agrees with torch.nn.functional.gelu to float rounding.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void bias_gelu(float* x, const float* bias, int64_t n) {
-#pragma omp simd
-  for (int64_t e = 0; e < n; ++e) {
-    const float v = x[e] + bias[e];
-    const float a = v * 0.70710678118654752f;
-    const float ax = std::fabs(a);
-    const float t = 1.0f / (1.0f + 0.3275911f * ax);
-    const float r = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f);
-    const float erf_abs = 1.0f - r * t * exp_neg(-a * a);
-    x[e] = 0.5f * v * (1.0f + std::copysign(erf_abs, a));
-  }
-}
-
-// f = GELU(f + bias) in place; f (rows, cols) with a row stride.
-template <typename scalar_t>
-void bias_gelu_(at::Tensor& f, const scalar_t* bias, c10::string_view approximate) {
-  scalar_t* fp = f.data_ptr<scalar_t>();
-  const int64_t rows = f.size(0), cols = f.size(1), ld = f.stride(0);
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (approximate == "none") {
-      for (int64_t r = 0; r < rows; ++r) bias_gelu(fp + r * ld, bias, cols);
-      return;
-    }
-  }
-  for (int64_t r = 0; r < rows; ++r) add_bias<scalar_t>(fp + r * ld, bias, cols);
-  at::gelu_(f, approximate);
-}
-
 // y (rows, D') = act(h (rows, K) @ w1t (K, F) + b1) @ w2t (F, D'), the hidden units F taken in slices of f's width so
 // the (rows, slice) intermediate stays in L2; f: scratch with at least `rows` rows. No output bias.
 template <typename scalar_t>
@@ -243,7 +191,10 @@ void mlp_sliced(const at::Tensor& h, const at::Tensor& w1t, const at::Tensor& b1
     const int64_t cols = std::min(slice, hidden - u0);
     auto f_v = f.narrow(0, 0, rows).narrow(1, 0, cols);
     at::mm_out(f_v, h, w1t.narrow(1, u0, cols));  // bias added here, not by a broadcast copy before the GEMM
-    bias_gelu_<scalar_t>(f_v, b1.data_ptr<scalar_t>() + u0, approximate);
+    scalar_t* fp = f_v.data_ptr<scalar_t>();
+    const scalar_t* bp = b1.data_ptr<scalar_t>() + u0;
+    for (int64_t r = 0; r < rows; ++r) add_bias<scalar_t>(fp + r * f_v.stride(0), bp, cols);
+    at::gelu_(f_v, approximate);
     at::addmm_out(y, y, f_v, w2t.narrow(0, u0, cols), u0 == 0 ? 0 : 1, 1);
   }
 }

@@ -290,8 +290,8 @@ def test_window_blocks_cpp_head_matches_op_by_op(s, p, chunk_rows, tiny_model):
 @needs_csrc
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_window_blocks_cpp_gelu_over_a_wide_range(approximate, tiny_model):
-    """The C++ MLP's fused bias + GELU (its own erf on float32) against torch's GELU, pre-activations spanning about
-    +-40 (MLP input weights scaled up), for both GELU forms."""
+    """The C++ blocks against the op-by-op schedule with MLP pre-activations spanning about +-40 (input weights
+    scaled up), for both GELU forms."""
     import copy
 
     from lewm_fast.planning.fused_predictor import FusedRollout
