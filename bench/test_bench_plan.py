@@ -44,7 +44,7 @@ def test_bench_cem_plan(run_bench, benchmark, model, device, is_cuda, envs, impl
     benchmark.group = f"cem_plan_{envs}env"
     run_bench(
         lambda: planner.plan(ctx, goal, latent=True),
-        rounds_cpu=3,
+        rounds_cpu=7,
         rounds_cuda=20,
         op="cem_plan", impl=impl, envs=envs, n_steps=n_steps, num_samples=300, topk=30, horizon=5,
         cuda_graph=impl.startswith("fast") and is_cuda, latent_input=True, torch_threads=torch.get_num_threads(),

@@ -87,7 +87,7 @@ def test_bench_rollout_costs(run_bench, benchmark, model, problems, device, is_c
         rel_err = float(((got.float() - want).abs() / want.abs().clamp_min(1e-6)).max())
         benchmark.group = f"rollout_costs_{envs}env"
         run_bench(
-            fn, rounds_cpu=3, rounds_cuda=50,
+            fn, rounds_cpu=7, rounds_cuda=50,
             op="cem_iteration_costs", impl=impl, backend=backend, envs=envs, num_samples=N, horizon=T, history=H,
             max_rel_cost_err=rel_err, torch_threads=torch.get_num_threads(),
         )
