@@ -132,30 +132,47 @@ at::Tensor window_attention_cpu(const at::Tensor& qkv, const c10::optional<at::T
 }
 
 // ---------------------------------------------------------------------------------------------------- whole window
+// LayerNorm statistics of x (d values), inlined into the callers below (so compiled for each of their targets).
 template <typename scalar_t>
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void normalize(const scalar_t* x, int64_t d, scalar_t eps, scalar_t* out) {
+inline scalar_t mean_of(const scalar_t* x, int64_t d) {
   scalar_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t e = 0; e < d; ++e) sum += x[e];
-  const scalar_t mean = sum / d;
+  return sum / d;
+}
+
+template <typename scalar_t>
+inline scalar_t inv_std(const scalar_t* x, int64_t d, scalar_t mean, scalar_t eps) {
   scalar_t sq = 0;
 #pragma omp simd reduction(+ : sq)
   for (int64_t e = 0; e < d; ++e) sq += (x[e] - mean) * (x[e] - mean);
-  const scalar_t rstd = scalar_t(1) / std::sqrt(sq / d + eps);
+  return scalar_t(1) / std::sqrt(sq / d + eps);
+}
+
+// out = LN(x), no affine (out may be x).
+template <typename scalar_t>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void normalize(const scalar_t* x, int64_t d, scalar_t eps, scalar_t* out) {
+  const scalar_t mean = mean_of(x, d), rstd = inv_std(x, d, mean, eps);
 #pragma omp simd
   for (int64_t e = 0; e < d; ++e) out[e] = (x[e] - mean) * rstd;
 }
 
-// out = LN2(LN1(x) * mul + shift), both LayerNorms without affine.
+// out = LN2(LN1(x) * mul + shift), both LayerNorms without affine; the modulation pass also sums for LN2.
 template <typename scalar_t>
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void norm_modulate_norm(const scalar_t* x, const scalar_t* shift, const scalar_t* mul, int64_t d, scalar_t eps1,
                         scalar_t eps2, scalar_t* out) {
-  normalize<scalar_t>(x, d, eps1, out);
+  const scalar_t mean = mean_of(x, d), rstd = inv_std(x, d, mean, eps1);
+  scalar_t sum2 = 0;
+#pragma omp simd reduction(+ : sum2)
+  for (int64_t e = 0; e < d; ++e) {
+    out[e] = (x[e] - mean) * rstd * mul[e] + shift[e];
+    sum2 += out[e];
+  }
+  const scalar_t mean2 = sum2 / d, rstd2 = inv_std(out, d, mean2, eps2);
 #pragma omp simd
-  for (int64_t e = 0; e < d; ++e) out[e] = out[e] * mul[e] + shift[e];
-  normalize<scalar_t>(out, d, eps2, out);
+  for (int64_t e = 0; e < d; ++e) out[e] = (out[e] - mean2) * rstd2;
 }
 
 template <typename scalar_t>
