@@ -6,26 +6,27 @@
 //   window that is the same for every candidate). Own token i sits at window position P+i and sees positions <= P+i;
 //   the output holds own tokens S-q..S-1.
 //
-// window_blocks(x (M, S, D), mods (M, S, depth, 6, D) strided, prefix_qkv[depth] or [], weights[8*depth], eps[4*depth],
-//               heads, gelu_approximate, chunk_rows, head[4] or [], head_eps, head_approximate, goal (B, D')?)
-//   -> (M, D) without a head; (M, D') with one; (M,) with a head and a goal
+// window_blocks(x (M, S, D), mods (M, S, depth, 6, D) strided, prefix_qkv[depth] or [], weights[9*depth],
+//               eps[4*depth], heads, gelu_approximate, chunk_rows, head[4] or [], head_eps, head_approximate,
+//               goal (B, D')?) -> (M, D) without a head; (M, D') with one; (M,) with a head and a goal
 //   All AdaLN-zero blocks of the predictor for a rollout step, returning the residual stream of the last token (the
 //   only one read out) or, given the folded prediction head {w1 (F, D), b1, w2 (D', F), b2}, the next latent
 //   w2 @ act(w1 @ LN(x_last) + b1) + b2 (LN without affine, eps head_eps), or its squared distance to the goal of its
-//   environment (rows are grouped by environment: M / B consecutive rows per goal). Per block: LN(norm1) * (1+scale1) + shift1 -> LN (attn.norm, affine folded into to_qkv) ->
-//   to_qkv -> window attention -> x += gate1 * to_out(.) ; LN(norm2) * (1+scale2) + shift2 -> LN (mlp.net.0, folded)
-//   -> fc1 -> GELU -> x += gate2 * fc2(.). The last block computes keys/values for all tokens but the query, attention
-//   output and MLP for the last token only; a window's first token (it sees only itself: output = its value) gets no
-//   query. mods[:, :, i] = (shift1, 1+scale1, gate1, shift2, 1+scale2, gate2) of block i;
+//   environment (rows are grouped by environment: M / B consecutive rows per goal).
+//   Per block: LN(norm1) * (1+scale1) + shift1 -> LN (attn.norm, affine folded into to_qkv) -> to_qkv -> window
+//   attention -> x += gate1 * to_out(.) ; LN(norm2) * (1+scale2) + shift2 -> LN (mlp.net.0, folded) -> fc1 -> GELU ->
+//   x += gate2 * fc2(.). The last block computes keys/values for all tokens but the query, attention output and MLP
+//   for the last token only. A window's first token with no prefix sees only itself: it gets no query, and its
+//   to_out(attention) = to_out(value) comes from one (D, D) GEMM with ov_w. mods[:, :, i] = (shift1, 1+scale1, gate1,
+//   shift2, 1+scale2, gate2) of block i.
 //   weights per block: qkv_w (3I, D), q_b (I: keys and values carry no bias; the rollout engine folds a value bias
 //   into out_b, and a key bias does not change softmax), out_w (D, I), out_b, fc1_w (F, D), fc1_b, fc2_w (D, F),
-//   fc2_b, ov_w (D, D) = out_w @ (value rows of qkv_w): a window's first token sees only itself, so its attention
-//   output is its value and to_out needs no attention or I-wide GEMM for it; eps per block: norm1, attn.norm, norm2, mlp.net.0. Elementwise loops are compiled for AVX-512, AVX2 and
-//   baseline x86-64 and picked at load time.
+//   fc2_b, ov_w (D, D) = out_w @ (value rows of qkv_w); eps per block: norm1, attn.norm, norm2, mlp.net.0.
+//   Elementwise loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time.
 //   Candidates are processed in chunks of about chunk_rows window rows (a multiple of the thread count of chunks),
-//   handed out to the threads one at a time, so threads never wait on each other; inside a chunk, attention runs per group of
-//   heads and the MLP per slice of hidden units, so intermediates stay in the core's L2. GEMMs are ATen's (MKL),
-//   single-threaded inside the parallel region.
+//   handed out to the threads one at a time, so threads never wait on each other; inside a chunk, attention runs per
+//   group of heads and the MLP per slice of hidden units, so intermediates stay in the core's L2. GEMMs are ATen's
+//   (MKL), single-threaded inside the parallel region.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -270,20 +271,20 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     auto mod = [&](int64_t row, int64_t k) {  // row = t * c + m
       return mods + (m0 + row % c) * ms.sm + (row / c) * ms.ss + i * ms.sl + k * ms.sk;
     };
-    // attention output is used for tokens t0..s-1; a query is needed for those, except a window's first token: it
-    // sees only itself, so its attention output is its value and to_out(value) = ov_w @ h (rows 0..c-1, "alone")
+    // attention output is used for tokens t0..s-1 (rows r0..); attention runs for those from rq on: a window's first
+    // token (rows 0..c-1 when there is no prefix) sees only itself, so to_out(its value) = ov_w @ h, no query needed
     const int64_t t0 = last ? s - 1 : 0, tq = (p == 0 && t0 == 0) ? 1 : t0;
-    const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0, ra = rq;
+    const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0;
     for (int64_t r = 0; r < rows; ++r)
       norm_modulate_norm<scalar_t>(x + r * d, mod(r, 0), mod(r, 1), d, b.eps1, b.eps_attn, hp + r * d);
     auto h_all = w.h.narrow(0, 0, rows);
     auto y_v = w.y.narrow(0, 0, nrows);
     auto qkv_v = w.qkv.narrow(0, 0, rows);
-    if (ra > r0) {
-      auto y_alone = w.y.narrow(0, 0, ra - r0);
-      at::mm_out(y_alone, h_all.narrow(0, r0, ra - r0), b.ov_wt);
+    if (rq > r0) {
+      auto y_alone = w.y.narrow(0, 0, rq - r0);
+      at::mm_out(y_alone, h_all.narrow(0, r0, rq - r0), b.ov_wt);
     }
-    for (int64_t h0 = 0; h0 < heads && ra < rows; h0 += group) {
+    for (int64_t h0 = 0; h0 < heads && rq < rows; h0 += group) {
       const int64_t gh = std::min(group, heads - h0), cols = gh * dh, col0 = h0 * dh;
       for (int64_t part = 0; part < 3; ++part) {  // q (rows needing one), k, v (all rows)
         const int64_t from = part == 0 ? rq : 0;
@@ -293,17 +294,17 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
         at::mm_out(dst, h_all.narrow(0, from, rows - from), w_part);  // biases added below (no broadcast copy)
       }
       const scalar_t* qb = b.q_b.data_ptr<scalar_t>() + col0;
-      for (int64_t r = ra; r < rows; ++r) {
+      for (int64_t r = rq; r < rows; ++r) {
         const int64_t t = r / c, m = r % c;
         add_bias<scalar_t>(qp + r * qkv_ld, qb, cols);
         for (int64_t j = 0; j < p; ++j)
           keys[j] = prefix[i] + (((m0 + m) / rows_per_prefix) * p + j) * width + inner + col0;
         for (int64_t j = 0; j <= t; ++j) keys[p + j] = qp + (j * c + m) * qkv_ld + gw;
         attend_group<scalar_t>(qp + r * qkv_ld, keys.data(), p, t + 1, gh, dh, inner, gw, score.data(),
-                               ap + (r - ra) * gw);
+                               ap + (r - rq) * gw);
       }
-      auto y_att = y_v.narrow(0, ra - r0, rows - ra);
-      at::addmm_out(y_att, y_att, w.att.narrow(0, 0, rows - ra).narrow(1, 0, cols), b.out_wt.narrow(0, col0, cols),
+      auto y_att = y_v.narrow(0, rq - r0, rows - rq);
+      at::addmm_out(y_att, y_att, w.att.narrow(0, 0, rows - rq).narrow(1, 0, cols), b.out_wt.narrow(0, col0, cols),
                     h0 == 0 ? 0 : 1, 1);
     }
     const scalar_t* ob = b.out_b.data_ptr<scalar_t>();
@@ -379,7 +380,8 @@ void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<B
 at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at::TensorList prefix_qkv,
                              at::TensorList weights, at::ArrayRef<double> eps, int64_t heads,
                              c10::string_view gelu_approximate, int64_t chunk_rows, at::TensorList head_weights,
-                             double head_eps, c10::string_view head_approximate, const c10::optional<at::Tensor>& goal) {
+                             double head_eps, c10::string_view head_approximate,
+                             const c10::optional<at::Tensor>& goal) {
   TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
   const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
   TORCH_CHECK_VALUE(weights.size() % 9 == 0 && !weights.empty(), "weights must hold 9 tensors per block, got ",

@@ -131,7 +131,7 @@ class CpuOps(PredictorOps):
         head: Optional[WindowHead] = None,
         goal: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """x (M, S, D), mods (M, S, depth, 6, D); weights / eps: 8 tensors / 4 floats per block (see
+        """x (M, S, D), mods (M, S, depth, 6, D); weights / eps: 9 tensors / 4 floats per block (see
         ``csrc/predictor_window.cpp``). Without ``head``: the residual stream of the last token after all blocks
         (M, 1, D). With ``head``: the predicted latents (M, D'), or with ``goal`` (B, D') the costs (M,)."""
         w1, b1, w2, b2, head_eps, head_approximate = head if head is not None else ((), (), (), (), 0.0, "none")
