@@ -30,10 +30,13 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -199,36 +202,78 @@ void add_bias(scalar_t* x, const scalar_t* bias, int64_t d) {
   for (int64_t e = 0; e < d; ++e) x[e] += bias[e];
 }
 
-// y (rows, D') = act(h (rows, K) @ w1t (K, F) + b1) @ w2t (F, D'), the hidden units F taken in slices of f's width so
-// the (rows, slice) intermediate stays in L2; f: scratch with at least `rows` rows. No output bias.
+// ------------------------------------------------------------------------------------------------------------ GEMM
+// out (r, n; row stride ldo) = beta * out + in (r, k; row stride ldi) @ w^T, w (n, k; row stride ldw): an nn.Linear
+// weight or a block of one. Calls the BLAS gemm that torch's own CPU matmul uses (sgemm_/dgemm_, looked up at run
+// time), so the many small GEMMs of a chunk skip ATen's per-call tensor bookkeeping. window_blocks refuses to run
+// where torch exports no such symbol (window_blas_available() is false; the engine then runs op by op).
 template <typename scalar_t>
-void mlp_sliced(const at::Tensor& h, const at::Tensor& w1t, const at::Tensor& b1, const at::Tensor& w2t,
-                c10::string_view approximate, at::Tensor& f, at::Tensor& y) {
-  const int64_t rows = h.size(0), hidden = w1t.size(1), slice = f.size(1);
+using BlasGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const scalar_t*,
+                          const scalar_t*, const int*, const scalar_t*, const int*, const scalar_t*, scalar_t*,
+                          const int*);
+
+inline void* find_symbol(const char* name) {
+  void* sym = dlsym(RTLD_DEFAULT, name);
+  if (sym == nullptr) {
+    if (void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD)) sym = dlsym(lib, name);
+  }
+  return sym;
+}
+
+template <typename scalar_t>
+BlasGemm<scalar_t> blas_gemm() {
+  static const auto fn =
+      reinterpret_cast<BlasGemm<scalar_t>>(find_symbol(std::is_same_v<scalar_t, float> ? "sgemm_" : "dgemm_"));
+  return fn;
+}
+
+// Whether torch exports the BLAS gemm window_blocks calls (the rollout engine checks before choosing this path).
+bool window_blas_available() { return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr; }
+
+template <typename scalar_t>
+void linear_into(int64_t r, int64_t n, int64_t k, const scalar_t* in, int64_t ldi, const scalar_t* w, int64_t ldw,
+                 scalar_t beta, scalar_t* out, int64_t ldo) {
+  if (r == 0 || n == 0) return;
+  // column-major: out^T (n, r) = (w^T)^T (n, k) @ in^T (k, r)
+  const int m_ = static_cast<int>(n), n_ = static_cast<int>(r), k_ = static_cast<int>(k);
+  const int lda = static_cast<int>(ldw), ldb = static_cast<int>(ldi), ldc = static_cast<int>(ldo);
+  const scalar_t one = 1;
+  blas_gemm<scalar_t>()("T", "N", &m_, &n_, &k_, &one, w, &lda, in, &ldb, &beta, out, &ldc);
+}
+
+// y (rows, D') = act(h (rows, K) @ w1^T + b1) @ w2^T for w1 (F, K), w2 (D', F) contiguous, the hidden units F taken
+// in slices of f's width so the (rows, slice) intermediate stays in L2; f: scratch with at least `rows` rows; h and y
+// with row strides ldh, ldy. No output bias.
+template <typename scalar_t>
+void mlp_sliced(int64_t rows, const scalar_t* h, int64_t ldh, const at::Tensor& w1, const at::Tensor& b1,
+                const at::Tensor& w2, c10::string_view approximate, at::Tensor& f, scalar_t* y, int64_t ldy) {
+  const int64_t k = w1.size(1), hidden = w1.size(0), dout = w2.size(0), slice = f.size(1);
+  const scalar_t* w1p = w1.data_ptr<scalar_t>();
+  const scalar_t* w2p = w2.data_ptr<scalar_t>();
+  scalar_t* fp = f.data_ptr<scalar_t>();
   for (int64_t u0 = 0; u0 < hidden; u0 += slice) {
     const int64_t cols = std::min(slice, hidden - u0);
-    auto f_v = f.narrow(0, 0, rows).narrow(1, 0, cols);
-    at::mm_out(f_v, h, w1t.narrow(1, u0, cols));  // bias added here, not by a broadcast copy before the GEMM
-    scalar_t* fp = f_v.data_ptr<scalar_t>();
+    linear_into<scalar_t>(rows, cols, k, h, ldh, w1p + u0 * k, k, 0, fp, slice);  // bias added below
     const scalar_t* bp = b1.data_ptr<scalar_t>() + u0;
-    for (int64_t r = 0; r < rows; ++r) add_bias<scalar_t>(fp + r * f_v.stride(0), bp, cols);
+    for (int64_t r = 0; r < rows; ++r) add_bias<scalar_t>(fp + r * slice, bp, cols);
+    auto f_v = at::from_blob(fp, {rows, cols}, {slice, 1}, f.options());
     at::gelu_(f_v, approximate);
-    at::addmm_out(y, y, f_v, w2t.narrow(0, u0, cols), u0 == 0 ? 0 : 1, 1);
+    linear_into<scalar_t>(rows, dout, cols, fp, slice, w2p + u0, hidden, u0 == 0 ? 0 : 1, y, ldy);
   }
 }
 
 // The folded prediction head on the last token: LN (no affine) -> Linear -> act -> Linear (pred_proj with the final
 // norm's affine, output_proj and BatchNorm folded in by the rollout engine). head = {w1 (F, D), b1, w2 (D', F), b2}.
 struct Head {
-  at::Tensor w1t, b1, w2t, b2;
+  at::Tensor w1, b1, w2, b2;  // contiguous
   double eps;
   c10::string_view approximate;
   at::Tensor goal;  // (B, D'): emit the costs sum_d (latent - goal)^2 instead of latents; undefined: latents
   int64_t rows_per_goal;
 };
 
-struct Block {
-  at::Tensor qkv_wt, q_b, out_wt, out_b, fc1_wt, fc1_b, fc2_wt, fc2_b, ov_wt;
+struct Block {  // contiguous nn.Linear layouts (out_features, in_features)
+  at::Tensor qkv_w, q_b, out_w, out_b, fc1_w, fc1_b, fc2_w, fc2_b, ov_w;
   double eps1, eps_attn, eps2, eps_mlp;
 };
 
@@ -263,7 +308,6 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
   scalar_t* hp = w.h.data_ptr<scalar_t>();
   scalar_t* qp = w.qkv.data_ptr<scalar_t>();  // (rows, 3 * gw): [q | k | v] of the current head group
   scalar_t* ap = w.att.data_ptr<scalar_t>();
-  const scalar_t* yp = w.y.data_ptr<scalar_t>();
   const int64_t qkv_ld = 3 * gw;
   for (int64_t i = 0; i < depth; ++i) {
     const Block& b = blocks[i];
@@ -277,21 +321,15 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0;
     for (int64_t r = 0; r < rows; ++r)
       norm_modulate_norm<scalar_t>(x + r * d, mod(r, 0), mod(r, 1), d, b.eps1, b.eps_attn, hp + r * d);
-    auto h_all = w.h.narrow(0, 0, rows);
-    auto y_v = w.y.narrow(0, 0, nrows);
-    auto qkv_v = w.qkv.narrow(0, 0, rows);
-    if (rq > r0) {
-      auto y_alone = w.y.narrow(0, 0, rq - r0);
-      at::mm_out(y_alone, h_all.narrow(0, r0, rq - r0), b.ov_wt);
-    }
+    scalar_t* yp = w.y.data_ptr<scalar_t>();  // rows r0.. of the block's to_out / fc2 outputs
+    linear_into<scalar_t>(rq - r0, d, d, hp + r0 * d, d, b.ov_w.data_ptr<scalar_t>(), d, 0, yp, d);
     for (int64_t h0 = 0; h0 < heads && rq < rows; h0 += group) {
       const int64_t gh = std::min(group, heads - h0), cols = gh * dh, col0 = h0 * dh;
-      for (int64_t part = 0; part < 3; ++part) {  // q (rows needing one), k, v (all rows)
+      for (int64_t part = 0; part < 3; ++part) {  // q (rows needing one), k, v (all rows); biases added below
         const int64_t from = part == 0 ? rq : 0;
-        if (from >= rows) continue;
-        auto dst = qkv_v.narrow(0, from, rows - from).narrow(1, part * gw, cols);
-        const auto w_part = b.qkv_wt.narrow(1, part * inner + col0, cols);
-        at::mm_out(dst, h_all.narrow(0, from, rows - from), w_part);  // biases added below (no broadcast copy)
+        const scalar_t* w_part = b.qkv_w.data_ptr<scalar_t>() + (part * inner + col0) * d;  // rows of this group
+        linear_into<scalar_t>(rows - from, cols, d, hp + from * d, d, w_part, d, 0, qp + from * qkv_ld + part * gw,
+                              qkv_ld);
       }
       const scalar_t* qb = b.q_b.data_ptr<scalar_t>() + col0;
       for (int64_t r = rq; r < rows; ++r) {
@@ -303,15 +341,14 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
         attend_group<scalar_t>(qp + r * qkv_ld, keys.data(), p, t + 1, gh, dh, inner, gw, score.data(),
                                ap + (r - rq) * gw);
       }
-      auto y_att = y_v.narrow(0, rq - r0, rows - rq);
-      at::addmm_out(y_att, y_att, w.att.narrow(0, 0, rows - rq).narrow(1, 0, cols), b.out_wt.narrow(0, col0, cols),
-                    h0 == 0 ? 0 : 1, 1);
+      linear_into<scalar_t>(rows - rq, d, cols, ap, gw, b.out_w.data_ptr<scalar_t>() + col0, inner, h0 == 0 ? 0 : 1,
+                            yp + (rq - r0) * d, d);
     }
     const scalar_t* ob = b.out_b.data_ptr<scalar_t>();
     for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 2), yp + (r - r0) * d, ob, d);
     for (int64_t r = r0; r < rows; ++r)
       norm_modulate_norm<scalar_t>(x + r * d, mod(r, 3), mod(r, 4), d, b.eps2, b.eps_mlp, hp + (r - r0) * d);
-    mlp_sliced<scalar_t>(w.h.narrow(0, 0, nrows), b.fc1_wt, b.fc1_b, b.fc2_wt, approximate, w.f, y_v);
+    mlp_sliced<scalar_t>(nrows, hp, d, b.fc1_w, b.fc1_b, b.fc2_w, approximate, w.f, yp, d);
     const scalar_t* fb = b.fc2_b.data_ptr<scalar_t>();
     for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 5), yp + (r - r0) * d, fb, d);
   }
@@ -321,10 +358,9 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     return;
   }
   for (int64_t m = 0; m < c; ++m) normalize<scalar_t>(xl + m * d, d, head->eps, hp + m * d);
-  auto z = w.z.narrow(0, 0, c);
-  mlp_sliced<scalar_t>(w.h.narrow(0, 0, c), head->w1t, head->b1, head->w2t, head->approximate, w.f, z);
-  const int64_t dout = z.size(1);
-  const scalar_t* zp = z.data_ptr<scalar_t>();
+  const int64_t dout = head->w2.size(0);
+  scalar_t* zp = w.z.data_ptr<scalar_t>();
+  mlp_sliced<scalar_t>(c, hp, d, head->w1, head->b1, head->w2, head->approximate, w.f, zp, dout);
   const scalar_t* b2 = head->b2.data_ptr<scalar_t>();
   if (head->goal.defined()) {
     const scalar_t* g = head->goal.data_ptr<scalar_t>();
@@ -344,8 +380,8 @@ void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<B
                 const std::vector<at::Tensor>& prefix_qkv, int64_t heads, c10::string_view approximate,
                 const Head* head, int64_t chunk_rows, at::Tensor& out) {
   const int64_t m = x.size(0), s = x.size(1), d = x.size(2);
-  const int64_t inner = blocks[0].out_wt.size(0), dh = inner / heads;
-  const int64_t hidden = std::max(blocks[0].fc1_wt.size(1), head ? head->w1t.size(1) : int64_t(0));
+  const int64_t inner = blocks[0].out_w.size(1), dh = inner / heads;
+  const int64_t hidden = std::max(blocks[0].fc1_w.size(0), head ? head->w1.size(0) : int64_t(0));
   const int64_t gw = std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)) * dh;
   const Mods ms{mods.stride(0), mods.stride(1), mods.stride(2), mods.stride(3)};
   const int64_t p = prefix_qkv.empty() ? 0 : prefix_qkv[0].size(1);
@@ -368,7 +404,7 @@ void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<B
     Scratch w{at::empty({rows, d}, opts), at::empty({rows, d}, opts), at::empty({rows, 3 * gw}, opts),
               at::empty({rows, gw}, opts), at::empty({rows, d}, opts),
               at::empty({rows, std::min(hidden, kGroupWidth * 2)}, opts),
-              at::empty({chunk, head ? head->w2t.size(1) : 0}, opts)};
+              at::empty({chunk, head ? head->w2.size(0) : 0}, opts)};
     for (int64_t ci = next_chunk++; ci < nchunks; ci = next_chunk++) {
       const int64_t m0 = ci * chunk, c = std::min(chunk, m - m0);
       blocks_chunk<scalar_t>(xp, mp, ms, blocks, prefix, p, rows_per_prefix, m0, c, s, d, heads, dh, approximate, head,
@@ -382,6 +418,7 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
                              c10::string_view gelu_approximate, int64_t chunk_rows, at::TensorList head_weights,
                              double head_eps, c10::string_view head_approximate,
                              const c10::optional<at::Tensor>& goal) {
+  TORCH_CHECK(window_blas_available(), "window_blocks needs the BLAS sgemm_/dgemm_ exported by torch's CPU library");
   TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
   const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
   TORCH_CHECK_VALUE(weights.size() % 9 == 0 && !weights.empty(), "weights must hold 9 tensors per block, got ",
@@ -396,6 +433,7 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
   TORCH_CHECK_VALUE(prefix_qkv.empty() || static_cast<int64_t>(prefix_qkv.size()) == depth,
                     "prefix_qkv must be empty or hold one tensor per block");
   TORCH_CHECK_VALUE(heads >= 1 && chunk_rows >= 1, "heads and chunk_rows must be >= 1");
+  TORCH_CHECK_VALUE(m * s < std::numeric_limits<int>::max(), "M*S=", m * s, " rows exceed the BLAS int range");
   TORCH_CHECK_VALUE(mods.scalar_type() == x_in.scalar_type(), "mods must have x's dtype");
   const at::Tensor x = x_in.contiguous();
   std::vector<Block> blocks;
@@ -403,15 +441,27 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
     const auto* w = &weights[9 * i];
     for (int k = 0; k < 9; ++k)
       TORCH_CHECK_VALUE(w[k].scalar_type() == x.scalar_type(), "weights must have x's dtype");
-    TORCH_CHECK_VALUE(w[0].dim() == 2 && w[0].size(1) == d && w[0].size(0) % (3 * heads) == 0,
-                      "qkv weight of block ", i, " must be (3*heads*dh, D), got ", w[0].sizes());
-    TORCH_CHECK_VALUE(w[1].dim() == 1 && 3 * w[1].size(0) == w[0].size(0), "query bias of block ", i,
-                      " must have heads*dh entries, got ", w[1].sizes());
-    TORCH_CHECK_VALUE(w[8].dim() == 2 && w[8].size(0) == d && w[8].size(1) == d, "ov weight of block ", i,
-                      " must be (D, D), got ", w[8].sizes());
-    blocks.push_back(Block{w[0].t(), w[1].contiguous(), w[2].t(), w[3].contiguous(), w[4].t(), w[5].contiguous(),
-                           w[6].t(), w[7].contiguous(), w[8].t(), eps[4 * i], eps[4 * i + 1], eps[4 * i + 2],
-                           eps[4 * i + 3]});
+    // the GEMMs read raw pointers: every shape is checked here
+    const int64_t inner = weights[0].size(0) / 3, hidden = weights[4].size(0);
+    auto check = [&](int k, std::initializer_list<int64_t> shape, const char* what) {
+      TORCH_CHECK_VALUE(w[k].sizes().vec() == std::vector<int64_t>(shape), what, " of block ", i, " must be ",
+                        c10::IntArrayRef(shape), " (D=", d, ", 3*heads*dh=", 3 * inner, ", F=", hidden, "), got ",
+                        w[k].sizes());
+    };
+    TORCH_CHECK_VALUE(weights[0].dim() == 2 && weights[0].size(0) % (3 * heads) == 0 && weights[4].dim() == 2,
+                      "qkv weight of block 0 must be (3*heads*dh, D), got ", weights[0].sizes());
+    check(0, {3 * inner, d}, "qkv weight");
+    check(1, {inner}, "query bias");
+    check(2, {d, inner}, "to_out weight");
+    check(3, {d}, "to_out bias");
+    check(4, {hidden, d}, "fc1 weight");
+    check(5, {hidden}, "fc1 bias");
+    check(6, {d, hidden}, "fc2 weight");
+    check(7, {d}, "fc2 bias");
+    check(8, {d, d}, "ov weight");
+    blocks.push_back(Block{w[0].contiguous(), w[1].contiguous(), w[2].contiguous(), w[3].contiguous(),
+                           w[4].contiguous(), w[5].contiguous(), w[6].contiguous(), w[7].contiguous(),
+                           w[8].contiguous(), eps[4 * i], eps[4 * i + 1], eps[4 * i + 2], eps[4 * i + 3]});
   }
   std::vector<at::Tensor> prefix;
   for (const auto& t : prefix_qkv) {
@@ -430,7 +480,8 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
                           w2.size(1) == w1.size(0) && b2.dim() == 1 && b2.size(0) == w2.size(0),
                       "head must be w1 (F, D=", d, "), b1 (F), w2 (D', F), b2 (D'), got ", w1.sizes(), ", ",
                       b1.sizes(), ", ", w2.sizes(), ", ", b2.sizes());
-    head = Head{w1.t(), b1.contiguous(), w2.t(), b2.contiguous(), head_eps, head_approximate, at::Tensor(), 1};
+    head = Head{w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), head_eps, head_approximate,
+                at::Tensor(), 1};
     if (goal.has_value()) {
       TORCH_CHECK_VALUE(goal->dim() == 2 && goal->size(1) == w2.size(0) && goal->size(0) >= 1 &&
                             m % goal->size(0) == 0 && goal->scalar_type() == x.scalar_type(),
@@ -444,7 +495,7 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
   }
   auto out = !head ? at::empty({m, d}, x.options())
              : head->goal.defined() ? at::empty({m}, x.options())
-                                    : at::empty({m, head->w2t.size(1)}, x.options());
+                                    : at::empty({m, head->w2.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "window_blocks_cpu", [&] {
     blocks_all<scalar_t>(x, mods, blocks, prefix, heads, gelu_approximate, head ? &*head : nullptr, chunk_rows, out);
   });
@@ -459,6 +510,7 @@ TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
       "window_blocks(Tensor x, Tensor mods, Tensor[] prefix_qkv, Tensor[] weights, float[] eps, int heads, "
       "str gelu_approximate, int chunk_rows, Tensor[] head, float head_eps, str head_approximate, Tensor? goal) "
       "-> Tensor");
+  m.def("window_blas_available() -> bool", &window_blas_available);
 }
 
 TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) {

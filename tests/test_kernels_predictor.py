@@ -328,8 +328,14 @@ def test_window_blocks_cpp_bad_inputs(tiny_model):
     head = [torch.zeros(8, 4), torch.zeros(8), torch.zeros(3, 8), torch.zeros(3)]
     assert _window_blocks(x, mods, w, head).shape == (2, 3)
     assert _window_blocks(x, mods, w, head, torch.zeros(1, 3)).shape == (2,)
-    with pytest.raises(ValueError, match=r"ov weight of block 0 must be \(D, D\)"):
-        _window_blocks(x, mods, w[:8] + [torch.zeros(4, 5)], head)
+    names = ["qkv weight", "query bias", "to_out weight", "to_out bias", "fc1 weight", "fc1 bias", "fc2 weight",
+             "fc2 bias", "ov weight"]
+    for k, name in enumerate(names):  # the C++ GEMMs read raw pointers: each shape must be checked
+        bad = list(w)
+        bad[k] = torch.zeros(*w[k].shape[:-1], w[k].shape[-1] + 1)
+        match = "qkv weight of block 0 must be" if k == 0 else f"{name} of block 0 must be"
+        with pytest.raises(ValueError, match=match):
+            _window_blocks(x, mods, bad, head)
     with pytest.raises(ValueError, match="4 tensors"):
         _window_blocks(x, mods, w, head[:3])
     with pytest.raises(ValueError, match="head must be w1"):

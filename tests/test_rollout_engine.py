@@ -79,7 +79,19 @@ def test_costs_and_rollout_match_reference_cpu(tiny_model, h, t):
 @needs_csrc
 def test_auto_backend_on_cpu_is_the_cpp_path(tiny_model):
     assert RolloutEngine(tiny_model).backend == "cpu"
-    assert RolloutEngine(tiny_model).fused.whole_window
+    assert RolloutEngine(tiny_model).fused.whole_window  # torch exports the BLAS gemm the C++ window blocks call
+    assert RolloutEngine(tiny_model).fused.whole_step
+
+
+@needs_csrc
+def test_cpu_path_without_the_window_blas_runs_op_by_op(tiny_model, monkeypatch):
+    from lewm_fast.planning.fused_ops import CpuOps
+
+    monkeypatch.setattr(CpuOps, "window_blocks_available", staticmethod(lambda: False))
+    engine = RolloutEngine(tiny_model)
+    assert engine.backend == "cpu" and not engine.fused.whole_window and not engine.fused.whole_step
+    ctx, hist, goal, cand = _problem(tiny_model, h=3, t=4)
+    _close_costs(engine.costs(ctx, hist, goal, cand), _reference_costs(tiny_model, ctx, hist, goal, cand))
 
 
 def test_predict_matches_reference(tiny_model):

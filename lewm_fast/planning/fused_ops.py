@@ -119,6 +119,12 @@ class CpuOps(PredictorOps):
         nq = qkv.shape[1] if num_queries is None else num_queries
         return torch.ops.lewm_fast.window_attention(qkv, prefix_qkv, heads, nq)
 
+    @staticmethod
+    def window_blocks_available() -> bool:
+        """Whether ``window_blocks`` can run: it calls the BLAS gemm that torch's CPU library exports (MKL/OpenBLAS
+        builds do); without it the rollout runs op by op on these ops."""
+        return bool(torch.ops.lewm_fast.window_blas_available())
+
     def window_blocks(
         self,
         x: torch.Tensor,

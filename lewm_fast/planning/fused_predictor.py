@@ -240,7 +240,7 @@ class FusedRollout:
         act = self.packed.mlp_act
         self.whole_window = (
             isinstance(ops, CpuOps) and dtype == torch.float32 and isinstance(act, nn.GELU)
-            and all(b.out_w is not None for b in self.packed.blocks)
+            and all(b.out_w is not None for b in self.packed.blocks) and ops.window_blocks_available()
         )
         # ... and the prediction head (or the goal cost) in the same C++ call
         self.whole_step = self.whole_window and isinstance(self.packed.head_act, nn.GELU)
