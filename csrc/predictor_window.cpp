@@ -1,4 +1,4 @@
-// LeWM predictor over a short window of tokens on CPU (float32/float64), two ops:
+// LeWM predictor over a short window of tokens on CPU (float32/float64):
 //
 // window_attention(qkv (M, S, 3*heads*dh), prefix_qkv (B, P, 3*heads*dh)?, heads, num_queries) -> (M, q, heads*dh)
 //   Causal multi-head attention read straight from the to_qkv output layout [q | k | v] (heads-major inside each),
@@ -25,8 +25,9 @@
 //   Elementwise loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time.
 //   Candidates are processed in chunks of about chunk_rows window rows (a multiple of the thread count of chunks),
 //   handed out to the threads one at a time, so threads never wait on each other; inside a chunk, attention runs per
-//   group of heads and the MLP per slice of hidden units, so intermediates stay in the core's L2. GEMMs are ATen's
-//   (MKL), single-threaded inside the parallel region.
+//   group of heads and the MLP per slice of hidden units, so intermediates stay in the core's L2. GEMMs call the
+//   BLAS torch exports (MKL in the x86 wheels), single-threaded inside the parallel region.
+// window_blas_available() -> bool: whether that BLAS symbol was found (window_blocks refuses to run otherwise).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
