@@ -7,15 +7,18 @@
 # (hydra-core, omegaconf, antlr4-python3-runtime, gymnasium, ...) are installed offline from .wheels/ when present:
 #   pip download --no-deps -d .wheels hydra-core omegaconf antlr4-python3-runtime==4.9.3 gymnasium cloudpickle \
 #       farama-notifications
-# Each phase has its own time limit (TEST_S, BENCH_S, PROFILE_S seconds) so the whole run fits one 10-minute call.
-# Writes: info.json, install.log, tests.log, bench.log, <gpu>-<date>.json (pytest-benchmark), profile-*.txt.
+# Each phase has its own time limit (see below) so the whole run fits one 10-minute device call.
+# Writes: info.json, install.log, tests-gpu.log, tests-rest.log, bench-*.log, <gpu>-<date>-<suite>.json
+# (pytest-benchmark), profile-*.txt.
 set -uo pipefail
 
 out=${1:-${OUT:-bench/results/device}}
 mkdir -p "$out"
-test_s=${TEST_S:-240}
-bench_s=${BENCH_S:-240}
-profile_s=${PROFILE_S:-60}
+# phase time limits (seconds): with about 60 s of install they add up to one device call of timeout_s=600
+gpu_test_s=${GPU_TEST_S:-120}
+rest_test_s=${REST_TEST_S:-45}
+declare -A bench_s=([sigreg]=${BENCH_SIGREG_S:-60} [rollout]=${BENCH_ROLLOUT_S:-90} [plan]=${BENCH_PLAN_S:-150})
+profile_s=${PROFILE_S:-30}
 
 if compgen -G ".wheels/*.whl" > /dev/null; then
   pip install -q --no-index --find-links .wheels .wheels/*.whl > "$out/install.log" 2>&1 || echo "extra wheels: see install.log"
@@ -23,19 +26,29 @@ fi
 if ! pip install -q --no-build-isolation --no-deps -e . >> "$out/install.log" 2>&1; then
   echo "install failed:"; tail -n 30 "$out/install.log"; exit 1
 fi
-lewm-fast info --json > "$out/info.json"
+python -c "from lewm_fast.cli.info import main; main(['info', '--json'])" > "$out/info.json"
 gpu=$(python -c "from lewm_fast.backends import gpu_name_nvml; print((gpu_name_nvml() or 'cpu').replace(' ', '-'))")
 stamp=$(date +%F)
 echo "device: $gpu  ($stamp)"
 
-timeout "$test_s" python -m pytest tests -q -rs -p no:cacheprovider > "$out/tests.log" 2>&1
-echo "tests: rc=$? $(tail -n 1 "$out/tests.log")"
+# the suites with CUDA cases (CI runs the whole suite on CPU); test_training needs hydra-core/omegaconf (.wheels/)
+gpu_tests="tests/test_kernels_predictor.py tests/test_kernels_cem_refit.py tests/test_sigreg_fused.py
+  tests/test_rollout_engine.py tests/test_planners.py tests/test_elite_refit_op.py"
+timeout "$gpu_test_s" python -m pytest $gpu_tests -q -rs -p no:cacheprovider > "$out/tests-gpu.log" 2>&1
+echo "CUDA suites: rc=$? $(tail -n 1 "$out/tests-gpu.log")"
+timeout "$rest_test_s" python -m pytest tests/test_training.py tests/test_backends.py -q -rs -p no:cacheprovider \
+  > "$out/tests-rest.log" 2>&1
+echo "training/backends: rc=$? $(tail -n 1 "$out/tests-rest.log")"
 
-timeout "$bench_s" python -m pytest bench/ --benchmark-only -q -p no:cacheprovider \
-  --benchmark-json "$out/$gpu-$stamp.json" --benchmark-columns=min,median,mean,rounds > "$out/bench.log" 2>&1
-echo "bench: rc=$? $(tail -n 1 "$out/bench.log")"
+# one pytest-benchmark JSON per file, so a file that runs out of time does not cost the others their results
+for suite in sigreg rollout plan; do
+  timeout "${bench_s[$suite]}" python -m pytest "bench/test_bench_$suite.py" --benchmark-only -q -p no:cacheprovider \
+    --benchmark-json "$out/$gpu-$stamp-$suite.json" --benchmark-columns=min,median,mean,rounds \
+    > "$out/bench-$suite.log" 2>&1
+  echo "bench $suite: rc=$? $(tail -n 1 "$out/bench-$suite.log")"
+done
 
 timeout "$profile_s" python bench/profile_plan.py --envs 1 > "$out/profile-1env.txt" 2>&1
 timeout "$profile_s" python bench/profile_plan.py --envs 50 --plans 1 > "$out/profile-50env.txt" 2>&1
 grep -h -E "^(device|plan):" "$out"/profile-*.txt
-grep -E "^test_|passed|failed" "$out/bench.log" | head -n 40
+grep -h -E "^test_" "$out"/bench-*.log | head -n 40
