@@ -437,20 +437,20 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
   TORCH_CHECK_VALUE(m * s < std::numeric_limits<int>::max(), "M*S=", m * s, " rows exceed the BLAS int range");
   TORCH_CHECK_VALUE(mods.scalar_type() == x_in.scalar_type(), "mods must have x's dtype");
   const at::Tensor x = x_in.contiguous();
+  // the GEMMs read raw pointers: every shape is checked here, against block 0's inner width and MLP hidden size
+  TORCH_CHECK_VALUE(weights[0].dim() == 2 && weights[0].size(0) % (3 * heads) == 0 && weights[4].dim() == 2,
+                    "qkv weight of block 0 must be (3*heads*dh, D), got ", weights[0].sizes());
+  const int64_t inner = weights[0].size(0) / 3, hidden = weights[4].size(0);
   std::vector<Block> blocks;
   for (int64_t i = 0; i < depth; ++i) {
     const auto* w = &weights[9 * i];
     for (int k = 0; k < 9; ++k)
       TORCH_CHECK_VALUE(w[k].scalar_type() == x.scalar_type(), "weights must have x's dtype");
-    // the GEMMs read raw pointers: every shape is checked here
-    const int64_t inner = weights[0].size(0) / 3, hidden = weights[4].size(0);
     auto check = [&](int k, std::initializer_list<int64_t> shape, const char* what) {
       TORCH_CHECK_VALUE(w[k].sizes().vec() == std::vector<int64_t>(shape), what, " of block ", i, " must be ",
                         c10::IntArrayRef(shape), " (D=", d, ", 3*heads*dh=", 3 * inner, ", F=", hidden, "), got ",
                         w[k].sizes());
     };
-    TORCH_CHECK_VALUE(weights[0].dim() == 2 && weights[0].size(0) % (3 * heads) == 0 && weights[4].dim() == 2,
-                      "qkv weight of block 0 must be (3*heads*dh, D), got ", weights[0].sizes());
     check(0, {3 * inner, d}, "qkv weight");
     check(1, {inner}, "query bias");
     check(2, {d, inner}, "to_out weight");
@@ -467,7 +467,7 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
   std::vector<at::Tensor> prefix;
   for (const auto& t : prefix_qkv) {
     prefix.push_back(t.contiguous());
-    check_prefix(prefix.back(), x, m, weights[0].size(0));
+    check_prefix(prefix.back(), x, m, 3 * inner);
     TORCH_CHECK_VALUE(prefix.back().size(1) == prefix[0].size(1) && prefix.back().size(0) == prefix[0].size(0),
                       "all prefix_qkv tensors must share (B, P)");
   }
