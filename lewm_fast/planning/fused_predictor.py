@@ -43,7 +43,6 @@ class BlockWeights:
     eps_attn: float  # attn.norm
     eps2: float  # norm2
     eps_mlp: float  # mlp.net.0
-    ov_w: Optional[torch.Tensor] = None  # (Dh, Dh) = out_w @ value weights: a token that attends only to itself
 
 
 def _linear_wb(layer: nn.Module, name: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -174,12 +173,10 @@ class PackedLeWM:
                 qkv_b[2 * inner:] = 0.0
             fc1_w, fc1_b = _fold_affine(*_linear_wb(mlp.net[1], pre + ".mlp.net.1"), _layernorm(mlp.net[0], pre + ".mlp.net.0"))
             fc2_w, fc2_b = _linear_wb(mlp.net[4], pre + ".mlp.net.4")
-            ov_w = None if out_w is None else out_w @ qkv_w[2 * inner:]
             blocks.append(BlockWeights(
                 self._cast(qkv_w), self._cast(qkv_b), self._cast(out_w), self._cast(out_b, f32),
                 self._cast(fc1_w), self._cast(fc1_b), self._cast(fc2_w), self._cast(fc2_b, f32),
                 float(blk.norm1.eps), float(attn.norm.eps), float(blk.norm2.eps), float(mlp.net[0].eps),
-                self._cast(ov_w),
             ))
         fresh = {
             "pos": predictor.pos_embedding.detach()[0].float().contiguous(),
@@ -310,9 +307,11 @@ class FusedRollout:
         if cache is not None and cache[0] == p.signature:
             return cache[1]
         inner = p.heads * p.dim_head  # keys/values carry no bias (see the module docstring): pass the query bias
-        weights = [
-            t for b in p.blocks for t in (b.qkv_w, b.qkv_b[:inner], b.out_w, b.out_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b, b.ov_w)
-        ]
+        weights = []
+        for b in p.blocks:
+            # to_out(value) of a token that attends only to itself: (Dh, Dh), folded in float64
+            ov_w = (b.out_w.double() @ b.qkv_w[2 * inner:].double()).to(b.out_w.dtype)
+            weights += [b.qkv_w, b.qkv_b[:inner], b.out_w, b.out_b, b.fc1_w, b.fc1_b, b.fc2_w, b.fc2_b, ov_w]
         eps = [e for b in p.blocks for e in (b.eps1, b.eps_attn, b.eps2, b.eps_mlp)]
         head = None
         if self.whole_step:
