@@ -140,10 +140,10 @@ class CpuOps(PredictorOps):
         """x (M, S, D), mods (M, S, depth, 6, D); weights / eps: 9 tensors / 4 floats per block (see
         ``csrc/predictor_window.cpp``). Without ``head``: the residual stream of the last token after all blocks
         (M, 1, D). With ``head``: the predicted latents (M, D'), or with ``goal`` (B, D') the costs (M,)."""
-        w1, b1, w2, b2, head_eps, head_approximate = head if head is not None else ((), (), (), (), 0.0, "none")
+        head_weights, head_eps, head_approximate = ([], 0.0, "none") if head is None else (list(head[:4]), *head[4:])
         out = torch.ops.lewm_fast.window_blocks(
             x, mods, prefix_qkv or [], weights, eps, heads, gelu_approximate, self.chunk_rows,
-            [w1, b1, w2, b2] if head is not None else [], head_eps, head_approximate, goal,
+            head_weights, head_eps, head_approximate, goal,
         )
         return out if head is not None else out.unsqueeze(1)
 
