@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -45,16 +46,12 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------- attention
 // One query row against p shared-prefix keys and `own` own keys, for `heads` heads of width dh: o = softmax(q.k *
 // dh^-0.5) v. Key j starts at keys[j]; its value sits kv_off_pre (prefix keys) or kv_off_own (own keys) after it.
+// score: scratch of at least heads * (p + own) + 16 values.
 template <typename scalar_t>
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void attend_group(const scalar_t* q, const scalar_t* const* keys, int64_t p, int64_t own, int64_t heads, int64_t dh,
-                  int64_t kv_off_pre, int64_t kv_off_own, scalar_t* score, scalar_t* o) {
-  const int64_t visible = p + own, cols = heads * dh;
-  if (visible == 1) {  // a window's first token sees only itself: softmax of one score is exactly 1
-    const scalar_t* v = keys[0] + kv_off_own;
-    std::copy(v, v + cols, o);
-    return;
-  }
+void attend_group_scalar(const scalar_t* q, const scalar_t* const* keys, int64_t p, int64_t own, int64_t heads,
+                         int64_t dh, int64_t kv_off_pre, int64_t kv_off_own, scalar_t* score, scalar_t* o) {
+  const int64_t visible = p + own;
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(dh));
   for (int64_t h = 0; h < heads; ++h) {
     const int64_t off = h * dh;
@@ -84,13 +81,103 @@ void attend_group(const scalar_t* q, const scalar_t* const* keys, int64_t p, int
   }
 }
 
+// 16 floats as one value (GCC vector extension: one zmm register on AVX-512, split on narrower targets).
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+inline v16f load16(const float* x) {
+  v16f v;
+  std::memcpy(&v, x, sizeof v);
+  return v;
+}
+
+inline void store16(float* x, v16f v) { std::memcpy(x, &v, sizeof v); }
+
+inline float sum16(v16f v) {
+  v16f t = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  t = t + __builtin_shufflevector(t, t, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  t = t + __builtin_shufflevector(t, t, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  return t[0] + t[1];
+}
+
+// exp(x) for x <= 0 (softmax after subtracting the maximum), to about 1 ulp: 2^n * P(r), r = x - n ln2 in
+// [-ln2/2, ln2/2], P the degree-6 Taylor polynomial; x below -87 gives exp(-87) ~ 1.6e-38 instead of a denormal.
+inline v16f exp16_nonpositive(v16f x) {
+  const v16f lo = v16f{} - 87.0f;
+  x = x < lo ? lo : x;
+  const v16f magic = v16f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const v16f n = (x * 1.44269504088896341f + magic) - magic;
+  const v16f r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 split in two for an exact n * ln2_hi
+  v16f poly = v16f{} + (1.0f / 720.0f);
+  poly = poly * r + (1.0f / 120.0f);
+  poly = poly * r + (1.0f / 24.0f);
+  poly = poly * r + (1.0f / 6.0f);
+  poly = poly * r + 0.5f;
+  poly = poly * r + 1.0f;
+  poly = poly * r + 1.0f;
+  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+  v16f scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return poly * scale;
+}
+
+// attend_group_scalar for float32 and dh a multiple of 16: all (head, key) scores first, one vector exp pass over
+// them, then the weighted values; dot products and outputs run 16 lanes wide.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void attend_group_vec(const float* q, const float* const* keys, int64_t p, int64_t own, int64_t heads, int64_t dh,
+                      int64_t kv_off_pre, int64_t kv_off_own, float* score, float* o) {
+  const int64_t visible = p + own, n = heads * visible;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t off = h * dh;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < visible; ++j) {
+      const float* k = keys[j] + off;
+      v16f acc = load16(q + off) * load16(k);
+      for (int64_t e = 16; e < dh; e += 16) acc += load16(q + off + e) * load16(k + e);
+      const float sj = sum16(acc) * scale;
+      score[h * visible + j] = sj;
+      mx = std::max(mx, sj);
+    }
+    for (int64_t j = 0; j < visible; ++j) score[h * visible + j] -= mx;
+  }
+  for (int64_t i = 0; i < n; i += 16) store16(score + i, exp16_nonpositive(load16(score + i)));
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t off = h * dh;
+    const float* ph = score + h * visible;
+    float total = 0;
+    for (int64_t j = 0; j < visible; ++j) total += ph[j];
+    const float inv = 1.0f / total;
+    for (int64_t e = 0; e < dh; e += 16) {
+      v16f acc{};
+      for (int64_t j = 0; j < visible; ++j)
+        acc += ph[j] * load16(keys[j] + (j < p ? kv_off_pre : kv_off_own) + off + e);
+      store16(o + off + e, acc * inv);
+    }
+  }
+}
+
+template <typename scalar_t>
+void attend_group(const scalar_t* q, const scalar_t* const* keys, int64_t p, int64_t own, int64_t heads, int64_t dh,
+                  int64_t kv_off_pre, int64_t kv_off_own, scalar_t* score, scalar_t* o) {
+  if (p + own == 1) {  // a window's first token sees only itself: softmax of one score is exactly 1
+    const scalar_t* v = keys[0] + kv_off_own;
+    std::copy(v, v + heads * dh, o);
+    return;
+  }
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (dh % 16 == 0) return attend_group_vec(q, keys, p, own, heads, dh, kv_off_pre, kv_off_own, score, o);
+  }
+  attend_group_scalar<scalar_t>(q, keys, p, own, heads, dh, kv_off_pre, kv_off_own, score, o);
+}
+
 template <typename scalar_t>
 void attend(const scalar_t* qkv, const scalar_t* prefix, int64_t m, int64_t s, int64_t p, int64_t rows_per_prefix,
             int64_t heads, int64_t dh, int64_t nq, scalar_t* out) {
   const int64_t inner = heads * dh, width = 3 * inner;
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     std::vector<const scalar_t*> keys(p + s);
-    std::vector<scalar_t> score(p + s);
+    std::vector<scalar_t> score(heads * (p + s) + 16);
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* own = qkv + r * s * width;
       for (int64_t j = 0; j < p; ++j) keys[j] = prefix + ((r / rows_per_prefix) * p + j) * width + inner;
@@ -231,35 +318,128 @@ BlasGemm<scalar_t> blas_gemm() {
 // Whether torch exports the BLAS gemm window_blocks calls (the rollout engine checks before choosing this path).
 bool window_blas_available() { return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr; }
 
+// MKL's packed-GEMM API (float32 only; the Fortran symbols torch's MKL builds export). A GEMM packs both operands
+// into its kernel's panel layout on every call; window_blocks' GEMMs are small (K = 192...512), so that repacking is
+// about a tenth of a rollout step. With it, every weight block is packed once per weight set (window_pack) and each
+// activation that feeds several GEMMs once per chunk. MKL wants both operands of a GEMM packed with the same thread
+// count: all packing and computing runs with MKL single-threaded (window_blocks' threads are its own).
+using PackGetSize = size_t (*)(const char*, const int*, const int*, const int*);
+using PackFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                        const int*, float*);
+using ComputeFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const int*,
+                           const float*, const int*, const float*, float*, const int*);
+using SetThreadsLocal = int (*)(int);
+
+struct PackApi {
+  PackGetSize get_size;
+  PackFn pack;
+  ComputeFn compute;
+  SetThreadsLocal threads_local;
+};
+
+const PackApi& pack_api() {
+  static const PackApi api{reinterpret_cast<PackGetSize>(find_symbol("sgemm_pack_get_size")),
+                           reinterpret_cast<PackFn>(find_symbol("sgemm_pack")),
+                           reinterpret_cast<ComputeFn>(find_symbol("sgemm_compute")),
+                           reinterpret_cast<SetThreadsLocal>(find_symbol("MKL_Set_Num_Threads_Local"))};
+  return api;
+}
+
+// Whether window_pack can run (torch's MKL builds); without it window_blocks runs on the plain gemm.
+bool window_packing_available() {
+  const PackApi& api = pack_api();
+  return api.get_size && api.pack && api.compute && api.threads_local;
+}
+
+// MKL single-threaded in this thread while alive (restores the thread's previous setting).
+class MklSingleThread {
+ public:
+  MklSingleThread() : active_(window_packing_available()), previous_(active_ ? pack_api().threads_local(1) : 0) {}
+  ~MklSingleThread() {
+    if (active_) pack_api().threads_local(previous_);
+  }
+  MklSingleThread(const MklSingleThread&) = delete;
+  MklSingleThread& operator=(const MklSingleThread&) = delete;
+
+ private:
+  bool active_;
+  int previous_;
+};
+
+// Bytes of one packed operand: 'A' a weight block (n, k) for GEMMs of about `rows` rows; 'B' `rows` activation rows
+// of width k for weight blocks of n rows. Rounded up to 64 so packed operands laid end to end stay aligned.
+inline int64_t packed_bytes(const char* which, int64_t n, int64_t rows, int64_t k) {
+  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
+  return (static_cast<int64_t>(pack_api().get_size(which, &m_, &n_, &k_)) + 63) / 64 * 64;
+}
+
+inline void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, int64_t rows, float* dest) {
+  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k), ld = static_cast<int>(ldw);
+  const float one = 1;
+  pack_api().pack("A", "T", &m_, &n_, &k_, &one, w, &ld, dest);
+}
+
+// Packs rows (r, k; row stride ldi) as the activation operand of GEMMs against weight blocks of n rows.
+template <typename scalar_t>
+void pack_rows(int64_t r, int64_t k, const scalar_t* in, int64_t ldi, int64_t n, scalar_t* dest) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (r == 0) return;
+    const int m_ = static_cast<int>(n), n_ = static_cast<int>(r), k_ = static_cast<int>(k), ld = static_cast<int>(ldi);
+    const float one = 1;
+    pack_api().pack("B", "N", &m_, &n_, &k_, &one, in, &ld, dest);
+  }
+}
+
+// out (r, n; row stride ldo) = beta * out + in (r, k) @ w^T for w (n, k) with row stride ldw. w_packed: w's block
+// packed by window_pack (float32), else null; in_packed: these very rows packed by pack_rows, else null (then `in`
+// with row stride ldi is read).
 template <typename scalar_t>
 void linear_into(int64_t r, int64_t n, int64_t k, const scalar_t* in, int64_t ldi, const scalar_t* w, int64_t ldw,
-                 scalar_t beta, scalar_t* out, int64_t ldo) {
+                 scalar_t beta, scalar_t* out, int64_t ldo, const scalar_t* w_packed = nullptr,
+                 const scalar_t* in_packed = nullptr) {
   if (r == 0 || n == 0) return;
   // column-major: out^T (n, r) = (w^T)^T (n, k) @ in^T (k, r)
   const int m_ = static_cast<int>(n), n_ = static_cast<int>(r), k_ = static_cast<int>(k);
   const int lda = static_cast<int>(ldw), ldb = static_cast<int>(ldi), ldc = static_cast<int>(ldo);
   const scalar_t one = 1;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (w_packed != nullptr) {
+      pack_api().compute("P", in_packed ? "P" : "N", &m_, &n_, &k_, w_packed, &lda, in_packed ? in_packed : in, &ldb,
+                         &beta, out, &ldc);
+      return;
+    }
+  }
   blas_gemm<scalar_t>()("T", "N", &m_, &n_, &k_, &one, w, &lda, in, &ldb, &beta, out, &ldc);
 }
 
+// Packed copies (window_pack) of the weight blocks an MLP's GEMMs read, per slice of its hidden units.
+struct MlpPacks {
+  std::vector<const float*> fc1, fc2;  // rows u0.. of w1 / columns u0.. of w2
+};
+
 // y (rows, D') = act(h (rows, K) @ w1^T + b1) @ w2^T for w1 (F, K), w2 (D', F) contiguous, the hidden units F taken
 // in slices of f's width so the (rows, slice) intermediate stays in L2; f: scratch with at least `rows` rows; h and y
-// with row strides ldh, ldy. No output bias.
+// with row strides ldh, ldy. No output bias. packs: the weights' packed blocks or null; with them, h is packed once
+// into h_packed (scratch) for all slices' fc1.
 template <typename scalar_t>
 void mlp_sliced(int64_t rows, const scalar_t* h, int64_t ldh, const at::Tensor& w1, const at::Tensor& b1,
-                const at::Tensor& w2, c10::string_view approximate, at::Tensor& f, scalar_t* y, int64_t ldy) {
+                const at::Tensor& w2, c10::string_view approximate, at::Tensor& f, scalar_t* y, int64_t ldy,
+                const MlpPacks* packs, scalar_t* h_packed) {
   const int64_t k = w1.size(1), hidden = w1.size(0), dout = w2.size(0), slice = f.size(1);
   const scalar_t* w1p = w1.data_ptr<scalar_t>();
   const scalar_t* w2p = w2.data_ptr<scalar_t>();
   scalar_t* fp = f.data_ptr<scalar_t>();
-  for (int64_t u0 = 0; u0 < hidden; u0 += slice) {
+  if (packs) pack_rows<scalar_t>(rows, k, h, ldh, std::min(slice, hidden), h_packed);
+  for (int64_t u0 = 0, u = 0; u0 < hidden; u0 += slice, ++u) {
     const int64_t cols = std::min(slice, hidden - u0);
-    linear_into<scalar_t>(rows, cols, k, h, ldh, w1p + u0 * k, k, 0, fp, slice);  // bias added below
+    const scalar_t* p1 = packs ? reinterpret_cast<const scalar_t*>(packs->fc1[u]) : nullptr;
+    const scalar_t* p2 = packs ? reinterpret_cast<const scalar_t*>(packs->fc2[u]) : nullptr;
+    linear_into<scalar_t>(rows, cols, k, h, ldh, w1p + u0 * k, k, 0, fp, slice, p1, packs ? h_packed : nullptr);
     const scalar_t* bp = b1.data_ptr<scalar_t>() + u0;
     for (int64_t r = 0; r < rows; ++r) add_bias<scalar_t>(fp + r * slice, bp, cols);
     auto f_v = at::from_blob(fp, {rows, cols}, {slice, 1}, f.options());
     at::gelu_(f_v, approximate);
-    linear_into<scalar_t>(rows, dout, cols, fp, slice, w2p + u0, hidden, u0 == 0 ? 0 : 1, y, ldy);
+    linear_into<scalar_t>(rows, dout, cols, fp, slice, w2p + u0, hidden, u0 == 0 ? 0 : 1, y, ldy, p2);
   }
 }
 
@@ -286,26 +466,116 @@ struct Mods {  // strided view (M, S, depth, 6, D)
 // need a query (those whose attention output is used) form one contiguous row range, and so do those the MLP runs on.
 struct Scratch {
   at::Tensor x, h, qkv, att, y, f, z;  // z: the head's output (chunk, D')
+  at::Tensor h_all, h_q;  // with packed weights: the chunk's h packed for the key/value (all rows) and query GEMMs
 };
 
 constexpr int64_t kGroupWidth = 256;  // attention heads (x dh) per column group, MLP hidden units per slice
 
+inline int64_t heads_per_group(int64_t heads, int64_t dh) { return std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)); }
+
+// Hidden units per MLP slice, shared by the blocks' MLPs and the head (their widest hidden layer sets the scratch).
+inline int64_t mlp_slice(const std::vector<Block>& blocks, const Head* head) {
+  const int64_t hidden = std::max(blocks[0].fc1_w.size(0), head ? head->w1.size(0) : int64_t(0));
+  return std::min(hidden, kGroupWidth * 2);
+}
+
+// ---------------------------------------------------------------------------------------------- packed weights
+// window_pack(weights, head, heads, rows) -> uint8 buffer: every weight block a GEMM of window_blocks reads, packed
+// once by MKL for GEMMs of about `rows` rows, behind a header of the weight tensors' addresses (window_blocks checks
+// them: a buffer packed from other tensors is refused). The buffer must stay where it is (MKL's packed layout
+// depends on its alignment): keep the tensor, do not copy it.
+struct BlockPacks {
+  const float* ov = nullptr;
+  std::vector<const float*> qkv;  // q, k, v rows of each head group
+  std::vector<const float*> out;  // to_out columns of each head group
+  MlpPacks mlp;
+};
+
+struct WindowPacks {
+  std::vector<BlockPacks> blocks;
+  MlpPacks head;
+};
+
+// Walks the weight blocks of window_blocks' GEMMs in one fixed order, calling place(w, n, k, ldw) -> the address of
+// that block's packed copy (w: rows of n weights of width k with row stride ldw).
+template <typename Place>
+WindowPacks layout_packs(const std::vector<Block>& blocks, const Head* head, int64_t heads, Place place) {
+  const int64_t d = blocks[0].qkv_w.size(1), inner = blocks[0].out_w.size(1), dh = inner / heads;
+  const int64_t group = heads_per_group(heads, dh), slice = mlp_slice(blocks, head);
+  auto mlp = [&](const at::Tensor& w1, const at::Tensor& w2) {
+    MlpPacks packs;
+    const int64_t k = w1.size(1), hidden = w1.size(0), dout = w2.size(0);
+    for (int64_t u0 = 0; u0 < hidden; u0 += slice) {
+      const int64_t cols = std::min(slice, hidden - u0);
+      packs.fc1.push_back(place(w1.data_ptr<float>() + u0 * k, cols, k, k));
+      packs.fc2.push_back(place(w2.data_ptr<float>() + u0, dout, cols, hidden));
+    }
+    return packs;
+  };
+  WindowPacks packs;
+  for (const Block& b : blocks) {
+    BlockPacks bp;
+    bp.ov = place(b.ov_w.data_ptr<float>(), d, d, d);
+    for (int64_t h0 = 0; h0 < heads; h0 += group) {
+      const int64_t cols = std::min(group, heads - h0) * dh, col0 = h0 * dh;
+      for (int64_t part = 0; part < 3; ++part)
+        bp.qkv.push_back(place(b.qkv_w.data_ptr<float>() + (part * inner + col0) * d, cols, d, d));
+      bp.out.push_back(place(b.out_w.data_ptr<float>() + col0, d, cols, inner));
+    }
+    bp.mlp = mlp(b.fc1_w, b.fc2_w);
+    packs.blocks.push_back(std::move(bp));
+  }
+  if (head) packs.head = mlp(head->w1, head->w2);
+  return packs;
+}
+
+// The header of a packed buffer: how many weight tensors it was packed from, then their addresses.
+std::vector<uintptr_t> packed_header(const std::vector<Block>& blocks, const Head* head) {
+  std::vector<uintptr_t> ptrs{0};
+  for (const Block& b : blocks)
+    for (const at::Tensor* t : {&b.qkv_w, &b.out_w, &b.fc1_w, &b.fc2_w, &b.ov_w})
+      ptrs.push_back(reinterpret_cast<uintptr_t>(t->data_ptr()));
+  if (head)
+    for (const at::Tensor* t : {&head->w1, &head->w2}) ptrs.push_back(reinterpret_cast<uintptr_t>(t->data_ptr()));
+  ptrs[0] = ptrs.size() - 1;
+  return ptrs;
+}
+
+inline int64_t header_bytes(size_t entries) { return static_cast<int64_t>((entries * sizeof(uintptr_t) + 63) / 64 * 64); }
+
+// Packed blocks laid end to end after the header (base null: only sizes the buffer); pack: also fill them.
+WindowPacks place_packs(const std::vector<Block>& blocks, const Head* head, int64_t heads, int64_t rows,
+                        uint8_t* base, bool pack, int64_t* total_bytes) {
+  int64_t offset = header_bytes(packed_header(blocks, head).size());
+  auto packs = layout_packs(blocks, head, heads, [&](const float* w, int64_t n, int64_t k, int64_t ldw) {
+    auto* dest = base ? reinterpret_cast<float*>(base + offset) : nullptr;
+    if (pack) pack_weight(w, n, k, ldw, rows, dest);
+    offset += packed_bytes("A", n, rows, k);
+    return static_cast<const float*>(dest);
+  });
+  *total_bytes = offset;
+  return packs;
+}
+
 // The blocks for candidates m0..m0+c-1. Attention runs per group of heads (q, k, v of the group -> attention ->
 // partial to_out accumulated into y) and the MLP per slice of hidden units (fc1 slice -> GELU -> partial fc2), so
-// the chunk's intermediates stay in the core's L2 while the chunk is large enough to amortise MKL's packing of the
-// weights (done on every GEMM call).
+// the chunk's intermediates stay in the core's L2. Without packed weights (packs null) every GEMM call repacks its
+// weight block, which a chunk of a few hundred rows amortises; with them, h is packed once for the group GEMMs.
 template <typename scalar_t>
 void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, const std::vector<Block>& blocks,
                   const std::vector<const scalar_t*>& prefix, int64_t p, int64_t rows_per_prefix, int64_t m0, int64_t c,
                   int64_t s, int64_t d, int64_t heads, int64_t dh, c10::string_view approximate, const Head* head,
-                  Scratch& w, scalar_t* out) {
+                  const WindowPacks* packs, Scratch& w, scalar_t* out) {
   const int64_t depth = static_cast<int64_t>(blocks.size()), inner = heads * dh, width = 3 * inner;
-  const int64_t group = std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)), gw = group * dh;
+  const int64_t group = heads_per_group(heads, dh), gw = group * dh;
+  auto packed = [&](const float* ptr) { return packs ? reinterpret_cast<const scalar_t*>(ptr) : nullptr; };
+  scalar_t* h_all = packs ? w.h_all.data_ptr<scalar_t>() : nullptr;
+  scalar_t* h_q = packs ? w.h_q.data_ptr<scalar_t>() : nullptr;
   scalar_t* x = w.x.data_ptr<scalar_t>();
   for (int64_t m = 0; m < c; ++m)
     for (int64_t t = 0; t < s; ++t) std::copy_n(x_in + ((m0 + m) * s + t) * d, d, x + (t * c + m) * d);
   std::vector<const scalar_t*> keys(p + s);
-  std::vector<scalar_t> score(p + s);
+  std::vector<scalar_t> score(group * (p + s) + 16);
   scalar_t* hp = w.h.data_ptr<scalar_t>();
   scalar_t* qp = w.qkv.data_ptr<scalar_t>();  // (rows, 3 * gw): [q | k | v] of the current head group
   scalar_t* ap = w.att.data_ptr<scalar_t>();
@@ -322,15 +592,22 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0;
     for (int64_t r = 0; r < rows; ++r)
       norm_modulate_norm<scalar_t>(x + r * d, mod(r, 0), mod(r, 1), d, b.eps1, b.eps_attn, hp + r * d);
+    const BlockPacks* bp = packs ? &packs->blocks[i] : nullptr;
+    if (bp) {  // h feeds the q (rows rq..), k and v (all rows) GEMMs of every head group
+      pack_rows<scalar_t>(rows, d, hp, d, gw, h_all);
+      if (rq > 0) pack_rows<scalar_t>(rows - rq, d, hp + rq * d, d, gw, h_q);
+    }
     scalar_t* yp = w.y.data_ptr<scalar_t>();  // rows r0.. of the block's to_out / fc2 outputs
-    linear_into<scalar_t>(rq - r0, d, d, hp + r0 * d, d, b.ov_w.data_ptr<scalar_t>(), d, 0, yp, d);
-    for (int64_t h0 = 0; h0 < heads && rq < rows; h0 += group) {
+    linear_into<scalar_t>(rq - r0, d, d, hp + r0 * d, d, b.ov_w.data_ptr<scalar_t>(), d, 0, yp, d,
+                          packed(bp ? bp->ov : nullptr));
+    for (int64_t h0 = 0, g = 0; h0 < heads && rq < rows; h0 += group, ++g) {
       const int64_t gh = std::min(group, heads - h0), cols = gh * dh, col0 = h0 * dh;
       for (int64_t part = 0; part < 3; ++part) {  // q (rows needing one), k, v (all rows); biases added below
         const int64_t from = part == 0 ? rq : 0;
         const scalar_t* w_part = b.qkv_w.data_ptr<scalar_t>() + (part * inner + col0) * d;  // rows of this group
         linear_into<scalar_t>(rows - from, cols, d, hp + from * d, d, w_part, d, 0, qp + from * qkv_ld + part * gw,
-                              qkv_ld);
+                              qkv_ld, packed(bp ? bp->qkv[3 * g + part] : nullptr),
+                              bp ? (from == 0 ? h_all : h_q) : nullptr);
       }
       const scalar_t* qb = b.q_b.data_ptr<scalar_t>() + col0;
       for (int64_t r = rq; r < rows; ++r) {
@@ -343,13 +620,14 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
                                ap + (r - rq) * gw);
       }
       linear_into<scalar_t>(rows - rq, d, cols, ap, gw, b.out_w.data_ptr<scalar_t>() + col0, inner, h0 == 0 ? 0 : 1,
-                            yp + (rq - r0) * d, d);
+                            yp + (rq - r0) * d, d, packed(bp ? bp->out[g] : nullptr));
     }
     const scalar_t* ob = b.out_b.data_ptr<scalar_t>();
     for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 2), yp + (r - r0) * d, ob, d);
     for (int64_t r = r0; r < rows; ++r)
       norm_modulate_norm<scalar_t>(x + r * d, mod(r, 3), mod(r, 4), d, b.eps2, b.eps_mlp, hp + (r - r0) * d);
-    mlp_sliced<scalar_t>(nrows, hp, d, b.fc1_w, b.fc1_b, b.fc2_w, approximate, w.f, yp, d);
+    mlp_sliced<scalar_t>(nrows, hp, d, b.fc1_w, b.fc1_b, b.fc2_w, approximate, w.f, yp, d, bp ? &bp->mlp : nullptr,
+                         h_all);
     const scalar_t* fb = b.fc2_b.data_ptr<scalar_t>();
     for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 5), yp + (r - r0) * d, fb, d);
   }
@@ -361,7 +639,8 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
   for (int64_t m = 0; m < c; ++m) normalize<scalar_t>(xl + m * d, d, head->eps, hp + m * d);
   const int64_t dout = head->w2.size(0);
   scalar_t* zp = w.z.data_ptr<scalar_t>();
-  mlp_sliced<scalar_t>(c, hp, d, head->w1, head->b1, head->w2, head->approximate, w.f, zp, dout);
+  mlp_sliced<scalar_t>(c, hp, d, head->w1, head->b1, head->w2, head->approximate, w.f, zp, dout,
+                       packs ? &packs->head : nullptr, h_all);
   const scalar_t* b2 = head->b2.data_ptr<scalar_t>();
   if (head->goal.defined()) {
     const scalar_t* g = head->goal.data_ptr<scalar_t>();
@@ -379,11 +658,10 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
 template <typename scalar_t>
 void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<Block>& blocks,
                 const std::vector<at::Tensor>& prefix_qkv, int64_t heads, c10::string_view approximate,
-                const Head* head, int64_t chunk_rows, at::Tensor& out) {
+                const Head* head, const WindowPacks* packs, int64_t chunk_rows, at::Tensor& out) {
   const int64_t m = x.size(0), s = x.size(1), d = x.size(2);
   const int64_t inner = blocks[0].out_w.size(1), dh = inner / heads;
-  const int64_t hidden = std::max(blocks[0].fc1_w.size(0), head ? head->w1.size(0) : int64_t(0));
-  const int64_t gw = std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)) * dh;
+  const int64_t gw = heads_per_group(heads, dh) * dh, slice = mlp_slice(blocks, head);
   const Mods ms{mods.stride(0), mods.stride(1), mods.stride(2), mods.stride(3)};
   const int64_t p = prefix_qkv.empty() ? 0 : prefix_qkv[0].size(1);
   const int64_t rows_per_prefix = prefix_qkv.empty() ? 1 : m / prefix_qkv[0].size(0);
@@ -400,52 +678,43 @@ void blocks_all(const at::Tensor& x, const at::Tensor& mods, const std::vector<B
   scalar_t* op = out.data_ptr<scalar_t>();
   std::atomic<int64_t> next_chunk{0};  // chunks are taken dynamically: a core slowed down by others takes fewer
   at::parallel_for(0, std::min(threads, nchunks), 1, [&](int64_t, int64_t) {
+    const MklSingleThread single;  // packed operands need the thread count they were packed with
     const int64_t rows = chunk * s;
     auto opts = x.options();
     Scratch w{at::empty({rows, d}, opts), at::empty({rows, d}, opts), at::empty({rows, 3 * gw}, opts),
-              at::empty({rows, gw}, opts), at::empty({rows, d}, opts),
-              at::empty({rows, std::min(hidden, kGroupWidth * 2)}, opts),
+              at::empty({rows, gw}, opts), at::empty({rows, d}, opts), at::empty({rows, slice}, opts),
               at::empty({chunk, head ? head->w2.size(0) : 0}, opts)};
+    if (packs) {  // h packed for the head groups' GEMMs (and then for the MLP's fc1): bytes as floats
+      const int64_t bytes = std::max(packed_bytes("B", gw, rows, d), packed_bytes("B", slice, rows, d));
+      w.h_all = at::empty({bytes / 4}, opts);
+      w.h_q = at::empty({bytes / 4}, opts);
+    }
     for (int64_t ci = next_chunk++; ci < nchunks; ci = next_chunk++) {
       const int64_t m0 = ci * chunk, c = std::min(chunk, m - m0);
       blocks_chunk<scalar_t>(xp, mp, ms, blocks, prefix, p, rows_per_prefix, m0, c, s, d, heads, dh, approximate, head,
-                             w, op);
+                             packs, w, op);
     }
   });
 }
 
-at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at::TensorList prefix_qkv,
-                             at::TensorList weights, at::ArrayRef<double> eps, int64_t heads,
-                             c10::string_view gelu_approximate, int64_t chunk_rows, at::TensorList head_weights,
-                             double head_eps, c10::string_view head_approximate,
-                             const c10::optional<at::Tensor>& goal) {
-  TORCH_CHECK(window_blas_available(), "window_blocks needs the BLAS sgemm_/dgemm_ exported by torch's CPU library");
-  TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
-  const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
+// The blocks' weights (9 per block, see the top of the file), every shape checked: the GEMMs read raw pointers.
+// eps: 4 per block.
+std::vector<Block> parse_blocks(at::TensorList weights, at::ArrayRef<double> eps, int64_t d, int64_t heads,
+                                at::ScalarType dtype) {
   TORCH_CHECK_VALUE(weights.size() % 9 == 0 && !weights.empty(), "weights must hold 9 tensors per block, got ",
                     weights.size());
   const int64_t depth = static_cast<int64_t>(weights.size() / 9);
   TORCH_CHECK_VALUE(static_cast<int64_t>(eps.size()) == 4 * depth, "eps must hold 4 values per block, got ",
                     eps.size());
-  TORCH_CHECK_VALUE(mods.dim() == 5 && mods.size(0) == m && mods.size(1) == s && mods.size(2) == depth &&
-                        mods.size(3) == 6 && mods.size(4) == d && mods.stride(4) == 1,
-                    "mods must be (M, S, depth, 6, D) = (", m, ", ", s, ", ", depth, ", 6, ", d,
-                    ") with a contiguous last dimension, got ", mods.sizes(), " strides ", mods.strides());
-  TORCH_CHECK_VALUE(prefix_qkv.empty() || static_cast<int64_t>(prefix_qkv.size()) == depth,
-                    "prefix_qkv must be empty or hold one tensor per block");
-  TORCH_CHECK_VALUE(heads >= 1 && chunk_rows >= 1, "heads and chunk_rows must be >= 1");
-  TORCH_CHECK_VALUE(m * s < std::numeric_limits<int>::max(), "M*S=", m * s, " rows exceed the BLAS int range");
-  TORCH_CHECK_VALUE(mods.scalar_type() == x_in.scalar_type(), "mods must have x's dtype");
-  const at::Tensor x = x_in.contiguous();
-  // the GEMMs read raw pointers: every shape is checked here, against block 0's inner width and MLP hidden size
+  TORCH_CHECK_VALUE(heads >= 1, "heads must be >= 1");
   TORCH_CHECK_VALUE(weights[0].dim() == 2 && weights[0].size(0) % (3 * heads) == 0 && weights[4].dim() == 2,
                     "qkv weight of block 0 must be (3*heads*dh, D), got ", weights[0].sizes());
-  const int64_t inner = weights[0].size(0) / 3, hidden = weights[4].size(0);
+  const int64_t inner = weights[0].size(0) / 3, hidden = weights[4].size(0);  // block 0's widths hold for all
   std::vector<Block> blocks;
   for (int64_t i = 0; i < depth; ++i) {
     const auto* w = &weights[9 * i];
     for (int k = 0; k < 9; ++k)
-      TORCH_CHECK_VALUE(w[k].scalar_type() == x.scalar_type(), "weights must have x's dtype");
+      TORCH_CHECK_VALUE(w[k].scalar_type() == dtype, "weights must have x's dtype");
     auto check = [&](int k, std::initializer_list<int64_t> shape, const char* what) {
       TORCH_CHECK_VALUE(w[k].sizes().vec() == std::vector<int64_t>(shape), what, " of block ", i, " must be ",
                         c10::IntArrayRef(shape), " (D=", d, ", 3*heads*dh=", 3 * inner, ", F=", hidden, "), got ",
@@ -464,6 +733,68 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
                            w[4].contiguous(), w[5].contiguous(), w[6].contiguous(), w[7].contiguous(),
                            w[8].contiguous(), eps[4 * i], eps[4 * i + 1], eps[4 * i + 2], eps[4 * i + 3]});
   }
+  return blocks;
+}
+
+// The folded head {w1 (F, D), b1, w2 (D', F), b2}, or none for an empty list.
+c10::optional<Head> parse_head(at::TensorList head_weights, double eps, c10::string_view approximate, int64_t d,
+                               at::ScalarType dtype) {
+  if (head_weights.empty()) return c10::nullopt;
+  TORCH_CHECK_VALUE(head_weights.size() == 4, "head must hold 4 tensors (w1, b1, w2, b2), got ", head_weights.size());
+  const auto &w1 = head_weights[0], &b1 = head_weights[1], &w2 = head_weights[2], &b2 = head_weights[3];
+  for (const auto& t : head_weights) TORCH_CHECK_VALUE(t.scalar_type() == dtype, "head weights must have x's dtype");
+  TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == d && b1.dim() == 1 && b1.size(0) == w1.size(0) && w2.dim() == 2 &&
+                        w2.size(1) == w1.size(0) && b2.dim() == 1 && b2.size(0) == w2.size(0),
+                    "head must be w1 (F, D=", d, "), b1 (F), w2 (D', F), b2 (D'), got ", w1.sizes(), ", ", b1.sizes(),
+                    ", ", w2.sizes(), ", ", b2.sizes());
+  return Head{w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), eps, approximate, at::Tensor(), 1};
+}
+
+at::Tensor window_pack_cpu(at::TensorList weights, int64_t heads, at::TensorList head_weights, int64_t rows) {
+  TORCH_CHECK(window_packing_available(), "window_pack needs MKL's sgemm_pack/sgemm_compute (torch's MKL builds)");
+  TORCH_CHECK_VALUE(!weights.empty() && weights[0].dim() == 2, "weights must hold 9 tensors per block");
+  TORCH_CHECK_VALUE(rows >= 1, "rows must be >= 1, got ", rows);
+  const int64_t d = weights[0].size(1);
+  TORCH_CHECK_VALUE(weights[0].scalar_type() == at::kFloat, "window_pack packs float32 weights, got ",
+                    weights[0].scalar_type());
+  const std::vector<double> no_eps(weights.size() / 9 * 4, 0.0);  // packing reads no eps
+  const auto blocks = parse_blocks(weights, no_eps, d, heads, at::kFloat);
+  const auto head = parse_head(head_weights, 0.0, "none", d, at::kFloat);
+  const Head* hp = head ? &*head : nullptr;
+  const MklSingleThread single;  // window_blocks computes with MKL single-threaded
+  int64_t bytes = 0;
+  place_packs(blocks, hp, heads, rows, nullptr, false, &bytes);
+  auto buffer = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* base = buffer.data_ptr<uint8_t>();
+  const auto header = packed_header(blocks, hp);
+  std::copy(header.begin(), header.end(), reinterpret_cast<uintptr_t*>(base));
+  place_packs(blocks, hp, heads, rows, base, true, &bytes);
+  return buffer;
+}
+
+at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at::TensorList prefix_qkv,
+                             at::TensorList weights, at::ArrayRef<double> eps, int64_t heads,
+                             c10::string_view gelu_approximate, int64_t chunk_rows, at::TensorList head_weights,
+                             double head_eps, c10::string_view head_approximate, const c10::optional<at::Tensor>& goal,
+                             const c10::optional<at::Tensor>& packed) {
+  TORCH_CHECK(window_blas_available(), "window_blocks needs the BLAS sgemm_/dgemm_ exported by torch's CPU library");
+  TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
+  const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
+  TORCH_CHECK_VALUE(weights.size() % 9 == 0 && !weights.empty(), "weights must hold 9 tensors per block, got ",
+                    weights.size());
+  const int64_t depth = static_cast<int64_t>(weights.size() / 9);
+  TORCH_CHECK_VALUE(mods.dim() == 5 && mods.size(0) == m && mods.size(1) == s && mods.size(2) == depth &&
+                        mods.size(3) == 6 && mods.size(4) == d && mods.stride(4) == 1,
+                    "mods must be (M, S, depth, 6, D) = (", m, ", ", s, ", ", depth, ", 6, ", d,
+                    ") with a contiguous last dimension, got ", mods.sizes(), " strides ", mods.strides());
+  TORCH_CHECK_VALUE(prefix_qkv.empty() || static_cast<int64_t>(prefix_qkv.size()) == depth,
+                    "prefix_qkv must be empty or hold one tensor per block");
+  TORCH_CHECK_VALUE(chunk_rows >= 1, "chunk_rows must be >= 1");
+  TORCH_CHECK_VALUE(m * s < std::numeric_limits<int>::max(), "M*S=", m * s, " rows exceed the BLAS int range");
+  TORCH_CHECK_VALUE(mods.scalar_type() == x_in.scalar_type(), "mods must have x's dtype");
+  const auto blocks = parse_blocks(weights, eps, d, heads, x_in.scalar_type());
+  const int64_t inner = blocks[0].out_w.size(1);
+  const at::Tensor x = x_in.contiguous();
   std::vector<at::Tensor> prefix;
   for (const auto& t : prefix_qkv) {
     prefix.push_back(t.contiguous());
@@ -471,34 +802,38 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
     TORCH_CHECK_VALUE(prefix.back().size(1) == prefix[0].size(1) && prefix.back().size(0) == prefix[0].size(0),
                       "all prefix_qkv tensors must share (B, P)");
   }
-  c10::optional<Head> head;
-  if (!head_weights.empty()) {
-    TORCH_CHECK_VALUE(head_weights.size() == 4, "head must hold 4 tensors (w1, b1, w2, b2), got ", head_weights.size());
-    const auto &w1 = head_weights[0], &b1 = head_weights[1], &w2 = head_weights[2], &b2 = head_weights[3];
-    for (const auto& t : head_weights)
-      TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), "head weights must have x's dtype");
-    TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == d && b1.dim() == 1 && b1.size(0) == w1.size(0) && w2.dim() == 2 &&
-                          w2.size(1) == w1.size(0) && b2.dim() == 1 && b2.size(0) == w2.size(0),
-                      "head must be w1 (F, D=", d, "), b1 (F), w2 (D', F), b2 (D'), got ", w1.sizes(), ", ",
-                      b1.sizes(), ", ", w2.sizes(), ", ", b2.sizes());
-    head = Head{w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), head_eps, head_approximate,
-                at::Tensor(), 1};
-    if (goal.has_value()) {
-      TORCH_CHECK_VALUE(goal->dim() == 2 && goal->size(1) == w2.size(0) && goal->size(0) >= 1 &&
-                            m % goal->size(0) == 0 && goal->scalar_type() == x.scalar_type(),
-                        "goal must be (B, ", w2.size(0), ") with B dividing M=", m, " and x's dtype, got ",
-                        goal->sizes(), " ", goal->scalar_type());
-      head->goal = goal->contiguous();
-      head->rows_per_goal = m / goal->size(0);
-    }
-  } else {
-    TORCH_CHECK_VALUE(!goal.has_value(), "goal needs the head weights");
+  auto head = parse_head(head_weights, head_eps, head_approximate, d, x.scalar_type());
+  if (head && goal.has_value()) {
+    TORCH_CHECK_VALUE(goal->dim() == 2 && goal->size(1) == head->w2.size(0) && goal->size(0) >= 1 &&
+                          m % goal->size(0) == 0 && goal->scalar_type() == x.scalar_type(),
+                      "goal must be (B, ", head->w2.size(0), ") with B dividing M=", m, " and x's dtype, got ",
+                      goal->sizes(), " ", goal->scalar_type());
+    head->goal = goal->contiguous();
+    head->rows_per_goal = m / goal->size(0);
+  }
+  TORCH_CHECK_VALUE(head || !goal.has_value(), "goal needs the head weights");
+  const Head* hp = head ? &*head : nullptr;
+  c10::optional<WindowPacks> packs;
+  if (packed.has_value()) {
+    TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat, "packed weights are float32; x is ", x.scalar_type());
+    TORCH_CHECK_VALUE(packed->scalar_type() == at::kByte && packed->dim() == 1 && packed->is_contiguous(),
+                      "packed must be the uint8 buffer window_pack returns");
+    int64_t bytes = 0;
+    auto* base = static_cast<uint8_t*>(packed->data_ptr());
+    const auto header = packed_header(blocks, hp);
+    TORCH_CHECK_VALUE(packed->numel() >= header_bytes(header.size()) &&
+                          std::equal(header.begin(), header.end(), reinterpret_cast<const uintptr_t*>(base)),
+                      "packed was made from other weight tensors (or without this head): call window_pack again");
+    const MklSingleThread single;  // the sizes window_pack laid the buffer out with
+    packs = place_packs(blocks, hp, heads, 1, base, false, &bytes);
+    TORCH_CHECK_VALUE(packed->numel() == bytes, "packed holds ", packed->numel(), " bytes; these weights need ", bytes);
   }
   auto out = !head ? at::empty({m, d}, x.options())
              : head->goal.defined() ? at::empty({m}, x.options())
                                     : at::empty({m, head->w2.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "window_blocks_cpu", [&] {
-    blocks_all<scalar_t>(x, mods, blocks, prefix, heads, gelu_approximate, head ? &*head : nullptr, chunk_rows, out);
+    blocks_all<scalar_t>(x, mods, blocks, prefix, heads, gelu_approximate, hp, packs ? &*packs : nullptr, chunk_rows,
+                         out);
   });
   return out;
 }
@@ -509,12 +844,15 @@ TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
   m.def("window_attention(Tensor qkv, Tensor? prefix_qkv, int heads, int num_queries) -> Tensor");
   m.def(
       "window_blocks(Tensor x, Tensor mods, Tensor[] prefix_qkv, Tensor[] weights, float[] eps, int heads, "
-      "str gelu_approximate, int chunk_rows, Tensor[] head, float head_eps, str head_approximate, Tensor? goal) "
-      "-> Tensor");
+      "str gelu_approximate, int chunk_rows, Tensor[] head, float head_eps, str head_approximate, Tensor? goal, "
+      "Tensor? packed=None) -> Tensor");
+  m.def("window_pack(Tensor[] weights, int heads, Tensor[] head, int rows) -> Tensor");
   m.def("window_blas_available() -> bool", &window_blas_available);
+  m.def("window_packing_available() -> bool", &window_packing_available);
 }
 
 TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) {
   m.impl("window_attention", &window_attention_cpu);
   m.impl("window_blocks", &window_blocks_cpu);
+  m.impl("window_pack", &window_pack_cpu);
 }

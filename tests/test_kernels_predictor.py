@@ -92,6 +92,8 @@ CASES = [  # (M, S, B-prefix or None, P, num_queries, heads, dh)
     (6, 2, 2, 1, 2, 3, 5),
     (6, 1, 3, 2, 1, 16, 4),
     (5, 1, None, 0, 1, 2, 16),
+    (7, 3, None, 0, 2, 3, 64),  # dh a multiple of 16: the C++ vectorised float path
+    (6, 2, 2, 1, 2, 5, 16),
 ]
 
 
@@ -125,6 +127,19 @@ def test_window_attention_cpp(case):
     got = CpuOps().window_attention(qkv.cpu(), heads, None if prefix is None else prefix.cpu(), nq)
     torch.testing.assert_close(got.double(), _attention_naive(qkv.cpu(), heads, None if prefix is None else prefix.cpu(), nq),
                                **TOL[torch.float32])
+
+
+@needs_csrc
+@pytest.mark.parametrize("dh", [8, 64])
+def test_window_attention_cpp_wide_scores(dh):
+    """Scores spread over hundreds (softmax weights down to exp(-400)): the C++ exp (float32, dh % 16 == 0: a
+    polynomial clamped at exp(-87)) still matches float64 softmax attention."""
+    qkv, prefix = _attention_inputs(9, 3, 3, 1, 4, dh, torch.float32, seed=3)
+    qkv, prefix = qkv * 12.0, prefix * 12.0
+    got = CpuOps().window_attention(qkv, 4, prefix, 3)
+    want = _attention_naive(qkv.double(), 4, prefix.double(), 3)
+    assert (want.abs().max() > 10) and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
 
 
 @needs_triton
@@ -253,7 +268,7 @@ def test_window_blocks_cpp_matches_op_by_op(s, p, chunk_rows, tiny_model):
     ops.chunk_rows = chunk_rows
     inner = pk.heads * pk.dim_head
     assert all(not blk.qkv_b[inner:].any() for blk in pk.blocks)  # packed keys/values carry no bias
-    weights, eps, _ = FusedRollout(tiny_model, CpuOps())._window_args()
+    weights, eps, _, _ = FusedRollout(tiny_model, CpuOps())._window_args()
     x_in = x.clone()
     got = ops.window_blocks(x_in, mods, prefix, weights, eps, pk.heads, "none")
     assert torch.equal(x_in, x)  # the input stays untouched
@@ -309,6 +324,85 @@ def test_window_blocks_cpp_gelu_over_a_wide_range(approximate, tiny_model):
     assert fast.ops.linear(h, pk.blocks[0].fc1_w, pk.blocks[0].fc1_b).abs().max() > 20  # the range is exercised
     want = engine.blocks(x.clone(), mods, None, "last")[0]
     torch.testing.assert_close(fast.last_token(x, mods, None), want, rtol=1e-5, atol=1e-5)
+
+
+needs_packing = pytest.mark.skipif(
+    not (csrc_available() and torch.ops.lewm_fast.window_packing_available()),
+    reason="needs the C++ extension and MKL's packed GEMM (torch's MKL builds)",
+)
+
+
+@pytest.fixture(scope="module")
+def odd_model():
+    """Widths that leave partial blocks in every packed GEMM: 5 heads of 64 (head groups of 4 + 1), MLP 600 and head
+    520 hidden units (slices of 512 + the rest)."""
+    from conftest import randomize_, tiny_config
+
+    from lewm_fast import build_model
+
+    torch.manual_seed(4)
+    return randomize_(build_model(tiny_config(latent_dim=48, heads=5, dim_head=64, mlp_dim=600, proj_hidden_dim=520))).eval()
+
+
+@needs_packing
+@pytest.mark.parametrize("s,p", [(3, 0), (2, 1)])
+@pytest.mark.parametrize("chunk_rows", [5, 1000])
+def test_window_blocks_cpp_packed_weights(s, p, chunk_rows, odd_model):
+    """MKL-packed weights (CpuOps.window_pack) with partial head groups and MLP slices: latents and costs == the
+    op-by-op schedule, and == the unpacked C++ path."""
+    from lewm_fast.planning.fused_predictor import FusedRollout
+
+    torch.manual_seed(5)
+    engine = FusedRollout(odd_model, PredictorOps())
+    fast = FusedRollout(odd_model, CpuOps())
+    fast.ops.chunk_rows = chunk_rows
+    weights, eps, head, packed = fast._window_args()
+    assert packed is not None and packed.dtype == torch.uint8 and fast.whole_step
+    pk = engine.packed
+    m, b, d = 12, 3, odd_model.latent_dim
+    x, mods, goal = torch.randn(m, s, d), torch.randn(m, s, pk.depth, 6, d), torch.randn(b, d)
+    prefix = None
+    if p:
+        _, prefix = engine.blocks(torch.randn(b, p, d), torch.randn(b, p, pk.depth, 6, d), None, "kv")
+    x_last = engine.blocks(x.clone(), mods, prefix, "last")[0]
+    args = (x, mods, prefix, weights, eps, pk.heads, "none", head)
+    torch.testing.assert_close(fast.step(x, mods, prefix), engine.head(x_last)[:, 0], rtol=1e-5, atol=1e-5)
+    costs = fast.step(x, mods, prefix, goal)
+    torch.testing.assert_close(costs, engine.head_cost(x_last, goal), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(costs, fast.ops.window_blocks(*args, goal), rtol=1e-6, atol=1e-6)  # unpacked
+    # blocks only (no head): packed without the head
+    packed_blocks = fast.ops.window_pack(weights, pk.heads)
+    got = fast.ops.window_blocks(x, mods, prefix, weights, eps, pk.heads, "none", packed=packed_blocks)
+    scale = x_last.abs().max().item()  # the raw residual stream, not normalised like the head's output
+    assert scale > 1
+    torch.testing.assert_close(got, x_last, rtol=1e-5, atol=1e-5 * scale)
+
+
+@needs_packing
+def test_window_blocks_cpp_packed_bad_inputs(odd_model):
+    from lewm_fast.planning.fused_predictor import FusedRollout
+
+    fast = FusedRollout(odd_model, CpuOps())
+    weights, eps, head, packed = fast._window_args()
+    pk = fast.packed
+    x, mods = torch.randn(4, 2, odd_model.latent_dim), torch.randn(4, 2, pk.depth, 6, odd_model.latent_dim)
+    run = lambda w, packed, head=head, x=x, mods=mods: fast.ops.window_blocks(  # noqa: E731
+        x, mods, None, w, eps, pk.heads, "none", head, None, packed)
+    run(weights, packed)
+    with pytest.raises(ValueError, match="made from other weight tensors"):
+        run([w.clone() for w in weights], packed)
+    with pytest.raises(ValueError, match="made from other weight tensors"):
+        run(weights, packed, head=None)  # packed with the head's weights
+    with pytest.raises(ValueError, match="bytes; these weights need"):
+        run(weights, torch.cat([packed, torch.zeros(64, dtype=torch.uint8)]))
+    with pytest.raises(ValueError, match="uint8 buffer"):
+        run(weights, packed.view(torch.float32))
+    with pytest.raises(ValueError, match="packed weights are float32"):
+        run([w.double() for w in weights], packed, head=[*(t.double() for t in head[:4]), *head[4:]], x=x.double(),
+            mods=mods.double())
+    assert fast.ops.window_pack([w.double() for w in weights], pk.heads) is None  # float32 only
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        torch.ops.lewm_fast.window_pack(weights, pk.heads, [], 0)
 
 
 def _window_blocks(x, mods, weights, head=(), goal=None):

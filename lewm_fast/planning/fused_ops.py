@@ -125,6 +125,17 @@ class CpuOps(PredictorOps):
         builds do); without it the rollout runs op by op on these ops."""
         return bool(torch.ops.lewm_fast.window_blas_available())
 
+    def window_pack(
+        self, weights: List[torch.Tensor], heads: int, head: Optional[WindowHead] = None
+    ) -> Optional[torch.Tensor]:
+        """The weight blocks of ``window_blocks``' GEMMs packed once by MKL (float32, where torch's MKL exports its
+        packed-GEMM API), as an opaque uint8 buffer for ``window_blocks(packed=...)``; None where packing does not
+        apply. Valid for these very weight tensors (re-pack after changing them); do not copy the buffer."""
+        if weights[0].dtype != torch.float32 or not torch.ops.lewm_fast.window_packing_available():
+            return None
+        head_weights = [] if head is None else list(head[:4])
+        return torch.ops.lewm_fast.window_pack(weights, heads, head_weights, self.chunk_rows // 2)
+
     def window_blocks(
         self,
         x: torch.Tensor,
@@ -136,14 +147,16 @@ class CpuOps(PredictorOps):
         gelu_approximate: str,
         head: Optional[WindowHead] = None,
         goal: Optional[torch.Tensor] = None,
+        packed: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x (M, S, D), mods (M, S, depth, 6, D); weights / eps: 9 tensors / 4 floats per block (see
         ``csrc/predictor_window.cpp``). Without ``head``: the residual stream of the last token after all blocks
-        (M, 1, D). With ``head``: the predicted latents (M, D'), or with ``goal`` (B, D') the costs (M,)."""
+        (M, 1, D). With ``head``: the predicted latents (M, D'), or with ``goal`` (B, D') the costs (M,).
+        ``packed``: ``window_pack(weights, heads, head)`` of these weights and head, or None."""
         head_weights, head_eps, head_approximate = ([], 0.0, "none") if head is None else (list(head[:4]), *head[4:])
         out = torch.ops.lewm_fast.window_blocks(
             x, mods, prefix_qkv or [], weights, eps, heads, gelu_approximate, self.chunk_rows,
-            head_weights, head_eps, head_approximate, goal,
+            head_weights, head_eps, head_approximate, goal, packed,
         )
         return out if head is not None else out.unsqueeze(1)
 

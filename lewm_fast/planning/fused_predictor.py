@@ -301,7 +301,7 @@ class FusedRollout:
         return x, qkvs
 
     def _window_args(self) -> tuple:
-        """(weights, eps, head) of ``CpuOps.window_blocks`` for the current packing (cached per packing)."""
+        """(weights, eps, head, packed) of ``CpuOps.window_blocks`` for the current packing (cached per packing)."""
         p = self.packed
         cache = self._window_args_cache
         if cache is not None and cache[0] == p.signature:
@@ -316,16 +316,18 @@ class FusedRollout:
         head = None
         if self.whole_step:
             head = (p.head_w, p.head_b, p.head_w2, p.head_b2, p.final_eps, p.head_act.approximate)
-        self._window_args_cache = (p.signature, (weights, eps, head))
-        return weights, eps, head
+        packed = self.ops.window_pack(weights, p.heads, head)
+        self._window_args_cache = (p.signature, (weights, eps, head, packed))
+        return weights, eps, head, packed
 
     def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]]) -> torch.Tensor:
         """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh)."""
         if not self.whole_window:
             return self.blocks(x, mods, prefix_qkv, "last")[0]
-        weights, eps, _ = self._window_args()
+        weights, eps, head, packed = self._window_args()
         p = self.packed
-        return self.ops.window_blocks(x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate)
+        packed = packed if head is None else None  # packed with the head's weights: only for calls with the head
+        return self.ops.window_blocks(x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate, packed=packed)
 
     def step(
         self,
@@ -337,9 +339,11 @@ class FusedRollout:
         """One rollout step: the blocks on the window x (M, S, Dh) and the head on its last token -> the next latents
         (M, D) float32, or with ``goal`` (B, D) the costs (M,) of those latents."""
         if self.whole_step:
-            weights, eps, head = self._window_args()
+            weights, eps, head, packed = self._window_args()
             p = self.packed
-            return self.ops.window_blocks(x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate, head, goal)
+            return self.ops.window_blocks(
+                x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate, head, goal, packed
+            )
         x_last = self.last_token(x, mods, prefix_qkv)
         return self.head(x_last)[:, 0] if goal is None else self.head_cost(x_last, goal)
 
