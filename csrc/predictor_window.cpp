@@ -34,11 +34,13 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -265,6 +267,51 @@ void norm_modulate_norm(const scalar_t* x, const scalar_t* shift, const scalar_t
   const scalar_t mean2 = sum2 / d, rstd2 = inv_std(out, d, mean2, eps2);
 #pragma omp simd
   for (int64_t e = 0; e < d; ++e) out[e] = (out[e] - mean2) * rstd2;
+}
+
+// norm_modulate_norm for float32 rows of NV * 16 values, held in registers from the load to the store.
+template <int NV>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void norm_modulate_norm_vec(const float* x, const float* shift, const float* mul, float eps1, float eps2, float* out) {
+  constexpr float inv_d = 1.0f / (16 * NV);
+  v16f v[NV];
+  v16f acc{};
+  for (int i = 0; i < NV; ++i) acc += (v[i] = load16(x + 16 * i));
+  const float mean = sum16(acc) * inv_d;
+  acc = v16f{};
+  for (int i = 0; i < NV; ++i) {
+    v[i] -= mean;
+    acc += v[i] * v[i];
+  }
+  const float rstd = 1.0f / std::sqrt(sum16(acc) * inv_d + eps1);
+  acc = v16f{};
+  for (int i = 0; i < NV; ++i) acc += (v[i] = v[i] * rstd * load16(mul + 16 * i) + load16(shift + 16 * i));
+  const float mean2 = sum16(acc) * inv_d;
+  acc = v16f{};
+  for (int i = 0; i < NV; ++i) {
+    v[i] -= mean2;
+    acc += v[i] * v[i];
+  }
+  const float rstd2 = 1.0f / std::sqrt(sum16(acc) * inv_d + eps2);
+  for (int i = 0; i < NV; ++i) store16(out + 16 * i, v[i] * rstd2);
+}
+
+using NormModulateNormVec = void (*)(const float*, const float*, const float*, float, float, float*);
+
+template <int... NV>
+constexpr std::array<NormModulateNormVec, sizeof...(NV)> norm_modulate_norm_vecs(std::integer_sequence<int, NV...>) {
+  return {&norm_modulate_norm_vec<NV + 1>...};
+}
+
+// norm_modulate_norm of one row; float32 rows of 16...256 values (a multiple of 16) stay in registers.
+template <typename scalar_t>
+inline void norm_modulate_norm_row(const scalar_t* x, const scalar_t* shift, const scalar_t* mul, int64_t d,
+                                   scalar_t eps1, scalar_t eps2, scalar_t* out) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    static constexpr auto vecs = norm_modulate_norm_vecs(std::make_integer_sequence<int, 16>());
+    if (d % 16 == 0 && d <= 256) return vecs[d / 16 - 1](x, shift, mul, eps1, eps2, out);
+  }
+  norm_modulate_norm<scalar_t>(x, shift, mul, d, eps1, eps2, out);
 }
 
 template <typename scalar_t>
@@ -591,7 +638,7 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     const int64_t t0 = last ? s - 1 : 0, tq = (p == 0 && t0 == 0) ? 1 : t0;
     const int64_t rows = s * c, r0 = t0 * c, rq = tq * c, nrows = rows - r0;
     for (int64_t r = 0; r < rows; ++r)
-      norm_modulate_norm<scalar_t>(x + r * d, mod(r, 0), mod(r, 1), d, b.eps1, b.eps_attn, hp + r * d);
+      norm_modulate_norm_row<scalar_t>(x + r * d, mod(r, 0), mod(r, 1), d, b.eps1, b.eps_attn, hp + r * d);
     const BlockPacks* bp = packs ? &packs->blocks[i] : nullptr;
     if (bp) {  // h feeds the q (rows rq..), k and v (all rows) GEMMs of every head group
       pack_rows<scalar_t>(rows, d, hp, d, gw, h_all);
@@ -625,7 +672,7 @@ void blocks_chunk(const scalar_t* x_in, const scalar_t* mods, const Mods& ms, co
     const scalar_t* ob = b.out_b.data_ptr<scalar_t>();
     for (int64_t r = r0; r < rows; ++r) gated_add<scalar_t>(x + r * d, mod(r, 2), yp + (r - r0) * d, ob, d);
     for (int64_t r = r0; r < rows; ++r)
-      norm_modulate_norm<scalar_t>(x + r * d, mod(r, 3), mod(r, 4), d, b.eps2, b.eps_mlp, hp + (r - r0) * d);
+      norm_modulate_norm_row<scalar_t>(x + r * d, mod(r, 3), mod(r, 4), d, b.eps2, b.eps_mlp, hp + (r - r0) * d);
     mlp_sliced<scalar_t>(nrows, hp, d, b.fc1_w, b.fc1_b, b.fc2_w, approximate, w.f, yp, d, bp ? &bp->mlp : nullptr,
                          h_all);
     const scalar_t* fb = b.fc2_b.data_ptr<scalar_t>();
