@@ -130,6 +130,11 @@ def test_engine_follows_weight_updates(tiny_model):
     assert not torch.allclose(before, after)
     _close_costs(after, _reference_costs(tiny_model, ctx, hist, goal, cand))
     assert engine.fused.packed.blocks[0].qkv_w is qkv_buffer  # re-folded in place (captured graphs stay valid)
+    fc2 = tiny_model.predictor.transformer.layers[1].mlp.net[4]
+    fc2.weight = torch.nn.Parameter(fc2.weight.detach() * 0.5)  # a parameter replaced, not changed in place
+    replaced = engine.costs(ctx, hist, goal, cand)
+    assert not torch.allclose(after, replaced)
+    _close_costs(replaced, _reference_costs(tiny_model, ctx, hist, goal, cand))
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])

@@ -86,15 +86,21 @@ class PackedLeWM:
         self.input_proj, self.cond_proj, self.output_proj = tr.input_proj, tr.cond_proj, tr.output_proj
         self.mlp_act = self.blocks_src[0].mlp.net[2]
         self.final_eps = float(_layernorm(tr.norm, "predictor.transformer.norm").eps)
+        # the submodules whose parameters / buffers are folded (like blocks_src, the module tree is taken as fixed;
+        # a parameter or buffer replaced inside it, or changed in place, is seen by the signature)
+        self._source_modules = [*model.predictor.modules(), *model.pred_proj.modules()]
         self._signature = None
         self.blocks: List[BlockWeights] = []
         self.pack()
 
     # ------------------------------------------------------------------ packing
     def _signature_now(self):
-        model = self.model
-        sources = [*model.predictor.parameters(), *model.pred_proj.parameters(), *model.pred_proj.buffers()]
-        return tuple((t.data_ptr(), t._version) for t in sources)
+        return tuple(
+            (t.data_ptr(), t._version)
+            for m in self._source_modules
+            for t in (*m._parameters.values(), *m._buffers.values())
+            if t is not None
+        )
 
     @property
     def signature(self) -> tuple:
