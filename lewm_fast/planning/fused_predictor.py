@@ -184,10 +184,14 @@ class PackedLeWM:
                 self._cast(fc1_w), self._cast(fc1_b), self._cast(fc2_w), self._cast(fc2_b, f32),
                 float(blk.norm1.eps), float(attn.norm.eps), float(blk.norm2.eps), float(mlp.net[0].eps),
             ))
+        ada_w, ada_b = torch.cat(ada_w), torch.cat(ada_b)
+        on_cpu = ada_w.device.type == "cpu"
         fresh = {
             "pos": predictor.pos_embedding.detach()[0].float().contiguous(),
-            "ada_w": self._cast(torch.cat(ada_w)),
-            "ada_b": self._cast(torch.cat(ada_b)),
+            "ada_w": self._cast(ada_w),
+            "ada_b": self._cast(ada_b),
+            # CPU: the bias as the weight of one more input column (see FusedRollout.modulations)
+            "ada_wb": self._cast(torch.cat([ada_w, ada_b[:, None]], 1)) if on_cpu else None,
             "blocks": blocks,
         }
         fresh.update(self._fold_head())
@@ -258,14 +262,18 @@ class FusedRollout:
         its GEMM."""
         p = self.packed
         c = F.silu(self.packed.cond_proj(act_emb)).to(self.dtype)
-        out = None
-        if reuse and act_emb.device.type == "cpu":
-            n = act_emb.shape[0] * act_emb.shape[1] * p.ada_w.shape[0]
-            if self._mods_buffer is None or self._mods_buffer.numel() < n or self._mods_buffer.dtype != c.dtype:
-                self._mods_buffer = torch.empty(n, dtype=c.dtype)
-            out = self._mods_buffer[:n]
-        mods = self.ops.linear(c, p.ada_w, p.ada_b, out=out)
-        return mods.view(*act_emb.shape[:2], p.depth, 6, p.hidden)
+        shape = (*act_emb.shape[:2], p.depth, 6, p.hidden)
+        if not (reuse and act_emb.device.type == "cpu"):
+            return self.ops.linear(c, p.ada_w, p.ada_b).view(shape)
+        rows, n = act_emb.shape[0] * act_emb.shape[1], p.ada_w.shape[0]
+        if self._mods_buffer is None or self._mods_buffer.numel() < rows * n or self._mods_buffer.dtype != c.dtype:
+            self._mods_buffer = torch.empty(rows * n, dtype=c.dtype)
+        out = self._mods_buffer[:rows * n].view(rows, n)
+        # [c | 1] @ [W | b]^T: ATen's addmm into `out` would first broadcast-copy the bias over all of it
+        c_one = c.new_empty(rows, c.shape[-1] + 1)
+        c_one[:, :-1] = c.reshape(rows, -1)
+        c_one[:, -1] = 1.0
+        return torch.mm(c_one, p.ada_wb.t(), out=out).view(shape)
 
     def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """(R, T, A) -> (R, T, D) with the model's own action encoder (a small share of the work)."""
