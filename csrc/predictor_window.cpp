@@ -8,7 +8,7 @@
 //
 // window_blocks(x (M, S, D), mods (M, S, depth, 6, D) strided, prefix_qkv[depth] or [], weights[9*depth],
 //               eps[4*depth], heads, gelu_approximate, chunk_rows, head[4] or [], head_eps, head_approximate,
-//               goal (B, D')?) -> (M, D) without a head; (M, D') with one; (M,) with a head and a goal
+//               goal (B, D')?, packed?) -> (M, D) without a head; (M, D') with one; (M,) with a head and a goal
 //   All AdaLN-zero blocks of the predictor for a rollout step, returning the residual stream of the last token (the
 //   only one read out) or, given the folded prediction head {w1 (F, D), b1, w2 (D', F), b2}, the next latent
 //   w2 @ act(w1 @ LN(x_last) + b1) + b2 (LN without affine, eps head_eps), or its squared distance to the goal of its
@@ -26,8 +26,13 @@
 //   Candidates are processed in chunks of about chunk_rows window rows (a multiple of the thread count of chunks),
 //   handed out to the threads one at a time, so threads never wait on each other; inside a chunk, attention runs per
 //   group of heads and the MLP per slice of hidden units, so intermediates stay in the core's L2. GEMMs call the
-//   BLAS torch exports (MKL in the x86 wheels), single-threaded inside the parallel region.
+//   BLAS torch exports (MKL in the x86 wheels), single-threaded inside the parallel region. float32 rows whose width
+//   is a multiple of 16 (attention heads, LayerNorm rows) run 16 lanes wide (GCC vector extensions).
+//   packed: window_pack of these weights and head (float32): MKL-packed weight blocks, so no GEMM repacks a weight.
+// window_pack(weights[9*depth], heads, head[4] or [], rows) -> uint8 buffer: every weight block window_blocks' GEMMs
+//   read, packed once by MKL's sgemm_pack for GEMMs of about `rows` rows (see "packed weights" below).
 // window_blas_available() -> bool: whether that BLAS symbol was found (window_blocks refuses to run otherwise).
+// window_packing_available() -> bool: whether MKL's packed-GEMM API was found (window_pack refuses otherwise).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -527,10 +532,12 @@ inline int64_t mlp_slice(const std::vector<Block>& blocks, const Head* head) {
 }
 
 // ---------------------------------------------------------------------------------------------- packed weights
-// window_pack(weights, head, heads, rows) -> uint8 buffer: every weight block a GEMM of window_blocks reads, packed
+// window_pack(weights, heads, head, rows) -> uint8 buffer: every weight block a GEMM of window_blocks reads, packed
 // once by MKL for GEMMs of about `rows` rows, behind a header of the weight tensors' addresses (window_blocks checks
 // them: a buffer packed from other tensors is refused). The buffer must stay where it is (MKL's packed layout
-// depends on its alignment): keep the tensor, do not copy it.
+// depends on its alignment): keep the tensor, do not copy it. Each block gets the bytes sgemm_pack_get_size asks
+// for, an upper bound of about 8 MB however small the block: for the default LeWM that reserves about 1.3 GB of
+// address space, of which about 40 MB (the size of the weights) is ever written, so only that much becomes resident.
 struct BlockPacks {
   const float* ov = nullptr;
   std::vector<const float*> qkv;  // q, k, v rows of each head group
