@@ -274,30 +274,30 @@ void norm_modulate_norm(const scalar_t* x, const scalar_t* shift, const scalar_t
   for (int64_t e = 0; e < d; ++e) out[e] = (out[e] - mean2) * rstd2;
 }
 
-// norm_modulate_norm for float32 rows of NV * 16 values, held in registers from the load to the store.
+// Subtracts the mean of the NV * 16 values in v from them; returns 1 / sqrt(their variance + eps).
 template <int NV>
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void norm_modulate_norm_vec(const float* x, const float* shift, const float* mul, float eps1, float eps2, float* out) {
+inline float center(v16f (&v)[NV], float eps) {
   constexpr float inv_d = 1.0f / (16 * NV);
-  v16f v[NV];
   v16f acc{};
-  for (int i = 0; i < NV; ++i) acc += (v[i] = load16(x + 16 * i));
+  for (int i = 0; i < NV; ++i) acc += v[i];
   const float mean = sum16(acc) * inv_d;
   acc = v16f{};
   for (int i = 0; i < NV; ++i) {
     v[i] -= mean;
     acc += v[i] * v[i];
   }
-  const float rstd = 1.0f / std::sqrt(sum16(acc) * inv_d + eps1);
-  acc = v16f{};
-  for (int i = 0; i < NV; ++i) acc += (v[i] = v[i] * rstd * load16(mul + 16 * i) + load16(shift + 16 * i));
-  const float mean2 = sum16(acc) * inv_d;
-  acc = v16f{};
-  for (int i = 0; i < NV; ++i) {
-    v[i] -= mean2;
-    acc += v[i] * v[i];
-  }
-  const float rstd2 = 1.0f / std::sqrt(sum16(acc) * inv_d + eps2);
+  return 1.0f / std::sqrt(sum16(acc) * inv_d + eps);
+}
+
+// norm_modulate_norm for float32 rows of NV * 16 values, held in registers from the load to the store.
+template <int NV>
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void norm_modulate_norm_vec(const float* x, const float* shift, const float* mul, float eps1, float eps2, float* out) {
+  v16f v[NV];
+  for (int i = 0; i < NV; ++i) v[i] = load16(x + 16 * i);
+  const float rstd = center(v, eps1);
+  for (int i = 0; i < NV; ++i) v[i] = v[i] * rstd * load16(mul + 16 * i) + load16(shift + 16 * i);
+  const float rstd2 = center(v, eps2);
   for (int i = 0; i < NV; ++i) store16(out + 16 * i, v[i] * rstd2);
 }
 
