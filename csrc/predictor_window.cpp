@@ -91,6 +91,8 @@ void attend_group_scalar(const scalar_t* q, const scalar_t* const* keys, int64_t
 // 16 floats as one value (GCC vector extension: one zmm register on AVX-512, split on narrower targets).
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
 
 inline v16f load16(const float* x) {
   v16f v;
@@ -100,11 +102,16 @@ inline v16f load16(const float* x) {
 
 inline void store16(float* x, v16f v) { std::memcpy(x, &v, sizeof v); }
 
-inline float sum16(v16f v) {
-  v16f t = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  t = t + __builtin_shufflevector(t, t, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  t = t + __builtin_shufflevector(t, t, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  return t[0] + t[1];
+inline float sum16(v16f v) {  // halves added pairwise (no __builtin_shufflevector: GCC < 12 lacks it)
+  v8f lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  const v8f s8 = lo + hi;
+  v4f a, b;
+  std::memcpy(&a, &s8, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&s8) + sizeof a, sizeof b);
+  const v4f s4 = a + b;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // exp(x) for x <= 0 (softmax after subtracting the maximum), to about 1 ulp: 2^n * P(r), r = x - n ln2 in
