@@ -530,7 +530,9 @@ struct Scratch {
 
 constexpr int64_t kGroupWidth = 256;  // attention heads (x dh) per column group, MLP hidden units per slice
 
-inline int64_t heads_per_group(int64_t heads, int64_t dh) { return std::max<int64_t>(1, std::min(heads, kGroupWidth / dh)); }
+inline int64_t heads_per_group(int64_t heads, int64_t dh) {
+  return std::max<int64_t>(1, std::min(heads, kGroupWidth / dh));
+}
 
 // Hidden units per MLP slice, shared by the blocks' MLPs and the head (their widest hidden layer sets the scratch).
 inline int64_t mlp_slice(const std::vector<Block>& blocks, const Head* head) {
