@@ -604,7 +604,9 @@ std::vector<uintptr_t> packed_header(const std::vector<Block>& blocks, const Hea
   return ptrs;
 }
 
-inline int64_t header_bytes(size_t entries) { return static_cast<int64_t>((entries * sizeof(uintptr_t) + 63) / 64 * 64); }
+inline int64_t header_bytes(size_t entries) {
+  return static_cast<int64_t>((entries * sizeof(uintptr_t) + 63) / 64 * 64);
+}
 
 // Packed blocks laid end to end after the header (base null: only sizes the buffer); pack: also fill them.
 WindowPacks place_packs(const std::vector<Block>& blocks, const Head* head, int64_t heads, int64_t rows,
