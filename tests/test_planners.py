@@ -5,7 +5,9 @@ rollout engine, to fp tolerance with the fused CPU engine). The Triton path runs
 checked against a step-by-step replay of the same Philox keys with the reference refit.
 """
 
+import copy
 import os
+import pickle
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the Triton path then runs on CPU
 
@@ -282,6 +284,23 @@ def test_act_warm_starts_from_the_shifted_plan(tiny_model):
         mpc.act(ctx[:1], goal[:1], latent=True)
     mpc.reset()
     assert mpc.act(ctx[:1], goal[:1], latent=True).shape == (1, 2, tiny_model.action_dim)
+
+
+@pytest.mark.parametrize("cls", PLANNERS)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_planner_plans_on_its_own(tiny_model, cls, how):
+    """A planner copied after a plan continues the noise stream and the MPC warm start with loop buffers of its own,
+    and leaves the original untouched (the buffers' runner closes over the planner that built them)."""
+    ctx, goal = _problem(tiny_model)
+    planner, twin = cls(tiny_model, seed=4, **SMALL), cls(tiny_model, seed=4, **SMALL)
+    first = planner.act(ctx, goal, latent=True)
+    twin.act(ctx, goal, latent=True)
+    copied = copy.deepcopy(planner) if how == "deepcopy" else pickle.loads(pickle.dumps(planner))
+    assert copied._buffers == {}
+    second = twin.act(ctx, goal, latent=True)  # the step after `first`
+    assert not torch.equal(second, first)
+    torch.testing.assert_close(copied.act(ctx, goal, latent=True), second)
+    torch.testing.assert_close(planner.act(ctx, goal, latent=True), second)  # the copy did not advance the original
 
 
 # ---------------------------------------------------------------------------------------------------- MPPI

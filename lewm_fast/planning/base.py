@@ -132,6 +132,14 @@ class PlannerBase(abc.ABC):
         self._carry: Optional[Dict[str, torch.Tensor]] = None  # MPC state between act() calls
         self._buffers: Dict[Tuple[Any, ...], LoopBuffers] = {}
 
+    def __getstate__(self) -> dict:
+        """Copies (``copy.deepcopy``) and pickles leave the loop buffers behind: they are caches whose runner closes
+        over this very planner (and on CUDA holds captured graphs), so a copy that kept them would run the original's
+        loop. The copy builds its own on its first plan; the MPC state and the noise stream are copied."""
+        state = self.__dict__.copy()
+        state["_buffers"] = {}
+        return state
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
