@@ -134,7 +134,8 @@ class CpuOps(PredictorOps):
         if weights[0].dtype != torch.float32 or not torch.ops.lewm_fast.window_packing_available():
             return None
         head_weights = [] if head is None else list(head[:4])
-        return torch.ops.lewm_fast.window_pack(weights, heads, head_weights, self.chunk_rows // 2)
+        rows = self.chunk_rows // 2  # MKL's row hint: a chunk's rows on this 2-core target (any row count may use it)
+        return torch.ops.lewm_fast.window_pack(weights, heads, head_weights, rows)
 
     def window_blocks(
         self,
