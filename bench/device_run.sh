@@ -8,17 +8,21 @@
 #   pip download --no-deps -d .wheels hydra-core omegaconf antlr4-python3-runtime==4.9.3 gymnasium cloudpickle \
 #       farama-notifications
 # Each phase has its own time limit (see below) so the whole run fits one 10-minute device call.
-# Writes: info.json, install.log, tests-gpu.log, tests-rest.log, bench-*.log, <gpu>-<date>-<suite>.json
+# Writes: info.json, install.log, aot.log + triton-aot-<triton>-device.json (compile check of the paper-shape
+# specializations with this machine's triton), tests-gpu.log, tests-rest.log, first-plan-{cold,warmup}.txt (first plan
+# on an empty Triton cache, without / with lewm_fast.warmup), bench-*.log, <gpu>-<date>-<suite>.json
 # (pytest-benchmark), profile-*.txt.
 set -uo pipefail
 
 out=${1:-${OUT:-bench/results/device}}
 mkdir -p "$out"
 # phase time limits (seconds): with about 60 s of install they add up to one device call of timeout_s=600
-gpu_test_s=${GPU_TEST_S:-120}
-rest_test_s=${REST_TEST_S:-45}
-declare -A bench_s=([sigreg]=${BENCH_SIGREG_S:-60} [rollout]=${BENCH_ROLLOUT_S:-90} [plan]=${BENCH_PLAN_S:-150})
-profile_s=${PROFILE_S:-30}
+aot_s=${AOT_S:-40}
+gpu_test_s=${GPU_TEST_S:-100}
+rest_test_s=${REST_TEST_S:-40}
+first_plan_s=${FIRST_PLAN_S:-40}
+declare -A bench_s=([sigreg]=${BENCH_SIGREG_S:-50} [rollout]=${BENCH_ROLLOUT_S:-75} [plan]=${BENCH_PLAN_S:-110})
+profile_s=${PROFILE_S:-20}
 
 if compgen -G ".wheels/*.whl" > /dev/null; then
   pip install -q --no-index --find-links .wheels .wheels/*.whl > "$out/install.log" 2>&1 || echo "extra wheels: see install.log"
@@ -31,6 +35,12 @@ gpu=$(python -c "from lewm_fast.backends import gpu_name_nvml; print((gpu_name_n
 stamp=$(date +%F)
 echo "device: $gpu  ($stamp)"
 
+# the compile check needs no GPU (CI runs it for sm_80/sm_90); here it records this machine's triton on the paper shapes
+triton_version=$(python -c "import triton; print(triton.__version__)")
+timeout "$aot_s" python -m lewm_fast.aot --arch 90 --only paper --quiet --out "$out/triton-aot-$triton_version-device.json" \
+  > "$out/aot.log" 2>&1
+echo "aot compile check (triton $triton_version, sm_90): rc=$? $(tail -n 1 "$out/aot.log")"
+
 # the suites with CUDA cases (CI runs the whole suite on CPU); test_training needs hydra-core/omegaconf (.wheels/)
 gpu_tests="tests/test_kernels_predictor.py tests/test_kernels_cem_refit.py tests/test_sigreg_fused.py
   tests/test_rollout_engine.py tests/test_planners.py tests/test_elite_refit_op.py"
@@ -39,6 +49,13 @@ echo "CUDA suites: rc=$? $(tail -n 1 "$out/tests-gpu.log")"
 timeout "$rest_test_s" python -m pytest tests/test_training.py tests/test_backends.py -q -rs -p no:cacheprovider \
   > "$out/tests-rest.log" 2>&1
 echo "training/backends: rc=$? $(tail -n 1 "$out/tests-rest.log")"
+
+# the first plan on an empty Triton cache: compiling on demand vs lewm_fast.warmup first (fresh process each)
+for variant in cold warmup; do
+  flag=$([ "$variant" = warmup ] && echo --warmup)
+  TRITON_CACHE_DIR=$(mktemp -d) timeout "$first_plan_s" python bench/first_plan.py $flag > "$out/first-plan-$variant.txt" 2>&1
+  echo "first plan ($variant): rc=$? $(grep -h -E '^(warmup|first plan)' "$out/first-plan-$variant.txt" | tr '\n' ' ')"
+done
 
 # one pytest-benchmark JSON per file, so a file that runs out of time does not cost the others their results
 for suite in sigreg rollout plan; do

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 
 @triton.jit
 def _adaln_layernorm_kernel(
@@ -97,7 +99,8 @@ def adaln_layernorm(
     block_d = triton.next_power_of_2(d)
     rows = max(1, min(16, 2048 // block_d))
     grid = (triton.cdiv(n_rows, rows),)
-    _adaln_layernorm_kernel[grid](
+    launch(
+        _adaln_layernorm_kernel, grid,
         x3, shift3, mul3, weight if weight is not None else x3, bias if bias is not None else x3, out,
         n_rows, s, d, float(eps1), float(eps2),
         x3.stride(0), x3.stride(1), shift3.stride(0), shift3.stride(1), mul3.stride(0), mul3.stride(1),

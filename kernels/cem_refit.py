@@ -24,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-_INT64_MAX = 2**63 - 1
+from ._launch import launch
+
+_INT64_MAX = tl.constexpr(2**63 - 1)  # jit code may read only constexpr globals (the interpreter reads any)
 _ROWS_PER_PROGRAM = 32
 
 
@@ -173,15 +175,17 @@ def _launch(
             if tuple(buf.shape) != shape or not buf.is_contiguous():
                 raise ValueError(f"{name} must be a contiguous {shape} tensor, got {tuple(buf.shape)}")
     grid = (b, triton.cdiv(n, _ROWS_PER_PROGRAM) if do_sample else 1)
-    _cem_refit_sample_kernel[grid](
+    block_w = triton.next_power_of_2(w)
+    launch(
+        _cem_refit_sample_kernel, grid,
         cand3, costs, mean, std, idx, ecost, bad,
         out if do_sample else candidates, seed_buf if do_sample else candidates, key_offset,
         n, w, topk,
         cand3.stride(0), cand3.stride(1), cand3.stride(2), kb, kn,
         REFIT=do_refit, SAMPLE=do_sample,
         BLOCK_N=triton.next_power_of_2(n), BLOCK_K=triton.next_power_of_2(max(topk, 2)),
-        BLOCK_W=triton.next_power_of_2(w), BLOCK_S=_ROWS_PER_PROGRAM,
-        num_warps=4,
+        BLOCK_W=block_w, BLOCK_S=_ROWS_PER_PROGRAM,
+        num_warps=4 if block_w <= 64 else 8,  # wide action blocks (Cube: 5 x 25): 8 warps keep registers < 128
     )
 
 
@@ -224,5 +228,5 @@ def philox_normal_(out: torch.Tensor, seed_buf: torch.Tensor, key_offset: int) -
         raise ValueError("out must be contiguous")
     _check_counter_range(out.numel())
     block = 1024
-    _philox_normal_kernel[(triton.cdiv(out.numel(), block),)](out, out.numel(), seed_buf, key_offset, BLOCK=block)
+    launch(_philox_normal_kernel, (triton.cdiv(out.numel(), block),), out, out.numel(), seed_buf, key_offset, BLOCK=block)
     return out

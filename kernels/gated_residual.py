@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import interpreted, launch
 from ._tile_matmul import tile_matmul_bias
 
 
@@ -81,14 +82,18 @@ def gated_residual(
     r = m * s
     if r == 0:
         return x
-    upcast = a.dtype != torch.float32 and a.device.type == "cpu"  # CPU tensors: the Triton interpreter
-    block_m, block_n, block_k = _block(r, 64), _block(n, 64), _block(k, 64)
+    upcast = a.dtype != torch.float32 and interpreted(a.device)  # CPU tensors: the Triton interpreter
+    ieee = a.dtype == torch.float32 or upcast
+    # fp32 IEEE dots run on FMA units with every K slice of a thread's rows / columns in registers: 64x64x64 spills
+    # on sm_80, so fp32 takes K slices of 32
+    block_m, block_n, block_k = _block(r, 64), _block(n, 64), _block(k, 32 if ieee else 64)
     grid = (triton.cdiv(r, block_m), triton.cdiv(n, block_n))
-    _gated_residual_kernel[grid](
+    launch(
+        _gated_residual_kernel, grid,
         a2, weight, bias if bias is not None else weight, gate, x,
         r, n, k, s,
         a2.stride(0), weight.stride(0), gate.stride(0), gate.stride(1), x.stride(0), x.stride(1),
-        HAS_BIAS=bias is not None, IEEE=a.dtype == torch.float32 or upcast, UPCAST=upcast,
+        HAS_BIAS=bias is not None, IEEE=ieee, UPCAST=upcast,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
     )
     return x

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import interpreted, launch
 from ._tile_matmul import tile_matmul_bias
 
 
@@ -72,11 +73,12 @@ def goal_cost(
     out = torch.empty(m, device=hidden.device, dtype=torch.float32)
     if m == 0:
         return out
-    upcast = hidden.dtype != torch.float32 and hidden.device.type == "cpu"  # CPU tensors: the Triton interpreter
+    upcast = hidden.dtype != torch.float32 and interpreted(hidden.device)  # CPU tensors: the Triton interpreter
     block_d = max(16, triton.next_power_of_2(d))
     block_m = max(16, min(32, triton.next_power_of_2(m)))
     block_k = max(16, min(64 if block_d <= 128 else 32, triton.next_power_of_2(k)))
-    _goal_cost_kernel[(triton.cdiv(m, block_m),)](
+    launch(
+        _goal_cost_kernel, (triton.cdiv(m, block_m),),
         hidden, weight, bias if bias is not None else weight, goal, out,
         m, d, k, m // b,
         hidden.stride(0), weight.stride(0), goal.stride(0),

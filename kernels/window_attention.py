@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
+
 
 @triton.jit
 def _window_attention_kernel(
@@ -93,7 +95,8 @@ def window_attention(
     block_d = max(16, triton.next_power_of_2(dh))
     block_h = max(1, min(triton.next_power_of_2(heads), 2048 // block_d))
     grid = (m, triton.cdiv(heads, block_h))
-    _window_attention_kernel[grid](
+    launch(
+        _window_attention_kernel, grid,
         qkv, pre, out, heads, rows_per_prefix, dh ** -0.5,
         qkv.stride(0), qkv.stride(1), pre.stride(0), pre.stride(1), out.stride(0), out.stride(1),
         S=s, P=p, NQ=nq, INNER=inner, DH=dh, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,

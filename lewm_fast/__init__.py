@@ -9,6 +9,7 @@ from .backends import csrc_available, describe, resolve_backend
 from .checkpoint import CheckpointError, build_model, default_config
 from .ops.sigreg import SIGReg
 from .planning import CEMPlanner, ICEMPlanner, MPPIPlanner, RolloutEngine, accelerate
+from .precompile import WarmupReport, warmup
 from .reference import LeWM, preprocess_frames
 
 __version__ = "0.1.0"
@@ -29,5 +30,5 @@ def build_lewm(action_dim: int = 2, **kwargs: Any) -> LeWM:
 
 __all__ = [
     "CEMPlanner", "CheckpointError", "ICEMPlanner", "LeWM", "MPPIPlanner", "RolloutEngine", "SIGReg", "accelerate", "build_lewm", "build_model", "csrc_available", "default_config", "describe",
-    "preprocess_frames", "resolve_backend",
+    "preprocess_frames", "resolve_backend", "warmup", "WarmupReport",
 ]

@@ -1,7 +1,8 @@
 """Backend discovery and the single dispatch rule used by every fast op.
 
 Backends: ``"triton"`` (CUDA tensors; also CPU tensors under ``TRITON_INTERPRET=1``, for tests),
-``"cpu"`` (the C++ extension ``lewm_fast._C``, CPU tensors), ``"reference"`` (plain PyTorch, anywhere).
+``"cpu"`` (the C++ extension ``lewm_fast._C``, CPU tensors), ``"reference"`` (plain PyTorch, anywhere). On meta
+tensors ``"triton"`` records its kernel launches instead of running them (ahead-of-time compile checks, warm-up).
 ``"auto"`` picks Triton on CUDA, C++ on CPU, reference otherwise.
 """
 
@@ -42,11 +43,14 @@ def triton_interpreter() -> bool:
 
 
 def triton_available(device: torch.device) -> bool:
-    """Whether Triton kernels can run on tensors living on ``device``."""
+    """Whether Triton kernels can run on tensors living on ``device``. On the meta device nothing runs: kernel
+    launches are recorded (``lewm_fast.kernels._launch.record_launches``) for compile checks and warm-up."""
     if not triton_importable():
         return False
     if device.type == "cuda":
         return torch.cuda.is_available()
+    if device.type == "meta":
+        return True
     return device.type == "cpu" and triton_interpreter()
 
 

@@ -1,0 +1,96 @@
+"""How every kernel wrapper launches: one ``launch`` call per kernel launch, which runs the kernel, or, for tensors on
+the ``meta`` device inside ``record_launches()``, records what would run (kernel, arguments, constexprs, options).
+
+Recording lets the ahead-of-time compile checks (``lewm_fast.aot``) and the warm-up (``lewm_fast.precompile``) derive the
+exact specializations from the wrappers' own selection logic (block sizes, dtypes, strides, constexpr branches):
+they call the real code paths on meta tensors, with no device and no launch. Meta tensors plan launches as on a GPU
+(the interpreter-only choices of the wrappers apply to CPU tensors only).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: ``kernel[grid](*args, **kwargs)``; kwargs hold the constexprs and launch options."""
+
+    kernel: Any  # triton JITFunction or Autotuner
+    grid: Union[Tuple[int, ...], Callable[[dict], Tuple[int, ...]]]
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The kernel's function name (the JIT function under an autotuner)."""
+        fn = getattr(self.kernel, "fn", self.kernel)
+        return fn.__name__
+
+    def variants(self) -> List[Tuple[Any, Dict[str, Any]]]:
+        """(JIT function, complete kwargs) of each kernel this launch may compile: one, or one per autotune config."""
+        configs = getattr(self.kernel, "configs", None)
+        if configs is None:
+            return [(self.kernel, dict(self.kwargs))]
+        return [(self.kernel.fn, {**self.kwargs, **config.all_kwargs()}) for config in configs]
+
+
+class LaunchRecorder(List[Launch]):
+    """The launches recorded inside ``record_launches``; ``sm_count`` is the multiprocessor count assumed for meta
+    tensors (it sets how many programs the split-reduction kernels aim for)."""
+
+    def __init__(self, sm_count: int):
+        super().__init__()
+        self.sm_count = sm_count
+
+
+_RECORDER: ContextVar[Optional[LaunchRecorder]] = ContextVar("lewm_fast_launch_recorder", default=None)
+
+H100_SM_COUNT = 132  # H100 SXM and H200; A100 has 108
+
+
+@contextmanager
+def record_launches(sm_count: int = H100_SM_COUNT) -> Iterator[LaunchRecorder]:
+    """Within this block, kernel wrappers called with meta tensors append their launches to the yielded list."""
+    recorder = LaunchRecorder(sm_count)
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
+
+
+def _on_meta(args: Tuple[Any, ...]) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in args)
+
+
+def launch(kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+    """Run ``kernel[grid](*args, **kwargs)``; with meta tensors, record it (inside ``record_launches``) instead."""
+    if _on_meta(args):
+        recorder = _RECORDER.get()
+        if recorder is None:
+            raise RuntimeError("Triton kernels cannot run on meta tensors; record their launches with "
+                               "lewm_fast.kernels._launch.record_launches()")
+        recorder.append(Launch(kernel, grid, args, dict(kwargs)))
+        return
+    kernel[grid](*args, **kwargs)
+
+
+def multiprocessor_count(device: torch.device) -> Optional[int]:
+    """SMs of a CUDA device; for meta tensors the recorder's ``sm_count``; None elsewhere (the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    if device.type == "meta":
+        recorder = _RECORDER.get()
+        return recorder.sm_count if recorder is not None else H100_SM_COUNT
+    return None
+
+
+def interpreted(device: torch.device) -> bool:
+    """Whether tensors on ``device`` run through the Triton interpreter (CPU tensors under TRITON_INTERPRET=1)."""
+    return device.type == "cpu"
