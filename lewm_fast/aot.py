@@ -60,14 +60,11 @@ def _paper_model(action_dim: int) -> torch.nn.Module:
 
 
 def _tiny_model() -> torch.nn.Module:
-    """The test suite's tiny LeWM (tests/conftest.py TINY): depth 2, 4 heads of 8, latent 32, action dim 2."""
-    from .checkpoint import build_model, default_config
+    """The test suite's tiny LeWM (``checkpoint.TINY_CONFIG``): depth 2, 4 heads of 8, latent 32, action dim 2."""
+    from .checkpoint import TINY_CONFIG, build_model, default_config
 
-    tiny = dict(action_dim=2, frameskip=5, image_size=28, patch_size=14, latent_dim=32, history_size=3, depth=2,
-                heads=4, dim_head=8, mlp_dim=64, proj_hidden_dim=48, num_hidden_layers=2, hidden_size=32,
-                num_attention_heads=2, intermediate_size=64)
     with torch.device("meta"):
-        return build_model(default_config(**tiny)).eval()
+        return build_model(default_config(**TINY_CONFIG)).eval()
 
 
 def paper_launches(sm_count: int) -> List[Labelled]:
@@ -242,7 +239,10 @@ def compile_specialization(item: Specialization) -> Dict[str, Any]:
     row["compile_s"] = round(time.perf_counter() - start, 2)
     row.update(parse_ptxas_log(log.getvalue()))
     row["shared_bytes"] = int(compiled.metadata.shared)
-    row["ptx_lines"] = compiled.asm["ptx"].count("\n")
+    ptx = compiled.asm["ptx"]
+    row["ptx_lines"] = ptx.count("\n")
+    # tensor-core instructions of the dots: Hopper's wgmma, the older mma.sync, or none (FMA units: fp32 IEEE dots)
+    row["dot_instructions"] = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else None
     row["cubin_bytes"] = len(compiled.asm["cubin"])
     row["error"] = None
     return row
@@ -298,7 +298,7 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     for row in rows:
         entry = out.setdefault(f"{row['kernel']} sm_{row['arch']}", {
             "specializations": 0, "failed": 0, "max_registers": 0, "max_spill_bytes": 0, "max_shared_bytes": 0,
-            "max_compile_s": 0.0, "total_compile_s": 0.0,
+            "max_compile_s": 0.0, "total_compile_s": 0.0, "dot_instructions": [],
         })
         entry["specializations"] += 1
         entry["failed"] += bool(problems(row))
@@ -307,6 +307,9 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         entry["max_shared_bytes"] = max(entry["max_shared_bytes"], row.get("shared_bytes") or 0)
         entry["max_compile_s"] = max(entry["max_compile_s"], row["compile_s"])
         entry["total_compile_s"] = round(entry["total_compile_s"] + row["compile_s"], 2)
+        kind = row.get("dot_instructions")
+        if kind and kind not in entry["dot_instructions"]:
+            entry["dot_instructions"] = sorted(entry["dot_instructions"] + [kind])
     return out
 
 

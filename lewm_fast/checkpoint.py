@@ -86,6 +86,14 @@ def instantiate(node: Any) -> Any:
         raise CheckpointError(f"cannot build {node['_target_']} from config arguments {sorted(kwargs)}: {exc}") from exc
 
 
+TINY_CONFIG = dict(
+    action_dim=2, frameskip=5, image_size=28, patch_size=14, latent_dim=32, history_size=3, depth=2, heads=4,
+    dim_head=8, mlp_dim=64, proj_hidden_dim=48, dropout=0.1, num_hidden_layers=2, hidden_size=32,
+    num_attention_heads=2, intermediate_size=64,
+)
+"""``default_config`` arguments of the test suite's tiny LeWM (fast on CPU; its kernel launches are compile-checked)."""
+
+
 def default_config(
     action_dim: int = 2,
     frameskip: int = 5,

@@ -12,29 +12,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from lewm_fast import build_model, default_config
-
-TINY = dict(
-    action_dim=2,
-    frameskip=5,
-    image_size=28,
-    patch_size=14,
-    latent_dim=32,
-    history_size=3,
-    depth=2,
-    heads=4,
-    dim_head=8,
-    mlp_dim=64,
-    proj_hidden_dim=48,
-    dropout=0.1,
-    num_hidden_layers=2,
-    hidden_size=32,
-    num_attention_heads=2,
-    intermediate_size=64,
-)
+from lewm_fast.checkpoint import TINY_CONFIG
 
 
 def tiny_config(**overrides) -> dict:
-    return default_config(**{**TINY, **overrides})
+    return default_config(**{**TINY_CONFIG, **overrides})
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -20,7 +20,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from lewm_fast import aot  # noqa: E402
-from lewm_fast.kernels._launch import launch, record_launches  # noqa: E402
+from lewm_fast.kernels._launch import record_launches  # noqa: E402
 from lewm_fast.precompile import record_plan_launches, record_sigreg_launches, warmup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

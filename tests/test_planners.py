@@ -185,6 +185,35 @@ def test_cuda_bf16_rollout_plans(tiny_model):
     assert bool((diag.elite_costs[-1].mean(1) < diag.elite_costs[0].mean(1)).all())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls", PLANNERS)
+def test_cuda_plan_after_warmup_compiles_nothing(tiny_model, cls):
+    """lewm_fast.warmup compiles exactly the specializations the plan launches (recorded on meta tensors), so the
+    JIT's cache hook sees no compilation during the first plan (5 envs, history 2: shapes no other test plans)."""
+    import triton
+
+    import lewm_fast
+
+    model = tiny_model.cuda()
+    ctx, goal = (t.cuda() for t in _problem(model, b=5, h=2))
+    planner = cls(model, seed=0, **dict(SMALL, num_samples=24, horizon=4, receding_horizon=4))
+    assert lewm_fast.warmup(planner, n_envs=5, history=2).specializations > 0
+    compiled = []
+    previous = triton.knobs.runtime.jit_cache_hook
+
+    def hook(*, repr, **kwargs):
+        compiled.append(repr)
+        return False  # compile as usual
+
+    triton.knobs.runtime.jit_cache_hook = hook
+    try:
+        planner.plan(ctx, goal, latent=True)
+        torch.cuda.synchronize()
+    finally:
+        triton.knobs.runtime.jit_cache_hook = previous
+    assert compiled == []
+
+
 # ---------------------------------------------------------------------------------------------------- NaN / bad input
 @pytest.mark.parametrize("cls", PLANNERS)
 def test_cpu_planners_never_pick_nan_or_inf(tiny_model, cls):

@@ -70,9 +70,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo = sub.add_parser("demo", help="build a random paper-size LeWM, encode frames, plan with the reference and the fast CEM, print timings")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.add_argument("--n-steps", type=int, default=3, help="CEM iterations (default: 3)")
-    aot = sub.add_parser("aot", add_help=False, help="compile every launched Triton kernel specialization for sm_80/sm_90 "
-                         "ahead of time (no GPU needed); report registers, spills, shared memory, compile time "
-                         "(lewm-fast aot --help)")
+    sub.add_parser("aot", add_help=False, help="compile every launched Triton kernel specialization for sm_80/sm_90 "
+                   "ahead of time (no GPU needed); report registers, spills, shared memory, compile time "
+                   "(lewm-fast aot --help)")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["aot"]:  # its own parser (options, --help)
         from lewm_fast.aot import main as aot_main
