@@ -328,3 +328,29 @@ def test_cube_expert_picks_up_the_cube(name):
         assert max(heights) > 0.06  # lifted off the table (resting height 0.02)
     finally:
         e.close()
+
+
+@pytest.mark.parametrize("name", [p for p in ENV_PARAMS if p.values[0] in ("reacher", "cube")])
+def test_triton_loads_after_mujoco_rendered(name):
+    """Mesa's software OpenGL loads the system libLLVM; a libtriton.so loaded after it used to bind its LLVM to that
+    one and die with SIGSEGV (collect Reacher data, then torch.optim / a Triton kernel in the same process). The
+    MuJoCo environments load triton before they create their renderer. Fresh process: triton not yet imported."""
+    pytest.importorskip("triton")
+    code = (
+        "import lewm_fast.envs as envs\n"
+        f"e = envs.make({name!r}, image_size=32, seed=0, **{FAST.get(name, {})!r})\n"
+        "e.reset(); assert e.render().shape == (32, 32, 3)\n"
+        "import torch, triton, triton.language as tl\n"
+        "torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])\n"
+        "@triton.jit\n"
+        "def double(x_ptr, BLOCK: tl.constexpr):\n"
+        "    offs = tl.arange(0, BLOCK)\n"
+        "    tl.store(x_ptr + offs, tl.load(x_ptr + offs) * 2)\n"
+        "x = torch.ones(16)\n"
+        "double[(1,)](x, BLOCK=16)\n"
+        "assert bool((x == 2).all())\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # no GPU here: the kernel runs in the interpreter, after the import
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.returncode, result.stderr[-2000:])

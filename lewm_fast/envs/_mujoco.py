@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -24,3 +25,23 @@ def ensure_headless_gl(strict: bool = True) -> None:
             )
         return
     os.environ["MUJOCO_GL"] = "egl"
+
+
+def load_triton_before_gl() -> None:
+    """Load Triton's compiler library before an OpenGL context exists in this process (no-op without triton).
+
+    Mesa's software drivers (EGL, OSMesa or GLX on a machine without a GPU driver: llvmpipe) load the system's
+    ``libLLVM`` into the process's global symbol scope. ``libtriton.so`` links its own LLVM statically, but its symbols
+    are interposable: loaded after Mesa's, its static initialisers bind to the system ``libLLVM`` and crash (SIGSEGV in
+    ``llvm::cl::Option::addArgument`` while Python imports it; torch imports triton too, e.g. for ``torch.optim`` or
+    ``torch.compile``). Loaded first, and locally (Python extensions are ``RTLD_LOCAL``), it binds to its own copy and
+    the driver's ``libLLVM`` to the system one.
+    """
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        importlib.import_module("triton")
+
+
+def prepare_rendering() -> None:
+    """What a MuJoCo-based environment runs before it creates its simulator and renderer."""
+    ensure_headless_gl()
+    load_triton_before_gl()

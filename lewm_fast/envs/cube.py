@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._mujoco import ensure_headless_gl
+from ._mujoco import prepare_rendering
 from .base import LeWMEnv, require
 
 SUCCESS_DISTANCE = 0.04
@@ -59,7 +59,7 @@ class CubeEnv(LeWMEnv):
     state_dim = NQ + NV + 7
 
     def __init__(self, image_size: int = 224, seed: int | None = None, fast_render: bool = False) -> None:
-        ensure_headless_gl()
+        prepare_rendering()
         sim_class = _sim_class()
         self.mujoco = require("mujoco", "cube")
         super().__init__(image_size, seed)

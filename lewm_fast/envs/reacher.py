@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._mujoco import ensure_headless_gl
+from ._mujoco import prepare_rendering
 from .base import LeWMEnv, require, wrap_angle
 
 LINK_LENGTHS = (0.12, 0.12)  # shoulder -> wrist and wrist -> fingertip, from the suite's reacher.xml
@@ -59,7 +59,7 @@ class ReacherEnv(LeWMEnv):
             raise ValueError(f"target_size must be in (0, 0.1], got {target_size}")
         if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
             raise ValueError(f"action_repeat must be an int >= 1, got {action_repeat!r}")
-        ensure_headless_gl()
+        prepare_rendering()
         reacher = require("dm_control.suite.reacher", "reacher")
         control = require("dm_control.rl.control", "reacher")
         self.target_size = float(target_size)
