@@ -252,11 +252,29 @@ def load_pretrained(path: Union[str, os.PathLike], map_location: Union[str, torc
     return model.to(map_location).eval()
 
 
+def _umask_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (from /proc on Linux, where reading it needs
+    no change; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename it over ``path`` (readers never see a partial
+    file). mkstemp creates the temporary file 0600; it gets the usual umask-derived mode before the rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

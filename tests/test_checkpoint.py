@@ -1,6 +1,8 @@
 """stable-worldmodel checkpoint folders: round trip, both encoder layouts, strict errors that name the keys."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -126,3 +128,19 @@ def test_build_is_deterministic_under_seed():
     torch.manual_seed(3)
     b = build_model(tiny_config())
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_files_get_the_umask_mode_like_any_new_file(tmp_path, tiny_model, umask):
+    """The atomic write goes through mkstemp (0600); the files must end with the mode open() would give them."""
+    previous = os.umask(umask)
+    try:
+        tiny_model.save_pretrained(tmp_path / "ckpt")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in ("config.json", "weights.pt"):
+        assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == expected, name
+    assert not [p.name for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]

@@ -202,3 +202,61 @@ def test_cli_help_lists_planner_presets(capsys):
     assert eval_main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "planner    cem*, cpu_quick" in out and "goal_offset: 25" in out and "episodes: 50" in out
+
+
+# ---------------------------------------------------------------------------------------------------- hardening
+@pytest.mark.parametrize("success", [True, False])
+def test_gif_and_strip_frame_the_goal_by_the_outcome(tmp_path, success):
+    from lewm_fast.evaluation import save_gif, save_strip
+    from lewm_fast.evaluation.media import FAIL_RGB, GOAL_RGB
+
+    frames = [np.full((16, 16, 3), 40 * i, np.uint8) for i in range(3)]
+    goal = np.full((16, 16, 3), 200, np.uint8)
+    save_gif(tmp_path / "e.gif", frames, goal, success=success)
+    save_strip(tmp_path / "e.png", frames, goal, every=1, success=success)
+    want = GOAL_RGB if success else FAIL_RGB
+    gif = Image.open(tmp_path / "e.gif")
+    for k in range(gif.n_frames):
+        gif.seek(k)
+        rgb = gif.convert("RGB")
+        goal_left = rgb.width // 2  # the goal tile is the right half of each GIF frame
+        assert rgb.getpixel((goal_left, 0)) == want and rgb.getpixel((rgb.width - 1, 1)) == want
+    strip = Image.open(tmp_path / "e.png").convert("RGB")
+    assert strip.getpixel((strip.width - 1, 1)) == want
+
+
+def test_checkpoint_with_nan_weights_is_refused_in_one_line(checkpoint, tmp_path, capsys):
+    broken = tmp_path / "nan"
+    shutil.copytree(checkpoint, broken)
+    state = torch.load(broken / "weights.pt")
+    key = next(k for k in state if k.startswith("predictor."))
+    state[key][0] = float("nan")
+    torch.save(state, broken / "weights.pt")
+    assert eval_main([f"checkpoint={broken}", "episodes=1", *SMALL_PLANNER]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "non-finite weights (NaN/inf) in 1 tensor(s), e.g. " + key in err
+
+
+def test_another_env_than_the_training_one_is_refused_unless_allowed(checkpoint, tmp_path, capsys):
+    assert eval_main([f"checkpoint={checkpoint}", "env=pusht", "episodes=1", *SMALL_PLANNER]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on 'two_room', not 'pusht'" in err and "allow_env_mismatch=true" in err
+    # allowed: it goes on to the next check, which a two_room model (2-d actions x 5) passes in pusht (2-d actions)
+    out = tmp_path / "eval"
+    rc = eval_main([f"checkpoint={checkpoint}", "env=pusht", "allow_env_mismatch=true", "episodes=1", "budget=5",
+                    "goal_offset=5", "save_episodes=0", f"out={out}", *SMALL_PLANNER])
+    assert rc == 0 and json.loads((out / "results.json").read_text())["env"] == "pusht"
+
+
+def test_stored_action_and_proprio_sizes_are_checked(checkpoint, tmp_path, capsys):
+    other = tmp_path / "sizes"
+    shutil.copytree(checkpoint, other)
+    norm = json.loads((other / NORMALIZATION).read_text())
+    (other / NORMALIZATION).write_text(json.dumps({**norm, "action_dim": 2, "proprio_dim": 7}))
+    assert eval_main([f"checkpoint={other}", "episodes=1", *SMALL_PLANNER]) == 2
+    assert "was trained with proprio_dim=7, but env 'two_room' has" in capsys.readouterr().err
+
+
+def test_eval_refuses_added_keys(checkpoint, capsys):
+    assert eval_main([f"checkpoint={checkpoint}", "+planner.temperature=3"]) == 2
+    assert "unknown key 'planner.temperature'" in capsys.readouterr().err

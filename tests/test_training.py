@@ -80,6 +80,7 @@ def test_few_steps_lower_the_loss(tmp_path, dataset):
     assert model.action_dim == 10 and model.config["encoder"]["image_size"] == 32
     norm = read_normalization(ckpts[-1])
     assert norm["env"] == "two_room" and norm["frameskip"] == 5 and len(norm["action"]["std"]) in (2, 10)
+    assert norm["action_dim"] == 2 and norm["proprio_dim"] == len(norm["proprio"]["mean"])  # checked by lewm-eval
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["global_step"] == summary["global_step"] and len(log["history"]) == summary["global_step"]
     assert {"loss", "pred_loss", "sigreg_loss", "lr", "grad_norm"} <= set(log["history"][0])
@@ -262,7 +263,7 @@ def test_cli_reports_bad_values_without_a_traceback(capsys, tmp_path):
     assert train_main(["--fused-sigrg"]) == 2
     assert "unknown flag '--fused-sigrg'" in capsys.readouterr().err
     assert train_main(["nonsense=1"]) == 2
-    assert "Could not override 'nonsense'" in capsys.readouterr().err
+    assert capsys.readouterr().err == "lewm-train: error: unknown key 'nonsense' (--help lists every key)\n"
     assert train_main([f"data.path={tmp_path / 'missing.h5'}", f"out={tmp_path / 'run'}"]) == 2
     assert "lewm-collect env=two_room" in capsys.readouterr().err
 
@@ -298,3 +299,89 @@ def test_cli_trains_end_to_end_with_fused_sigreg(tmp_path, two_room_h5, capsys):
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["sigreg"]["fused"] is True and log["epochs_done"] == 1
     LeWM.from_pretrained(list_checkpoints(tmp_path)[-1])
+
+
+# ---------------------------------------------------------------------------------------------------- CLI hardening
+@pytest.mark.parametrize("args", [["+bogus=1"], ["++bogus=1"], ["+sigreg.extra=2"], ["+x.y=1", "epochs=1"]])
+def test_cli_refuses_added_keys_in_every_form(capsys, args):
+    """hydra accepts +key / ++key by adding the key, which nothing reads: refused like an unknown key=value."""
+    assert train_main([*args, "--cfg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lewm-train: error: unknown key") and "nothing would read" in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def finished_run(tmp_path, two_room_h5):
+    """A one-epoch run started with the fused SIGReg and the tiny model (settings a bare resume must keep)."""
+    run = tmp_path / "run"
+    assert train_main(["--fused-sigreg", f"data.path={two_room_h5}", f"out={run}", *TINY, "epochs=1"]) == 0
+    return run
+
+
+def test_bare_resume_continues_the_run_with_its_saved_settings(finished_run, capsys):
+    capsys.readouterr()
+    assert train_main([f"out={finished_run}", "resume=true", "--cfg"]) == 0
+    shown = capsys.readouterr().out
+    assert "fused: true" in shown and "num_proj: 64" in shown and "image_size: 32" in shown
+    assert train_main([f"out={finished_run}", "resume=true", "epochs=2"]) == 0  # extending a run is allowed
+    log = json.loads((finished_run / "train_log.json").read_text())
+    assert log["epochs_done"] == 2 and log["sigreg"]["fused"] is True
+    assert log["config"]["sigreg"]["num_proj"] == 64 and log["config"]["epochs"] == 2
+    assert log["global_step"] == 2 * log["steps_per_epoch"]
+
+
+def test_resume_refuses_changed_settings_naming_old_and_new(finished_run, capsys):
+    before = (finished_run / "train_config.yaml").read_text()
+    capsys.readouterr()
+    rc = train_main([f"out={finished_run}", "resume=true", "sigreg.weight=0.9", "sigreg.num_proj=32", "optim.lr=0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("lewm-train: error: cannot resume")
+    for change in ("sigreg.weight 0.09 -> 0.9", "sigreg.num_proj 64 -> 32", "optim.lr 0.001 -> 0.5"):
+        assert change in err
+    assert "only epochs, log_every" in err
+    assert (finished_run / "train_config.yaml").read_text() == before  # nothing overwritten
+    assert train_main([f"out={finished_run}", "resume=true", "data=pusht"]) == 2  # a group choice changing data.env
+    assert "data.env 'two_room' -> 'pusht'" in capsys.readouterr().err
+
+
+def test_truncated_trainer_state_names_the_fallback_checkpoint(tmp_path, two_room_h5, capsys):
+    run = tmp_path / "run"
+    assert train_main([f"data.path={two_room_h5}", f"out={run}", *TINY, "epochs=2"]) == 0
+    first, last = list_checkpoints(run)[-2:]
+    state = last / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    capsys.readouterr()
+    assert train_main([f"out={run}", "resume=true", "epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lewm-train: error: cannot read {state} (truncated or corrupt") and err.count("\n") == 1
+    assert f"the previous checkpoint {first} is complete" in err and f"mv {last} " in err
+
+
+def test_unreadable_dataset_chunk_names_file_episode_and_step(tmp_path, two_room_h5, capsys):
+    """A corrupt pixel chunk mid-epoch: one line naming the file, episode and steps, exit 2, the last checkpoint."""
+    import h5py
+    import shutil
+
+    broken = tmp_path / "broken.h5"
+    shutil.copy(two_room_h5, broken)
+    with h5py.File(broken, "r") as f:
+        start, length = int(f["episode_starts"][2]), int(f["episode_lengths"][2])
+        offset, size = f["pixels"].id.get_chunk_info_by_coord((start + 10, 0, 0, 0))[2:]
+    with open(broken, "r+b") as raw:  # overwrite frame start+10's compressed chunk: gzip then fails to decode it
+        raw.seek(offset)
+        raw.write(b"\xff" * size)
+    rc = train_main([f"data.path={broken}", f"out={tmp_path / 'run'}", *TINY, "epochs=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"cannot read {broken}: episode 2, steps" in err and "does not skip" in err
+    assert "last checkpoint: None" in err and "Traceback" not in err
+
+
+def test_opening_a_file_that_is_not_hdf5_names_it(tmp_path, capsys):
+    from lewm_fast.data import EpisodeFileError, SequenceDataset
+
+    bad = tmp_path / "notes.h5"
+    bad.write_text("not an HDF5 file")
+    with pytest.raises(EpisodeFileError, match=f"cannot open {bad} as an HDF5 episode file .*file signature not found"):
+        SequenceDataset(bad)
+    assert train_main([f"data.path={bad}", f"out={tmp_path / 'run'}"]) == 2
+    assert f"cannot open {bad}" in capsys.readouterr().err

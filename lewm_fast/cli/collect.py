@@ -30,16 +30,17 @@ keys and defaults (lewm_fast/configs/collect.yaml):
 
 
 def _error(message: str) -> int:
-    print(f"lewm-collect: error: {message}", file=sys.stderr)
+    from ..training.config import one_line
+
+    print(f"lewm-collect: error: {one_line(message)}", file=sys.stderr)
     return 2
 
 
 def load_config(overrides: Sequence[str]):
-    """Compose ``configs/collect.yaml`` with hydra ``key=value`` overrides."""
-    from hydra import compose, initialize_config_dir
+    """Compose ``configs/collect.yaml`` with hydra ``key=value`` overrides; new keys only under ``env_kwargs``."""
+    from ..training.config import compose_config
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    return compose_config(CONFIG_NAME, overrides, open_keys=("env_kwargs",))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = load_config(argv)
-    except (HydraException, OmegaConfBaseException) as exc:
-        return _error(f"bad arguments: {exc} (see --help)")
+    except (ValueError, HydraException, OmegaConfBaseException) as exc:
+        return _error(f"bad arguments: {exc}")
     missing = [key for key in REQUIRED if OmegaConf.is_missing(cfg, key)]
     if missing:
         return _error(f"missing required argument(s): {' '.join(f'{key}=...' for key in missing)} (see --help)")

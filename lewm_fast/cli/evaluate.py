@@ -29,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from lewm_fast.checkpoint import CheckpointError
-    from lewm_fast.training.config import compose_config, format_help, parse_cli
+    from lewm_fast.training.config import compose_config, format_help, one_line, parse_cli
 
     try:
         overrides, wants_help, wants_cfg = parse_cli(argv, {})
@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         evaluation = Evaluation(cfg)
     except (ValueError, CheckpointError, HydraException, OmegaConfBaseException) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     summary = evaluation.run()
     p = summary["planner"]

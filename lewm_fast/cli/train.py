@@ -30,7 +30,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lewm_fast.training.config import compose_config, format_help, parse_cli, validate_train_config
+    from lewm_fast.training.config import (
+        compose_config, format_help, one_line, parse_cli, resume_config, validate_train_config,
+    )
 
     try:
         overrides, wants_help, wants_cfg = parse_cli(argv, FLAGS)
@@ -38,6 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(format_help(PROG, DESCRIPTION, "train", GROUPS, FLAGS, EXAMPLES))
             return 0
         cfg = compose_config("train", overrides)
+        if cfg.resume:  # the run's saved settings, with the few a resume may change
+            cfg = resume_config(overrides)
         if wants_cfg:
             from omegaconf import OmegaConf
 
@@ -47,17 +51,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from lewm_fast.training.trainer import Trainer
 
         trainer = Trainer(cfg)
+        trainer.prepare()
     except (ValueError, OSError, HydraException, OmegaConfBaseException) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    from lewm_fast.data.h5format import EpisodeReadError
+    from lewm_fast.training.checkpointing import latest_checkpoint
+
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
-        print(
-            f"\n{PROG}: interrupted; continue from the last checkpoint with: {PROG} out={trainer.run_dir} resume=true "
-            "(plus the same settings)", file=sys.stderr,
-        )
+        print(f"\n{PROG}: interrupted; continue from the last checkpoint with: {PROG} out={trainer.run_dir} resume=true",
+              file=sys.stderr)
         return 130
+    except (EpisodeReadError, FloatingPointError) as exc:  # damaged data, a diverged loss: not a bug of lewm_fast
+        print(f"{PROG}: error: {one_line(str(exc))} (last checkpoint: {latest_checkpoint(trainer.run_dir)})",
+              file=sys.stderr)
+        return 2
     _print_summary(summary)
     return 0
 

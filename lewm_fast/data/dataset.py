@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..envs.base import check_image_size
 from ..reference import preprocess_frames
-from .h5format import Stats, read_index, read_stats
+from .h5format import EpisodeReadError, Stats, open_h5, read_index, read_stats
 
 
 def _check_positive(value: Any, name: str) -> int:
@@ -61,7 +61,7 @@ class SequenceDataset(Dataset):
             raise FileNotFoundError(f"episode file {self.path} does not exist")
         self.num_frames = _check_positive(num_frames, "num_frames")
         self.frameskip = _check_positive(frameskip, "frameskip")
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             starts, lengths = read_index(f)
             self.stats: Stats = read_stats(f)
             self.env_name = str(f.attrs["env"])
@@ -71,11 +71,12 @@ class SequenceDataset(Dataset):
             self.state_dim = int(f.attrs["state_dim"])
         self.image_size = self.stored_image_size if image_size is None else check_image_size(image_size)
         self.action_dim = self.frameskip * self.env_action_dim
+        episode_ids = np.arange(len(starts))
         if episodes is not None:
             index = np.asarray(episodes, dtype=np.int64).reshape(-1)
             if index.size and (index.min() < -len(starts) or index.max() >= len(starts)):
                 raise IndexError(f"episodes must index the {len(starts)} episodes of {self.path}, got {list(index)}")
-            starts, lengths = starts[index], lengths[index]
+            starts, lengths, episode_ids = starts[index], lengths[index], episode_ids[index]
         span = (self.num_frames - 1) * self.frameskip  # steps from the first to the last frame of a window
         counts = np.maximum(lengths - span, 0)
         if counts.sum() == 0:
@@ -85,6 +86,8 @@ class SequenceDataset(Dataset):
             )
         self._window_start = np.concatenate([s + np.arange(c) for s, c in zip(starts, counts, strict=True)])
         self._window_end = np.repeat(starts + lengths, counts)  # exclusive end of each window's episode
+        self._window_episode = np.repeat(episode_ids, counts)  # for error messages: episode index and first step
+        self._window_episode_start = np.repeat(starts, counts)
         self._action_mean = torch.as_tensor(np.tile(self.stats.action_mean, self.frameskip), dtype=torch.float32)
         self._action_std = torch.as_tensor(np.tile(self.stats.action_std, self.frameskip), dtype=torch.float32)
         self._proprio_mean = torch.as_tensor(self.stats.proprio_mean, dtype=torch.float32)
@@ -97,7 +100,7 @@ class SequenceDataset(Dataset):
 
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():  # a forked worker must not share the parent's handle
-            self._file = h5py.File(self.path, "r")
+            self._file = open_h5(self.path)
             self._pid = os.getpid()
         return self._file
 
@@ -126,6 +129,20 @@ class SequenceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} sequences")
+        try:
+            return self._read(index)
+        except OSError as exc:  # h5py: a chunk whose filter fails, a truncated file
+            episode, first = int(self._window_episode[index]), int(self._window_episode_start[index])
+            step = int(self._window_start[index]) - first
+            span = (self.num_frames - 1) * self.frameskip
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EpisodeReadError(
+                f"cannot read {self.path}: episode {episode}, steps {step}..{step + span} are unreadable ({reason}); "
+                f"the file is damaged there. Training does not skip unreadable sequences (every batch of a resumable "
+                f"run is fixed): restore or re-collect the file (lewm-collect), then resume the run"
+            ) from None
+
+    def _read(self, index: int) -> dict[str, torch.Tensor]:
         start, end = int(self._window_start[index]), int(self._window_end[index])
         t, fs = self.num_frames, self.frameskip
         span = (t - 1) * fs + 1

@@ -46,6 +46,20 @@ class EpisodeFileError(ValueError):
     """The file is not a lewm_fast episode file, or does not match what was expected."""
 
 
+class EpisodeReadError(OSError):
+    """Stored data could not be read back (a corrupt chunk, a truncated file); the message names file, episode, step."""
+
+
+def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+    """``h5py.File(path, mode)``, with an EpisodeFileError naming the file when it cannot be opened (not HDF5,
+    truncated, locked by a writer); HDF5's own message ("file signature not found") does not name it."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        raise EpisodeFileError(f"cannot open {path} as an HDF5 episode file ({reason}); was it written by lewm-collect?") from None
+
+
 @dataclass(frozen=True)
 class Stats:
     """Normalisation statistics: per-dimension means and standard deviations (float64)."""
@@ -112,7 +126,7 @@ class EpisodeWriter:
     ) -> EpisodeWriter:
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-        f = h5py.File(path, "w")
+        f = open_h5(path, "w")
         try:
             f.attrs.update({
                 "format_version": FORMAT_VERSION, "env": env, "image_size": image_size, "frameskip": FRAMESKIP_HINT,
@@ -142,7 +156,7 @@ class EpisodeWriter:
 
     @classmethod
     def append(cls, path: str | os.PathLike, *, attrs: dict[str, Any]) -> EpisodeWriter:
-        f = h5py.File(path, "r+")
+        f = open_h5(path, "r+")
         try:
             writer = cls(f)
             for key, expected in attrs.items():
@@ -216,7 +230,7 @@ class EpisodeWriter:
 
 def load_episode(path: str | os.PathLike, index: int) -> dict[str, np.ndarray]:
     """All per-step arrays of committed episode ``index`` (negative counts from the end)."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         starts, lengths = read_index(f)
         if not -len(starts) <= index < len(starts):
             raise IndexError(f"episode {index} out of range: {path} holds {len(starts)} episodes")

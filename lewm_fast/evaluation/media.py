@@ -55,10 +55,11 @@ def save_strip(path: Union[str, os.PathLike], frames: Sequence[np.ndarray], goal
     _row(tiles).save(path)
 
 
-def save_gif(path: Union[str, os.PathLike], frames: Sequence[np.ndarray], goal_frame: np.ndarray, fps: int = 10) -> None:
-    """Animated GIF: each env step's frame beside the goal frame."""
+def save_gif(path: Union[str, os.PathLike], frames: Sequence[np.ndarray], goal_frame: np.ndarray, success: bool,
+             fps: int = 10) -> None:
+    """Animated GIF: each env step's frame beside the goal frame (framed green on success, red otherwise)."""
     if not frames:
         raise ValueError("save_gif needs at least one frame")
-    goal = _tile(goal_frame, "goal", GOAL_RGB)
+    goal = _tile(goal_frame, "goal", GOAL_RGB if success else FAIL_RGB)
     images = [_row([_tile(f, f"t={i}"), goal]) for i, f in enumerate(frames)]
     images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, 1000 // fps), loop=0)

@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from ..backends import BACKENDS
+from ..checkpoint import CheckpointError
 from ..reference.lewm import LeWM
 from ..training.checkpointing import read_normalization, resolve_model_folder
-from ..training.config import DEVICES, require_choice, require_key, require_int, require_number
+from ..training.config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
 from ..training.trainer import resolve_device
 from .media import save_gif, save_strip
 from .mpc import ActionCodec, run_episode, summarize
@@ -35,6 +36,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
     require_int(cfg, "seed", 0)
     require_int(cfg, "save_episodes", 0)
     require_choice(cfg, "device", DEVICES)
+    require_bool(cfg, "allow_env_mismatch")
     if require_key(cfg, "env") is not None and not isinstance(cfg.env, str):
         raise ValueError(f"env must be an environment name or null (the checkpoint's), got {cfg.env!r}")
     if require_key(cfg, "image_size") is not None:
@@ -58,6 +60,30 @@ def build_planner(model: LeWM, cfg: DictConfig):
     )
 
 
+def check_finite_weights(model: torch.nn.Module, folder: os.PathLike) -> None:
+    """CheckpointError naming the tensors of ``model`` that hold NaN or inf (a run that diverged before saving)."""
+    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"{folder} holds non-finite weights (NaN/inf) in {len(bad)} tensor(s), e.g. {', '.join(bad[:3])}: training "
+            "diverged before this checkpoint was saved; evaluate an earlier checkpoint of the run"
+        )
+
+
+def check_env_sizes(env, env_name: str, norm: Dict[str, Any], folder: os.PathLike) -> None:
+    """CheckpointError when the env's action / proprioception sizes differ from those the checkpoint was trained with
+    (``normalization.json``; checkpoints from before lewm_fast stored them are not checked)."""
+    found = {"action_dim": int(env.action_space.shape[0]),
+             "proprio_dim": int(env.observation_space["proprio"].shape[0])}
+    for key, value in found.items():
+        if key in norm and int(norm[key]) != value:
+            raise CheckpointError(
+                f"{folder} was trained with {key}={norm[key]}, but env {env_name!r} has {value}; "
+                "pass allow_env_mismatch=true to evaluate anyway"
+            )
+
+
 class Evaluation:
     """``Evaluation(cfg).run() -> summary``: the constructor checks the config and loads checkpoint, env, expert and
     planner (raising ValueError/CheckpointError with a clear message); ``run`` plays the episodes."""
@@ -71,11 +97,20 @@ class Evaluation:
         norm = read_normalization(self.folder)
         self.device = resolve_device(cfg.device)
         self.model = LeWM.from_pretrained(self.folder, map_location=self.device)
-        self.env_name = cfg.env or norm["env"]
+        check_finite_weights(self.model, self.folder)
+        trained_on = str(norm["env"])
+        self.env_name = cfg.env or trained_on
+        if self.env_name != trained_on and not cfg.allow_env_mismatch:
+            raise CheckpointError(
+                f"{self.folder} was trained on {trained_on!r}, not {self.env_name!r}: its latents and action statistics "
+                f"belong to {trained_on!r}. Drop env= to evaluate there, or pass allow_env_mismatch=true"
+            )
         image_size = int(cfg.image_size or self.model.config["encoder"]["image_size"])
         self.frameskip = int(norm["frameskip"])
         self.env = envs.make(self.env_name, image_size=image_size, seed=int(cfg.seed))
         action_dim = int(self.env.action_space.shape[0])
+        if not cfg.allow_env_mismatch:
+            check_env_sizes(self.env, self.env_name, norm, self.folder)
         if action_dim * self.frameskip != self.model.action_dim:
             raise ValueError(
                 f"env {self.env_name!r} has {action_dim}-d actions, x frameskip {self.frameskip} = "
@@ -102,7 +137,7 @@ class Evaluation:
             results.append(r)
             if record:
                 save_strip(self.out / f"episode_{e:03d}.png", r.frames, r.goal_frame, every=self.frameskip, success=r.success)
-                save_gif(self.out / f"episode_{e:03d}.gif", r.frames, r.goal_frame)
+                save_gif(self.out / f"episode_{e:03d}.gif", r.frames, r.goal_frame, success=r.success)
             done = sum(x.success for x in results)
             last = f"{1e3 * r.plan_latencies_s[-1]:.0f}" if r.plan_latencies_s else "-"
             bar.set_postfix(success=f"{done}/{len(results)}", plan_ms=last)

@@ -21,6 +21,7 @@ from ..reference.cem import CEMSolver, PlanDiagnostics, check_cem_settings
 from ..reference.lewm import LeWM
 from .cuda_graph import GraphedLoop
 from .rollout import RolloutEngine
+from .state import persistent
 
 
 def warm_start(prev_plan: torch.Tensor, executed_blocks: int, pad: str = "zeros") -> torch.Tensor:
@@ -54,7 +55,8 @@ class PhiloxNoise:
     advances it in place: sampling call ``i`` of a plan uses key ``seed + i``, and each plan adds ``n_steps``."""
 
     def __init__(self, seed: int, device: torch.device):
-        self.seed_buf = torch.tensor([seed], dtype=torch.long, device=device)
+        with persistent():  # advanced in place by every plan, whatever mode it runs in
+            self.seed_buf = torch.tensor([seed], dtype=torch.long, device=device)
 
     def normal_(self, out: torch.Tensor, key_offset: int) -> torch.Tensor:
         from ..kernels.cem_refit import philox_normal_
@@ -232,7 +234,8 @@ class PlannerBase(abc.ABC):
         key = (tuple(emb_ctx.shape), emb_ctx.dtype)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = self._new_buffers(emb_ctx)
+            with persistent():  # reused by later plans, which may run outside torch.inference_mode()
+                buf = self._buffers[key] = self._new_buffers(emb_ctx)
         buf.emb_ctx.copy_(emb_ctx)
         buf.hist.copy_(hist)
         buf.goal_emb.copy_(goal_emb)
@@ -290,7 +293,9 @@ class PlannerBase(abc.ABC):
             raise ValueError(f"act() got {b} envs but the previous call planned {carry['init_mean'].shape[0]}; call reset() first")
         hist, mean = self._check_actions(b, h, action_history, None if carry is None else carry["init_mean"])
         plan, _, extra = self._run(emb_ctx, hist, goal_emb, mean, False, carry)
-        self._carry = {"init_mean": warm_start(plan, self.receding_horizon), **extra}
+        with persistent():  # the next act() (or reset()) may run outside torch.inference_mode()
+            self._carry = {"init_mean": warm_start(plan, self.receding_horizon),
+                           **{name: value.clone() for name, value in extra.items()}}
         return plan[:, : self.receding_horizon]
 
     def reset(self, envs: Optional[torch.Tensor] = None) -> None:

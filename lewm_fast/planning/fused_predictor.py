@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused_ops import CpuOps, PredictorOps
+from .state import persistent, version_of
 
 
 @dataclass
@@ -96,7 +97,7 @@ class PackedLeWM:
     # ------------------------------------------------------------------ packing
     def _signature_now(self):
         return tuple(
-            (t.data_ptr(), t._version)
+            (t.data_ptr(), version_of(t))
             for m in self._source_modules
             for t in (*m._parameters.values(), *m._buffers.values())
             if t is not None
@@ -113,7 +114,7 @@ class PackedLeWM:
             self.pack()
 
     def pack(self) -> None:
-        with torch.no_grad():
+        with persistent():  # the packing outlives this call (and is updated in place by later ones)
             fresh = self._fold()
             if self._signature is None or not self._same_layout(fresh):
                 self.__dict__.update(fresh)
@@ -267,7 +268,8 @@ class FusedRollout:
             return self.ops.linear(c, p.ada_w, p.ada_b).view(shape)
         rows, n = act_emb.shape[0] * act_emb.shape[1], p.ada_w.shape[0]
         if self._mods_buffer is None or self._mods_buffer.numel() < rows * n or self._mods_buffer.dtype != c.dtype:
-            self._mods_buffer = torch.empty(rows * n, dtype=c.dtype)
+            with persistent():
+                self._mods_buffer = torch.empty(rows * n, dtype=c.dtype)
         out = self._mods_buffer[:rows * n].view(rows, n)
         # [c | 1] @ [W | b]^T: ATen's addmm into `out` would first broadcast-copy the bias over all of it
         c_one = c.new_empty(rows, c.shape[-1] + 1)
@@ -320,6 +322,11 @@ class FusedRollout:
         cache = self._window_args_cache
         if cache is not None and cache[0] == p.signature:
             return cache[1]
+        with persistent():  # a cache: it outlives this call
+            return self._make_window_args()
+
+    def _make_window_args(self) -> tuple:
+        p = self.packed
         inner = p.heads * p.dim_head  # keys/values carry no bias (see the module docstring): pass the query bias
         weights = []
         for b in p.blocks:
@@ -416,7 +423,8 @@ class FusedRollout:
                 break
             xp = self.tokens(emb[:, start:start + shared], 0)
             prefixes.append(self.blocks(xp, mods_h[:, start:start + shared], None, "kv")[1])
-        return PlanContext(emb_ctx, action_history, (emb_ctx._version, action_history._version), prefixes, p.signature)
+        return PlanContext(emb_ctx, action_history, (version_of(emb_ctx), version_of(action_history)), prefixes,
+                           p.signature)
 
     def run(
         self,
@@ -478,5 +486,5 @@ class PlanContext:
         """Raise unless this context was prepared from these very tensors, unmodified since (host-side check)."""
         if emb_ctx is not self.emb_ctx or action_history is not self.action_history:
             raise ValueError("context was prepared from other emb_ctx / action_history tensors: call prepare() with these")
-        if (emb_ctx._version, action_history._version) != self.versions:
+        if (version_of(emb_ctx), version_of(action_history)) != self.versions:
             raise ValueError("emb_ctx or action_history was modified in place after prepare(): prepare the context again")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -114,11 +115,36 @@ def save_checkpoint(
     return final
 
 
+def _read_trainer_state(path: Path) -> Dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_trainer_state(checkpoint: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The ``trainer_state.pt`` of a training checkpoint. CheckpointError when it is missing, or unreadable (truncated
+    or corrupt): then the message names the newest earlier checkpoint of the run that reads, to fall back to."""
     path = Path(checkpoint) / TRAINER_STATE
     if not path.is_file():
         raise CheckpointError(f"{checkpoint} has no {TRAINER_STATE}: it is a model folder, not a training checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return _read_trainer_state(path)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot read {path} (truncated or corrupt: {reason}); {_fallback_hint(Path(checkpoint))}") from None
+
+
+def _fallback_hint(broken: Path) -> str:
+    """How to continue from the newest readable checkpoint older than ``broken`` (one of a run's checkpoints)."""
+    earlier = [c for c in list_checkpoints(broken.parent.parent) if c.name < broken.name]
+    for candidate in reversed(earlier):
+        try:
+            _read_trainer_state(candidate / TRAINER_STATE)
+            load_state = True
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+            load_state = False
+        if load_state and (candidate / WEIGHTS_NAME).is_file():
+            return (f"the previous checkpoint {candidate} is complete: move the broken one aside "
+                    f"(mv {broken} {broken.parent / ('broken-' + broken.name)}) and resume again to continue from it")
+    return "the run has no earlier readable checkpoint: start it again"
 
 
 def resolve_model_folder(path: Union[str, os.PathLike]) -> Path:

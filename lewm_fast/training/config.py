@@ -8,6 +8,7 @@ paper), ``data`` (env datasets), ``optim`` (adamw) and ``preset`` (cpu, paper: b
 from __future__ import annotations
 
 import numbers
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -23,14 +24,58 @@ DEVICES = ("auto", "cpu", "cuda")
 ENCODER_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
-def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``lewm_fast/configs/<config_name>.yaml`` with hydra ``key=value`` overrides (hydra's compose API)."""
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def config_keys(cfg: DictConfig, prefix: str = "") -> List[str]:
+    """Every key of ``cfg`` as a dotted path, mappings and their leaves alike (lists are leaves)."""
+    keys: List[str] = []
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        value = cfg._get_node(key)
+        if OmegaConf.is_dict(value):
+            keys += config_keys(value, path + ".")
+    return keys
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = (), open_keys: Sequence[str] = ()) -> DictConfig:
+    """Compose ``lewm_fast/configs/<config_name>.yaml`` with hydra ``key=value`` overrides (hydra's compose API).
+
+    Unknown keys are refused in every form (ValueError naming them): ``key=value`` for a key the config lacks, and
+    ``+key=value`` / ``++key=value``, which hydra accepts by adding the key, and which nothing would read. Keys may be
+    added only inside ``open_keys``, free-form mappings such as lewm-collect's ``env_kwargs``.
+    """
+    from hydra.errors import HydraException
+
+    try:
+        cfg = _compose(config_name, overrides)
+    except HydraException as exc:
+        unknown = re.match(r"Could not override '([^']+)'", str(exc))
+        if unknown:
+            raise ValueError(f"unknown key {unknown.group(1)!r} (--help lists every key)") from None
+        raise ValueError(one_line(str(exc).split("Config search path")[0])) from None
+    if any(o.startswith("+") for o in overrides):
+        known = set(config_keys(_compose(config_name, [o for o in overrides if not o.startswith("+")])))
+        added = [k for k in config_keys(cfg) if k not in known
+                 and not any(k.startswith(f"{open_key}.") for open_key in open_keys)]
+        added = [k for k in added if not any(k.startswith(f"{other}.") for other in added)]  # the outermost only
+        if added:
+            names = ", ".join(repr(k) for k in added)
+            raise ValueError(f"unknown key{'s' if len(added) > 1 else ''} {names}: nothing would read "
+                             f"{'them' if len(added) > 1 else 'it'} (--help lists every key)")
+    return cfg
+
+
+def one_line(message: str) -> str:
+    """A (library) error message on one line, for ``<prog>: error: <message>``."""
+    return " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
 
 
 def compose_train_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -264,3 +309,69 @@ def _default_choices(config_name: str) -> Dict[str, str]:
             for k, v in entry.items():
                 out[str(k)] = str(v)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+SAFE_ON_RESUME = ("epochs", "log_every", "save_every_steps", "keep_checkpoints", "device", "data.path",
+                  "data.num_workers", "resume", "out")
+"""Keys a resumed run may change: more epochs (the cosine decay then stretches over the new total), logging and
+checkpoint cadence, the device, where the dataset file lives (its sequence count and env are checked) and loader
+workers. Every other key keeps the run's saved value; changing one is refused."""
+
+
+def touched_keys(config_name: str, overrides: Sequence[str]) -> List[str]:
+    """The leaf keys a command line sets: ``key=value`` keys, and every key whose value a group choice
+    (``model=paper``, ``preset=paper``, ...) changes."""
+    full = compose_config(config_name, overrides)
+    leaves = {k for k in config_keys(full) if not OmegaConf.is_dict(OmegaConf.select(full, k))}
+    touched = set()
+    for i, override in enumerate(overrides):
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in leaves:
+            touched.add(key)
+            continue
+        without = compose_config(config_name, [*overrides[:i], *overrides[i + 1:]])  # a config group choice
+        touched |= {leaf for leaf in leaves if _plain(OmegaConf.select(full, leaf)) != _plain(OmegaConf.select(without, leaf))}
+    return sorted(touched)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def resume_config(overrides: Sequence[str]) -> DictConfig:
+    """The config of ``lewm-train ... resume=true``: the run's saved config (from its latest checkpoint, else its
+    ``train_config.yaml``), with the command line's changes to ``SAFE_ON_RESUME`` keys applied. Any other key the
+    command line sets to a new value is refused (ValueError naming each key with its old and new value). A run
+    without a saved config starts from the command line's config."""
+    from .checkpointing import latest_checkpoint, load_trainer_state
+
+    cli = compose_config("train", overrides)
+    if cli.out is None:
+        raise ValueError("resume=true needs out=<run dir> naming the run to continue")
+    run = Path(cli.out)
+    latest = latest_checkpoint(run)
+    if latest is not None:
+        saved, source = OmegaConf.create(load_trainer_state(latest)["config"]), f"{latest}"
+    elif (run / "train_config.yaml").is_file():
+        saved, source = OmegaConf.load(run / "train_config.yaml"), f"{run / 'train_config.yaml'}"
+    else:
+        return cli
+    merged = OmegaConf.merge(compose_config("train"), saved)  # keys newer than the run get their defaults
+    refused = []
+    for key in touched_keys("train", overrides):
+        old, new = _plain(OmegaConf.select(merged, key)), _plain(OmegaConf.select(cli, key))
+        if old == new:
+            continue
+        if key in SAFE_ON_RESUME:
+            OmegaConf.update(merged, key, OmegaConf.select(cli, key), merge=False)
+        else:
+            refused.append(f"{key} {old!r} -> {new!r}")
+    if refused:
+        raise ValueError(
+            f"cannot resume {run} with changed settings ({'; '.join(refused)}): the run was trained with the values "
+            f"saved in {source}; only {', '.join(k for k in SAFE_ON_RESUME if k not in ('resume', 'out'))} may change "
+            "on resume (start a new run with another out=<dir> to change the rest)"
+        )
+    merged.resume, merged.out = True, cli.out
+    return merged

@@ -130,6 +130,7 @@ def normalization_info(dataset: Dataset, cfg: DictConfig) -> Dict[str, Any]:
                 "mean": [float(v) for v in getattr(stats, f"{key}_mean")],
                 "std": [float(v) for v in getattr(stats, f"{key}_std")],
             }
+            out[f"{key}_dim"] = len(out[key]["mean"])  # per env step; lewm-eval checks the env against them
     return out
 
 
@@ -190,6 +191,7 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.train_time_s = 0.0
         self._pending: List[tuple] = []
+        self._prepared = False
 
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> Dict[str, Any]:
@@ -279,6 +281,14 @@ class Trainer:
         return last
 
     # ------------------------------------------------------------------ loop
+    def prepare(self) -> None:
+        """Make the run directory ready: resume from its last checkpoint (``resume=true``) or refuse to overwrite one;
+        write ``train_config.yaml``. ``fit`` calls it when it has not run (errors here are the user's: ValueError)."""
+        if self._prepared:
+            return
+        self._prepare_run_dir()
+        self._prepared = True
+
     def _prepare_run_dir(self) -> None:
         ckpt.remove_partial_checkpoints(self.run_dir)
         latest = ckpt.latest_checkpoint(self.run_dir)
@@ -299,7 +309,7 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Train to ``epochs`` (from the last checkpoint when resuming); write checkpoints, train_log.json and
         loss_curves.png into the run directory. -> the summary written to train_log.json."""
-        self._prepare_run_dir()
+        self.prepare()
         cfg = self.cfg
         epochs = int(cfg.epochs)
         log_every, save_every = int(cfg.log_every), int(cfg.save_every_steps)
