@@ -47,3 +47,18 @@ def test_import_stays_light():
     code = "import sys, lewm_fast; print('torch._dynamo' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_demo_says_what_it_does_before_each_slow_step():
+    """``lewm-fast demo`` used to print nothing during its warm-ups: each step now announces itself (and the threads)
+    before it runs, flushed, so the first line appears at once."""
+    proc = subprocess.Popen([sys.executable, "-m", "lewm_fast.cli.info", "demo", "--n-steps", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = proc.stdout.readline()  # arrives before the model is built
+    rest, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, rest[-2000:]
+    assert first.startswith("... building the paper-size LeWM") and "torch threads" in first
+    lines = [first, *rest.splitlines()]
+    announce = [i for i, line in enumerate(lines) if line.startswith("... planning with")]
+    result = [i for i, line in enumerate(lines) if line.startswith("reference CEMSolver:")]
+    assert len(announce) == 2 and announce[0] < result[0]

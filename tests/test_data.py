@@ -331,14 +331,26 @@ def test_cli_collects(tmp_path, capsys):
     (["env=maze", "episodes=2", "out=x.h5"], "unknown environment 'maze'"),
     (["env=two_room", "episodes=0", "out=x.h5"], "episodes must be >= 1"),
     (["env=two_room"], "missing required argument.*episodes=.*out="),
-    (["env=two_room", "episodes=2", "out=x.h5", "colour=red"], "bad arguments"),
+    (["env=two_room", "episodes=2", "out=x.h5", "colour=red"], "bad arguments: unknown key 'colour'"),
+    (["env=two_room", "episodes=2", "out=x.h5", "+colour=red"], "bad arguments: unknown key 'colour': nothing would"),
+    (["env=two_room", "episodes=2", "out=x.h5", "++env_kwargs=1"], "bad arguments: env_kwargs must be a mapping"),
+    (["env=two_room", "episodes=2", "out=data.h5", "append=true"], "cannot open .*data.h5 as an HDF5 episode file"),
     (["--episodes", "2"], "unrecognised option"),
 ])
 def test_cli_bad_arguments(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.h5").write_text("not HDF5")  # for append=true
     assert collect_main(args) == 2
-    assert not list(tmp_path.iterdir())
-    assert re.search(message, capsys.readouterr().err)
+    assert [p.name for p in tmp_path.iterdir()] == ["data.h5"]
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1
+
+
+def test_cli_adds_keys_only_under_env_kwargs(tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    assert collect_main(["env=two_room", "episodes=1", f"out={out}", "episode_len=8", "image_size=16", "progress=false",
+                         "+env_kwargs.bogus=1"]) == 2  # env_kwargs is open: the env itself refuses the argument
+    assert "bogus" in capsys.readouterr().err
 
 
 def test_cli_unwritable_and_existing_output(tmp_path, capsys):

@@ -240,3 +240,16 @@ def test_triton_full_shapes_on_cuda(shape):
     z, A = _inputs(shape, device="cuda")
     _assert_matches_reference(z, A, "triton")
     _assert_matches_reference(z.bfloat16(), A, "triton", grad_rtol=2**-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_input_raises_unless_the_check_is_off(backend):
+    device = _device(backend)
+    z, A = _inputs((2, 9, 6, 11), seed=3, device=device)
+    z[1, 4, 2] = float("nan")
+    with pytest.raises(ValueError, match="z holds NaN or inf values"):
+        sigreg(z, A, backend=backend)
+    with pytest.raises(ValueError, match="z holds NaN or inf values"):
+        SIGReg(num_proj=11, backend=backend)(z.masked_fill(torch.isnan(z), float("inf")), A)
+    assert torch.isnan(sigreg(z, A, backend=backend, check_finite=False))
+    assert "check_finite=False" in repr(SIGReg(backend=backend, check_finite=False))

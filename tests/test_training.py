@@ -173,13 +173,18 @@ def resume_data(dataset):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, resume_data):
-    trainer = Trainer(cfg_for(tmp_path_factory.mktemp("whole"), *RESUME), resume_data)
+def resume_val(dataset):
+    return FirstItems(dataset, 6)  # a held-out set: its evaluation must not disturb an exact resume
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, resume_data, resume_val):
+    trainer = Trainer(cfg_for(tmp_path_factory.mktemp("whole"), *RESUME), resume_data, resume_val)
     return trainer, trainer.fit()
 
 
-def run_until_killed(cfg, dataset, kill_at_step):
-    trainer = Trainer(cfg, dataset)
+def run_until_killed(cfg, dataset, kill_at_step, val_dataset=None):
+    trainer = Trainer(cfg, dataset, val_dataset)
     step = trainer.train_step
 
     def dying_step(batch):
@@ -194,11 +199,11 @@ def run_until_killed(cfg, dataset, kill_at_step):
 
 @pytest.mark.parametrize("save_every,kill_at,resume_from", [(0, 6, 4), (3, 11, 9)],
                          ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
-def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, resume_data, uninterrupted, save_every, kill_at,
-                                                            resume_from):
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, resume_data, resume_val, uninterrupted, save_every,
+                                                            kill_at, resume_from):
     whole, summary_whole = uninterrupted
     cfg = (*RESUME, f"save_every_steps={save_every}")
-    run_until_killed(cfg_for(tmp_path, *cfg), resume_data, kill_at)
+    run_until_killed(cfg_for(tmp_path, *cfg), resume_data, kill_at, resume_val)
     assert list_checkpoints(tmp_path)[-1].name == f"step_{resume_from:08d}"
     # an interrupted save leaves a temporary folder: it must be ignored and cleaned up
     partial = tmp_path / CHECKPOINT_DIR / ".tmp-step_99999999"
@@ -206,9 +211,10 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, resume_dat
     (partial / "weights.pt").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="resume=true"):
         Trainer(cfg_for(tmp_path, *cfg), resume_data).fit()
-    resumed = Trainer(cfg_for(tmp_path, *cfg, "resume=true"), resume_data)
+    resumed = Trainer(cfg_for(tmp_path, *cfg, "resume=true"), resume_data, resume_val)
     summary_resumed = resumed.fit()
     assert not partial.exists()
+    assert [e["val_pred_loss"] for e in summary_resumed["epochs"]] == [e["val_pred_loss"] for e in summary_whole["epochs"]]
 
     assert summary_resumed["global_step"] == summary_whole["global_step"] == 12
     steps = [r["step"] for r in summary_resumed["history"]]
@@ -385,3 +391,44 @@ def test_opening_a_file_that_is_not_hdf5_names_it(tmp_path, capsys):
         SequenceDataset(bad)
     assert train_main([f"data.path={bad}", f"out={tmp_path / 'run'}"]) == 2
     assert f"cannot open {bad}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- held-out loss
+def test_episode_split_is_seeded_disjoint_and_keeps_training_data():
+    from lewm_fast.training import split_episodes
+
+    train, val = split_episodes(20, 0.1, seed=3)
+    assert len(val) == 2 and sorted(train + val) == list(range(20)) and not set(train) & set(val)
+    assert split_episodes(20, 0.1, seed=3) == (train, val) and split_episodes(20, 0.1, seed=4) != (train, val)
+    assert split_episodes(4, 0.1, 0)[1] != [] and len(split_episodes(2, 0.9, 0)[0]) == 1  # at least one of each
+    assert split_episodes(20, 0.0, 0) == (list(range(20)), [])
+
+
+def test_held_out_loss_per_epoch_and_lr_panel(tmp_path, two_room_h5, capsys):
+    rc = train_main([f"data.path={two_room_h5}", f"out={tmp_path}", *TINY, "epochs=2", "data.val_fraction=0.25"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "held-out prediction MSE (" in out
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["val_sequences"] > 0 and log["dataset_sequences"] > 0
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2] and all(e["val_pred_loss"] > 0 for e in log["epochs"])
+    # 4 episodes of 41 frames: one held out, its 26 windows are not trained on
+    assert log["val_sequences"] == 26 and log["dataset_sequences"] == 3 * 26
+    from lewm_fast.training.report import plot_losses
+
+    titles = plot_losses(tmp_path / "again.png", log["history"], 0.09, [])
+    assert titles[-1] == "learning rate" and len(titles) == 4
+    assert Image.open(tmp_path / "loss_curves.png").size[0] > 1700  # four panels
+
+
+def test_runs_saved_before_the_split_resume_without_one(finished_run):
+    """A run whose saved config predates data.val_fraction trained on every episode: resuming keeps that."""
+    import torch as _torch
+
+    from lewm_fast.training.config import resume_config
+
+    latest = list_checkpoints(finished_run)[-1]
+    state = _torch.load(latest / "trainer_state.pt", weights_only=True)
+    del state["config"]["data"]["val_fraction"]
+    _torch.save(state, latest / "trainer_state.pt")
+    assert resume_config([f"out={finished_run}", "resume=true"]).data.val_fraction == 0.0

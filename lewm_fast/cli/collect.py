@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [key for key in REQUIRED if OmegaConf.is_missing(cfg, key)]
     if missing:
         return _error(f"missing required argument(s): {' '.join(f'{key}=...' for key in missing)} (see --help)")
+    if not OmegaConf.is_dict(cfg.env_kwargs):
+        return _error(f"bad arguments: env_kwargs must be a mapping of constructor arguments (e.g. "
+                      f"+env_kwargs.fast_render=true), got {cfg.env_kwargs!r}")
 
     from ..data import EpisodeFileError, collect, read_index
 

@@ -37,23 +37,38 @@ def _timed(fn, device: str):
     return out, time.perf_counter() - t0
 
 
+def _step(message: str) -> None:
+    """A progress line, shown at once (the demo's steps take seconds each on a CPU)."""
+    print(f"... {message}", flush=True)
+
+
 def _demo(device: str, n_steps: int) -> None:
     """Build the paper-size LeWM with random weights, encode random frames, plan with the reference and fast CEM."""
     import torch
 
-    from lewm_fast import CEMPlanner, build_lewm
+    from lewm_fast import CEMPlanner, build_lewm, describe
     from lewm_fast.reference import CEMSolver
 
+    info = describe()
+    threads = f"{torch.get_num_threads()} torch threads"
+    if info["csrc"]:
+        threads += f", {info['openmp_threads']} OpenMP threads in the C++ extension"
+    _step(f"building the paper-size LeWM (random weights) on {device}: {threads}")
     torch.manual_seed(0)
     model = build_lewm(action_dim=2).to(device).eval()
     obs = torch.randn(1, 3, 3, 224, 224, device=device)
     goal = torch.randn(1, 3, 224, 224, device=device)
+    _step(f"encoding {tuple(obs.shape)} frames ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters): "
+          "a warm-up pass, then the timed one")
     with torch.no_grad():
         emb, t_enc = _timed(lambda: model.encode(obs), device)
     print(f"encoded {tuple(obs.shape)} -> {tuple(emb.shape)} in {1e3 * t_enc:.1f} ms")
     ref = CEMSolver(model, n_steps=n_steps, seed=0)
     fast = CEMPlanner(model, n_steps=n_steps, seed=0)
+    _step(f"planning with the reference CEMSolver ({n_steps} iterations x 300 samples): a warm-up plan, then the timed one")
     plan_ref, t_ref = _timed(lambda: ref.plan(obs, goal), device)
+    _step(f"planning with lewm_fast.CEMPlanner [{fast.which}]: a warm-up plan"
+          f"{' (Triton compilation, CUDA graph capture)' if fast.which == 'triton' else ''}, then the timed one")
     plan_fast, t_fast = _timed(lambda: fast.plan(obs, goal), device)
     what = f"{n_steps} iterations x 300 samples, horizon 5 -> {tuple(plan_fast.shape)}"
     print(f"reference CEMSolver: {t_ref:.3f} s   ({what})")

@@ -14,14 +14,18 @@ FLAGS = {"--fused-sigreg": "sigreg.fused=true"}
 GROUPS = {"preset": "train/preset", "model": "train/model", "data": "train/data", "optim": "train/optim"}
 DESCRIPTION = (
     "Train LeWM from pixels: loss = MSE(next latent) + sigreg.weight x SIGReg, AdamW with warmup + cosine, grad clip,\n"
-    "bf16 autocast on CUDA (fp32 on CPU). Writes checkpoints every epoch to <out>/checkpoints/step_*/ (stable-worldmodel\n"
-    "folder + trainer_state.pt; resume=true continues a killed run), then <out>/train_log.json and <out>/loss_curves.png.\n"
+    "bf16 autocast on CUDA (fp32 on CPU), on all but data.val_fraction of the episodes (held out for a per-epoch\n"
+    "prediction loss). Writes checkpoints every epoch to <out>/checkpoints/step_*/ (stable-worldmodel folder +\n"
+    "trainer_state.pt), then <out>/train_log.json and <out>/loss_curves.png. `out=RUN resume=true` continues a killed\n"
+    "run with its saved settings; only epochs, log_every, save_every_steps, keep_checkpoints, device, data.path and\n"
+    "data.num_workers may change on resume.\n"
     "preset=cpu (default) trains the small 64 px model on CPU in minutes; preset=paper is the paper recipe for a GPU."
 )
 EXAMPLES = (
     "lewm-train --fused-sigreg data.path=data/two_room.h5 out=runs/quickstart",
     "lewm-train preset=paper data=pusht data.path=data/pusht.h5 out=runs/pusht   # GPU: paper model, batch 128, bf16",
     "lewm-train out=runs/quickstart resume=true                                  # continue a killed run",
+    "lewm-train out=runs/quickstart resume=true epochs=8                         # extend a finished run",
 )
 
 
@@ -86,6 +90,9 @@ def _print_summary(summary: dict) -> None:
         f"loss: epoch {first['epoch']} {first['loss']:.4f} (pred {first['pred_loss']:.4f}, sigreg {first['sigreg_loss']:.3f})"
         f" -> epoch {last['epoch']} {last['loss']:.4f} (pred {last['pred_loss']:.4f}, sigreg {last['sigreg_loss']:.3f})"
     )
+    if "val_pred_loss" in last:
+        print(f"held-out prediction MSE ({summary['val_sequences']} sequences): epoch {first['epoch']} "
+              f"{first['val_pred_loss']:.4f} -> epoch {last['epoch']} {last['val_pred_loss']:.4f}")
     run = summary["run_dir"]
     print(f"checkpoint: {summary['checkpoint']}\nlog: {run}/train_log.json   plot: {run}/loss_curves.png")
 

@@ -195,6 +195,7 @@ def sigreg(
     backend: str = "auto",
     distributed: Optional[bool] = None,
     group=None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """SIGReg of z (T,B,D) or (B,D) along the columns of A (D,M) -> scalar; gradients flow to z only.
 
@@ -204,10 +205,16 @@ def sigreg(
     return the loss in ``promote_types(z.dtype, A.dtype)``.
     distributed: all-reduce the batch statistics over ``group`` so that the value is that of the concatenated batch
     (default: whenever torch.distributed is initialised). All ranks must pass the same A.
+    check_finite: raise ValueError when z holds NaN/inf (the value would be NaN). The check reads z's flag on the host,
+    a device sync per call on a GPU; pass False in a loop that checks its loss itself (lewm-train does). Skipped while
+    torch.compile traces.
     """
     if A is None:
         raise TypeError("A must be a (D, M) tensor; SIGReg (the module) draws one when it is not given")
     check_sigreg_inputs(z, A)
+    if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
+        raise ValueError("z holds NaN or inf values, so SIGReg would be NaN (did the encoder diverge?); "
+                         "check_finite=False skips this check")
     t, phi, weights = _knots(t, phi, weights, z.device)
     use_distributed = _distributed_active(distributed)
     which = _pick_backend(backend, z.device, _sums_dtype(z, A) == torch.float64)
@@ -234,17 +241,18 @@ class SIGReg(ReferenceSIGReg):
 
     Under torch.distributed (``distributed=None`` means: whenever it is initialised) a projection drawn here is
     broadcast from the group's first rank, so all ranks share A, and the value is that of the batch concatenated over
-    ranks.
+    ranks. ``check_finite`` (default True): raise on NaN/inf input instead of returning NaN (see ``sigreg``).
     """
 
     def __init__(self, knots: int = 17, num_proj: int = 1024, backend: str = "auto",
-                 distributed: Optional[bool] = None, group=None):
+                 distributed: Optional[bool] = None, group=None, check_finite: bool = True):
         super().__init__(knots, num_proj)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         self.distributed = distributed
         self.group = group
+        self.check_finite = check_finite
 
     def forward(self, z: torch.Tensor, A: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -258,7 +266,8 @@ class SIGReg(ReferenceSIGReg):
                 source = 0 if self.group is None else dist.get_global_rank(self.group, 0)
                 dist.broadcast(A, source, group=self.group)
         return sigreg(z, A, self.t, self.phi, self.weights, backend=self.backend, distributed=use_distributed,
-                      group=self.group)
+                      group=self.group, check_finite=self.check_finite)
 
     def extra_repr(self) -> str:
-        return f"knots={self.t.numel()}, num_proj={self.num_proj}, backend={self.backend!r}"
+        return (f"knots={self.t.numel()}, num_proj={self.num_proj}, backend={self.backend!r}, "
+                f"check_finite={self.check_finite}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -17,10 +17,8 @@ class LossTerms(NamedTuple):
     sigreg_loss: torch.Tensor
 
 
-def lewm_loss(
-    model: LeWM, pixels: torch.Tensor, actions: torch.Tensor, sigreg: nn.Module, sigreg_weight: float = 0.09
-) -> LossTerms:
-    """pixels (B,T,3,h,w), actions (B,T,action_dim) with T = history_size + 1 -> LossTerms of scalars.
+def encode_and_predict(model: LeWM, pixels: torch.Tensor, actions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """pixels (B,T,3,h,w), actions (B,T,action_dim) -> latents (B,T,D) and predictions (B,T-1,D) of latents 2..T.
 
     NaN actions (sequence boundaries) are replaced by 0. Prediction uses the first T-1 frames, targets the last T-1.
     """
@@ -31,7 +29,21 @@ def lewm_loss(
     if not 2 <= t <= model.history_size + 1:
         raise ValueError(f"training sequences need 2..{model.history_size + 1} frames, got {t}")
     emb, act_emb = model.encode(pixels, actions.masked_fill(torch.isnan(actions), 0.0))
-    pred = model.predict(emb[:, :-1], act_emb[:, :-1])
+    return emb, model.predict(emb[:, :-1], act_emb[:, :-1])
+
+
+def prediction_loss(model: LeWM, pixels: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The next-latent MSE alone (e.g. on held-out sequences): ``lewm_loss(...).pred_loss`` without SIGReg."""
+    emb, pred = encode_and_predict(model, pixels, actions)
+    return (pred - emb[:, 1:]).square().mean()
+
+
+def lewm_loss(
+    model: LeWM, pixels: torch.Tensor, actions: torch.Tensor, sigreg: nn.Module, sigreg_weight: float = 0.09
+) -> LossTerms:
+    """pixels (B,T,3,h,w), actions (B,T,action_dim) with T = history_size + 1 -> LossTerms of scalars (see
+    ``encode_and_predict``)."""
+    emb, pred = encode_and_predict(model, pixels, actions)
     pred_loss = (pred - emb[:, 1:]).square().mean()
     sigreg_loss = sigreg(emb.transpose(0, 1))
     return LossTerms(pred_loss + sigreg_weight * sigreg_loss, pred_loss, sigreg_loss)

@@ -203,6 +203,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_choice(cfg, "sigreg.backend", BACKENDS)
     require_int(cfg, "data.frameskip")
     require_int(cfg, "data.num_workers", 0)
+    value = require_key(cfg, "data.val_fraction")
+    if not _is_number(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"data.val_fraction must be a number >= 0 and < 1, got {value!r}")
     frames = require_int(cfg, "data.num_frames", 2)
     if frames > cfg.model.history_size + 1:
         raise ValueError(
@@ -319,6 +322,10 @@ checkpoint cadence, the device, where the dataset file lives (its sequence count
 workers. Every other key keeps the run's saved value; changing one is refused."""
 
 
+LEGACY_VALUES = {"data.val_fraction": 0.0}
+"""For runs saved before a key existed: the value that reproduces what they did (no held-out split)."""
+
+
 def touched_keys(config_name: str, overrides: Sequence[str]) -> List[str]:
     """The leaf keys a command line sets: ``key=value`` keys, and every key whose value a group choice
     (``model=paper``, ``preset=paper``, ...) changes."""
@@ -357,7 +364,10 @@ def resume_config(overrides: Sequence[str]) -> DictConfig:
         saved, source = OmegaConf.load(run / "train_config.yaml"), f"{run / 'train_config.yaml'}"
     else:
         return cli
-    merged = OmegaConf.merge(compose_config("train"), saved)  # keys newer than the run get their defaults
+    merged = OmegaConf.merge(compose_config("train"), saved)  # keys newer than the run get their defaults ...
+    for key, value in LEGACY_VALUES.items():  # ... or, where a default would change the run, what it did before
+        if OmegaConf.select(saved, key, default=_Absent) is _Absent:
+            OmegaConf.update(merged, key, value, merge=False)
     refused = []
     for key in touched_keys("train", overrides):
         old, new = _plain(OmegaConf.select(merged, key)), _plain(OmegaConf.select(cli, key))

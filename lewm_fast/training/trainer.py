@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..backends import resolve_backend
 from ..checkpoint import build_model, load_state_dict_strict, read_weights
 from ..reference.lewm import LeWM
-from ..reference.loss import LossTerms, lewm_loss
+from ..reference.loss import LossTerms, lewm_loss, prediction_loss
 from ..reference.sigreg import SIGReg as ReferenceSIGReg
 from ..reference.vit import IMAGENET_MEAN, IMAGENET_STD
 from . import checkpointing as ckpt
@@ -34,7 +34,7 @@ from .report import epoch_means, plot_losses, write_log
 
 STATE_FORMAT = 1
 # settings a resumed run must share with the run that wrote the checkpoint
-RESUME_KEYS = ("model", "data.env", "data.frameskip", "data.num_frames", "batch_size", "seed")
+RESUME_KEYS = ("model", "data.env", "data.frameskip", "data.num_frames", "data.val_fraction", "batch_size", "seed")
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
@@ -59,7 +59,8 @@ def build_sigreg(cfg: DictConfig) -> nn.Module:
     if s.fused:
         from ..ops.sigreg import SIGReg as FusedSIGReg
 
-        return FusedSIGReg(knots=int(s.knots), num_proj=int(s.num_proj), backend=str(s.backend))
+        # the loop checks its loss every log_every steps; a per-step input check would sync the GPU every step
+        return FusedSIGReg(knots=int(s.knots), num_proj=int(s.num_proj), backend=str(s.backend), check_finite=False)
     return ReferenceSIGReg(knots=int(s.knots), num_proj=int(s.num_proj))
 
 
@@ -134,29 +135,53 @@ def normalization_info(dataset: Dataset, cfg: DictConfig) -> Dict[str, Any]:
     return out
 
 
-def open_dataset(cfg: DictConfig) -> Dataset:
-    """``lewm_fast.data.SequenceDataset`` over ``data.path`` with the config's frames, frameskip and image size."""
-    path = check_data_path(cfg)
-    from ..data import SequenceDataset
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
+    """(training, held-out) episode indices: ``round(val_fraction * num_episodes)`` episodes (at least 1, and at least
+    1 left for training) drawn by a permutation seeded with ``seed``; none when val_fraction is 0."""
+    if val_fraction <= 0 or num_episodes < 2:
+        return list(range(num_episodes)), []
+    n_val = min(max(1, round(val_fraction * num_episodes)), num_episodes - 1)
+    perm = torch.randperm(num_episodes, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
 
-    return SequenceDataset(
-        str(path), num_frames=int(cfg.data.num_frames), frameskip=int(cfg.data.frameskip), image_size=int(cfg.model.image_size)
-    )
+
+def open_datasets(cfg: DictConfig) -> Tuple[Dataset, Optional[Dataset]]:
+    """``lewm_fast.data.SequenceDataset`` over ``data.path`` (the config's frames, frameskip and image size), split by
+    episode into training and held-out sequences (``data.val_fraction``; held-out None when 0)."""
+    path = check_data_path(cfg)
+    from ..data import SequenceDataset, read_index
+    from ..data.h5format import open_h5
+
+    with open_h5(path) as f:
+        num_episodes = len(read_index(f)[0])
+    train_ids, val_ids = split_episodes(num_episodes, float(cfg.data.val_fraction), int(cfg.seed))
+    kwargs = dict(num_frames=int(cfg.data.num_frames), frameskip=int(cfg.data.frameskip), image_size=int(cfg.model.image_size))
+    train = SequenceDataset(str(path), episodes=train_ids, **kwargs)
+    if not val_ids:
+        return train, None
+    try:
+        return train, SequenceDataset(str(path), episodes=val_ids, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"the {len(val_ids)} held-out episode(s) of data.val_fraction={cfg.data.val_fraction} form no "
+                         f"training sequence ({exc}); raise data.val_fraction or set it to 0") from None
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
 class Trainer:
-    """``Trainer(cfg, dataset=None).fit() -> summary dict``. ``cfg`` is a composed ``train`` config (see
-    ``compose_train_config``); ``dataset`` defaults to ``open_dataset(cfg)``. Items are dicts with ``pixels`` (T,3,H,W)
-    and ``action`` (T, frameskip*A), T = ``data.num_frames``."""
+    """``Trainer(cfg, dataset=None, val_dataset=None).fit() -> summary dict``. ``cfg`` is a composed ``train`` config
+    (see ``compose_train_config``); without ``dataset``, ``open_datasets(cfg)`` gives both (the held-out split of
+    ``data.val_fraction``); with it, ``val_dataset`` (or none) is the held-out set. Items are dicts with ``pixels``
+    (T,3,H,W) and ``action`` (T, frameskip*A), T = ``data.num_frames``."""
 
-    def __init__(self, cfg: DictConfig, dataset: Optional[Dataset] = None):
+    def __init__(self, cfg: DictConfig, dataset: Optional[Dataset] = None, val_dataset: Optional[Dataset] = None):
         validate_train_config(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self.run_dir = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.dataset = dataset if dataset is not None else open_dataset(cfg)
+        if dataset is None:
+            dataset, val_dataset = open_datasets(cfg)
+        self.dataset, self.val_dataset = dataset, val_dataset
         data_env = getattr(self.dataset, "env_name", cfg.data.env)
         if data_env != cfg.data.env:
             raise ValueError(f"data.env={cfg.data.env} but the dataset holds {data_env!r} episodes; pass data={data_env}")
@@ -189,6 +214,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.history: List[Dict[str, float]] = []
+        self.val_history: List[Dict[str, float]] = []  # per epoch: the held-out prediction loss
         self.train_time_s = 0.0
         self._pending: List[tuple] = []
         self._prepared = False
@@ -204,6 +230,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.rng_state(),
             "history": list(self.history),
+            "val_history": list(self.val_history),
             "train_time_s": self.train_time_s,
             "dataset_sequences": len(self.dataset),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -237,6 +264,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.history = list(state["history"])
+        self.val_history = list(state.get("val_history", []))
         self.train_time_s = float(state["train_time_s"])
         ckpt.set_rng_state(state["rng"])
 
@@ -258,6 +286,26 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return LossTerms(*(t.detach().float() for t in terms)), grad_norm.detach().float()
+
+    @torch.no_grad()
+    def validate(self) -> Optional[float]:
+        """Mean next-latent MSE over the held-out sequences (eval mode: no dropout, BatchNorm running statistics; no
+        random draw, so an exact resume stays exact); None without a held-out set."""
+        if self.val_dataset is None:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        loader = DataLoader(self.val_dataset, batch_size=self.batch_size, shuffle=False,
+                            num_workers=int(self.cfg.data.num_workers), generator=torch.Generator().manual_seed(0))
+        total, count = torch.zeros((), device=self.device), 0
+        for batch in loader:
+            pixels, actions = self._inputs(batch)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                loss = prediction_loss(self.model, pixels, actions)
+            total += loss.float() * len(pixels)
+            count += len(pixels)
+        self.model.train(was_training)
+        return float(total) / count
 
     def _record(self, terms: LossTerms, grad_norm: torch.Tensor, lr: float) -> None:
         """Queue this step's values; they are copied to the host every ``log_every`` steps (one sync, not one per step)."""
@@ -343,11 +391,15 @@ class Trainer:
             self.train_time_s += time.perf_counter() - t0
             self.epoch += 1
             self.batch_in_epoch = 0
+            val = self.validate()
+            if val is not None:
+                self.val_history.append({"epoch": self.epoch, "step": self.global_step, "val_pred_loss": val})
             path = self.save()
             means = epoch_means([r for r in self.history if r["epoch"] == self.epoch])[0]
             tqdm.write(
                 f"epoch {self.epoch}/{epochs}: loss {means['loss']:.4f} (pred {means['pred_loss']:.4f}, "
-                f"sigreg {means['sigreg_loss']:.3f}) -> {path}"
+                f"sigreg {means['sigreg_loss']:.3f})" + (f", held-out pred {val:.4f}" if val is not None else "")
+                + f" -> {path}"
             )
         return self.finish()
 
@@ -363,18 +415,19 @@ class Trainer:
             "sigreg": {"fused": bool(self.cfg.sigreg.fused), "backend": self.sigreg_backend},
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "dataset_sequences": len(self.dataset),
+            "val_sequences": len(self.val_dataset) if self.val_dataset is not None else 0,
             "steps_per_epoch": self.steps_per_epoch,
             "global_step": self.global_step,
             "epochs_done": self.epoch,
             "train_time_s": self.train_time_s,
             "steps_per_s": self.global_step / self.train_time_s if self.train_time_s > 0 else None,
-            "epochs": epoch_means(self.history),
+            "epochs": epoch_means(self.history, self.val_history),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "history": self.history,
         }
         write_log(self.run_dir / "train_log.json", summary)
         if self.history:
-            plot_losses(self.run_dir / "loss_curves.png", self.history, float(self.cfg.sigreg.weight))
+            plot_losses(self.run_dir / "loss_curves.png", self.history, float(self.cfg.sigreg.weight), self.val_history)
         return summary
 
 
