@@ -42,7 +42,10 @@ class AcceleratedLeWM(LeWM):
         """The fused engine on the model's current device (rebuilt after ``.to(device)``)."""
         device = next(self.predictor.parameters()).device
         if self._engine is None or self._engine.device != device:
-            self._engine = RolloutEngine(self, backend=self.backend, dtype=self.dtype)
+            try:
+                self._engine = RolloutEngine(self, backend=self.backend, dtype=self.dtype)
+            except AttributeError as exc:  # inside a property nn.Module would report "no attribute 'engine'" instead
+                raise TypeError(f"cannot build the fused engine for this model: {exc}") from exc
         return self._engine
 
     def _fast(self, *inputs: torch.Tensor) -> bool:

@@ -66,6 +66,20 @@ def _layernorm(module: nn.Module, name: str) -> nn.LayerNorm:
     return module
 
 
+def _head_split(attn: nn.Module) -> Tuple[int, int]:
+    """(heads, dim_head) of a predictor attention: ``heads`` is an attribute of lewm_fast's and stable-worldmodel's
+    ``Attention`` alike; dim_head is read from the weights (stable-worldmodel's module keeps no ``dim_head``)."""
+    heads = getattr(attn, "heads", None)
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise TypeError(f"predictor attention {type(attn).__name__} must have an int attribute 'heads', got {heads!r}")
+    weight = getattr(getattr(attn, "to_qkv", None), "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] % (3 * heads):
+        shape = None if not isinstance(weight, torch.Tensor) else tuple(weight.shape)
+        raise TypeError(f"predictor attention {type(attn).__name__} needs a to_qkv Linear of 3 x heads x dim_head "
+                        f"outputs ({heads} heads), got weight shape {shape}")
+    return heads, weight.shape[0] // (3 * heads)
+
+
 class PackedLeWM:
     """Folded copies of a LeWM's predictor / pred_proj weights in the compute dtype, re-packed in place (so captured
     CUDA graphs stay valid) whenever a source parameter changes (``refresh_if_stale``)."""
@@ -78,9 +92,7 @@ class PackedLeWM:
         self.blocks_src = list(tr.layers)
         if len(self.blocks_src) == 0:
             raise ValueError("the predictor has no transformer blocks")
-        attn0 = self.blocks_src[0].attn
-        self.heads = int(attn0.heads)
-        self.dim_head = int(attn0.dim_head)
+        self.heads, self.dim_head = _head_split(self.blocks_src[0].attn)
         self.depth = len(self.blocks_src)
         self.num_frames = int(predictor.pos_embedding.shape[1])
         self.hidden = int(self.blocks_src[0].norm1.normalized_shape[0])

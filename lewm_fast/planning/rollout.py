@@ -17,6 +17,7 @@ from torch import nn
 from .._validation import check_tensor
 from ..backends import BACKENDS, resolve_backend
 from ..reference.cem import goal_mse_cost
+from ..reference.lewm import LeWM
 from .fused_ops import make_ops
 from .fused_predictor import FusedRollout, PlanContext
 
@@ -61,6 +62,11 @@ class RolloutEngine:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be None, torch.float32 or torch.bfloat16, got {dtype}")
         self.model = model
+        # the reference path needs lewm_fast's tensor API (rollout(ctx, hist, candidates)); another library's LeWM (e.g.
+        # stable-worldmodel's, whose rollout takes an info dict) is viewed through a lewm_fast LeWM sharing its modules
+        self.reference_model = model if isinstance(model, LeWM) else LeWM(
+            getattr(model, "encoder", nn.Identity()), model.predictor, model.action_encoder, getattr(model, "projector", None),
+            model.pred_proj)
         self.device = _model_device(model)
         self.backend = engine_backend(backend, self.device)
         self.dtype = dtype or torch.float32
@@ -158,7 +164,7 @@ class RolloutEngine:
             b, n = candidates.shape[:2]
             ctx = emb_ctx.unsqueeze(1).expand(b, n, *emb_ctx.shape[1:])
             hist = action_history.unsqueeze(1).expand(b, n, *action_history.shape[1:])
-            return self.model.rollout(ctx, hist, candidates).float()
+            return self.reference_model.rollout(ctx, hist, candidates).float()
         return self.fused.run(emb_ctx, action_history, candidates, context=context)
 
     @torch.no_grad()
