@@ -99,11 +99,12 @@ def paper_launches(sm_count: int) -> List[Labelled]:
 def test_shape_launches(sm_count: int) -> List[Labelled]:
     """Launches of the test suite's tiny model and shapes (each constexpr branch they reach: short windows, prefixes,
     small heads, odd sizes, custom knot counts)."""
-    from .precompile import record_plan_launches, record_predict_launches, record_refit_launches, record_sigreg_launches
+    from .precompile import PLANNERS, record_plan_launches, record_predict_launches, record_refit_launches, \
+        record_sigreg_launches
 
     out: List[Labelled] = []
     model = _tiny_model()
-    for planner in ("cem", "mppi", "icem"):
+    for planner in PLANNERS:
         for history in (1, 2, 3):
             for dtype in (torch.float32, torch.bfloat16):
                 out += [(f"tests {planner} tiny history={history} {_dt(dtype)}", x)
@@ -272,9 +273,7 @@ def compile_all(items: Sequence[Specialization], workers: int, progress: bool = 
     try:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                                  initargs=(cache_dir,)) as pool:
-            # longest first (SIGReg, then the GEMM epilogues) so that the pool does not end on one slow compile
-            order = sorted(items, key=lambda s: ("sigreg" not in s.module, "dot" not in s.module))
-            futures = [pool.submit(compile_specialization, item) for item in order]
+            futures = [pool.submit(compile_specialization, item) for item in items]
             bar = None
             if progress:
                 from tqdm import tqdm

@@ -122,19 +122,20 @@ def record_refit_launches(
 
 @dataclass
 class WarmupReport:
-    """What ``warmup`` did: distinct kernel specializations compiled (autotune configs counted each) and seconds."""
+    """What ``warmup`` did: the recorded kernel launches it compiled for (each autotune config counted; launches of an
+    already-compiled specialization are cache hits), and the seconds it took."""
 
-    specializations: int
+    launches: int
     seconds: float
     device: str
 
     def __str__(self) -> str:
-        return f"compiled {self.specializations} Triton kernel specializations on {self.device} in {self.seconds:.1f} s"
+        return f"compiled for {self.launches} Triton kernel launches on {self.device} in {self.seconds:.1f} s"
 
 
 def compile_launches(launches: Iterable[Launch], device: torch.device) -> int:
     """Compile (without running) every launch for the CUDA ``device``; each autotune config of an autotuned kernel
-    too. Returns how many kernel specializations that was (cached ones included)."""
+    too. Returns how many (launch, config) pairs that was, cache hits included."""
     count = 0
     with torch.cuda.device(device):
         for spec in launches:

@@ -151,9 +151,9 @@ def test_warmup_on_cpu_compiles_nothing_and_checks_its_arguments(tiny_model):
     from lewm_fast import CEMPlanner
 
     report = warmup(tiny_model, n_envs=(1, 2))
-    assert report.specializations == 0 and report.device == "cpu"
+    assert report.launches == 0 and report.device == "cpu"
     planner = CEMPlanner(tiny_model, num_samples=8, topk=2, n_steps=1, horizon=2, receding_horizon=2, seed=0)
-    assert warmup(planner).specializations == 0
+    assert warmup(planner).launches == 0
     with pytest.raises(TypeError, match="come from the planner"):
         warmup(planner, num_samples=8)
     with pytest.raises(TypeError, match="unknown planner settings"):

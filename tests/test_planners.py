@@ -197,7 +197,7 @@ def test_cuda_plan_after_warmup_compiles_nothing(tiny_model, cls):
     model = tiny_model.cuda()
     ctx, goal = (t.cuda() for t in _problem(model, b=5, h=2))
     planner = cls(model, seed=0, **dict(SMALL, num_samples=24, horizon=4, receding_horizon=4))
-    assert lewm_fast.warmup(planner, n_envs=5, history=2).specializations > 0
+    assert lewm_fast.warmup(planner, n_envs=5, history=2).launches > 0
     compiled = []
     previous = triton.knobs.runtime.jit_cache_hook
 

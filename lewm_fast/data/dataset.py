@@ -86,8 +86,8 @@ class SequenceDataset(Dataset):
             )
         self._window_start = np.concatenate([s + np.arange(c) for s, c in zip(starts, counts, strict=True)])
         self._window_end = np.repeat(starts + lengths, counts)  # exclusive end of each window's episode
-        self._window_episode = np.repeat(episode_ids, counts)  # for error messages: episode index and first step
-        self._window_episode_start = np.repeat(starts, counts)
+        # per used episode, for error messages: its index in the file, first step, and windows before it end
+        self._episode_ids, self._episode_starts, self._episode_window_end = episode_ids, starts, np.cumsum(counts)
         self._action_mean = torch.as_tensor(np.tile(self.stats.action_mean, self.frameskip), dtype=torch.float32)
         self._action_std = torch.as_tensor(np.tile(self.stats.action_std, self.frameskip), dtype=torch.float32)
         self._proprio_mean = torch.as_tensor(self.stats.proprio_mean, dtype=torch.float32)
@@ -132,8 +132,9 @@ class SequenceDataset(Dataset):
         try:
             return self._read(index)
         except OSError as exc:  # h5py: a chunk whose filter fails, a truncated file
-            episode, first = int(self._window_episode[index]), int(self._window_episode_start[index])
-            step = int(self._window_start[index]) - first
+            slot = int(np.searchsorted(self._episode_window_end, index % len(self), side="right"))
+            episode = int(self._episode_ids[slot])
+            step = int(self._window_start[index]) - int(self._episode_starts[slot])
             span = (self.num_frames - 1) * self.frameskip
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EpisodeReadError(

@@ -254,7 +254,9 @@ class PlannerBase(abc.ABC):
             diag = PlanDiagnostics(
                 list(buf.elite_costs.clone().unbind(0)), list(buf.means.clone().unbind(0)), list(buf.stds.clone().unbind(0))
             )
-        return plan, diag, self._carry_out(buf)
+        with persistent():  # carried to the next act() (or reset()), which may run outside torch.inference_mode()
+            extra = self._carry_out(buf)
+        return plan, diag, extra
 
     def _new_buffers(self, emb_ctx: torch.Tensor) -> "LoopBuffers":
         buf = LoopBuffers(self, emb_ctx)
@@ -294,8 +296,7 @@ class PlannerBase(abc.ABC):
         hist, mean = self._check_actions(b, h, action_history, None if carry is None else carry["init_mean"])
         plan, _, extra = self._run(emb_ctx, hist, goal_emb, mean, False, carry)
         with persistent():  # the next act() (or reset()) may run outside torch.inference_mode()
-            self._carry = {"init_mean": warm_start(plan, self.receding_horizon),
-                           **{name: value.clone() for name, value in extra.items()}}
+            self._carry = {"init_mean": warm_start(plan, self.receding_horizon), **extra}
         return plan[:, : self.receding_horizon]
 
     def reset(self, envs: Optional[torch.Tensor] = None) -> None:

@@ -115,8 +115,22 @@ def save_checkpoint(
     return final
 
 
+_UNREADABLE = (RuntimeError, EOFError, OSError, pickle.UnpicklingError)  # what torch.load raises on a damaged file
+
+
 def _read_trainer_state(path: Path) -> Dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _readable(checkpoint: Path) -> bool:
+    """Whether a checkpoint has its weights and a trainer state that loads."""
+    if not (checkpoint / WEIGHTS_NAME).is_file():
+        return False
+    try:
+        _read_trainer_state(checkpoint / TRAINER_STATE)
+    except _UNREADABLE:
+        return False
+    return True
 
 
 def load_trainer_state(checkpoint: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -127,7 +141,7 @@ def load_trainer_state(checkpoint: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise CheckpointError(f"{checkpoint} has no {TRAINER_STATE}: it is a model folder, not a training checkpoint")
     try:
         return _read_trainer_state(path)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+    except _UNREADABLE as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"cannot read {path} (truncated or corrupt: {reason}); {_fallback_hint(Path(checkpoint))}") from None
 
@@ -136,12 +150,7 @@ def _fallback_hint(broken: Path) -> str:
     """How to continue from the newest readable checkpoint older than ``broken`` (one of a run's checkpoints)."""
     earlier = [c for c in list_checkpoints(broken.parent.parent) if c.name < broken.name]
     for candidate in reversed(earlier):
-        try:
-            _read_trainer_state(candidate / TRAINER_STATE)
-            load_state = True
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
-            load_state = False
-        if load_state and (candidate / WEIGHTS_NAME).is_file():
+        if _readable(candidate):
             return (f"the previous checkpoint {candidate} is complete: move the broken one aside "
                     f"(mv {broken} {broken.parent / ('broken-' + broken.name)}) and resume again to continue from it")
     return "the run has no earlier readable checkpoint: start it again"
