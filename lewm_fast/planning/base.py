@@ -261,8 +261,12 @@ class PlannerBase(abc.ABC):
     def _new_buffers(self, emb_ctx: torch.Tensor) -> "LoopBuffers":
         buf = LoopBuffers(self, emb_ctx)
         preserve = (self.noise.seed_buf,) if isinstance(self.noise, PhiloxNoise) else ()
-        buf.runner = GraphedLoop(lambda: self._iterate(buf), capture=self.captures, preserve=preserve)
+        buf.runner = GraphedLoop(lambda: self._iterate(buf), capture=self._capturable(emb_ctx), preserve=preserve)
         return buf
+
+    def _capturable(self, emb_ctx: torch.Tensor) -> bool:
+        """Whether plans with this context shape run as a captured CUDA graph."""
+        return self.captures
 
     def _iterate(self, buf: "LoopBuffers") -> None:
         """One plan's device work: the context-only part of the rollout once, then the planner's iterations."""

@@ -19,6 +19,9 @@ class MPPIPlanner(PlannerBase):
     average of the candidates. The sampling std stays ``var_scale``. Diagnostics report the ``topk`` lowest costs of
     each iteration as ``elite_costs`` and the sampling std as ``std``. An environment whose costs are all non-finite is
     reported (ValueError) after the plan.
+
+    ``elites_only=True`` weighs only the ``topk`` lowest-cost candidates (stable-worldmodel's ``MPPISolver`` when
+    ``topk < num_samples``); the default weighs all of them.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class MPPIPlanner(PlannerBase):
         receding_horizon: int = 5,
         var_scale: float = 1.0,
         temperature: float = 1.0,
+        elites_only: bool = False,
         backend: str = "auto",
         dtype: Optional[torch.dtype] = None,
         seed: Optional[int] = None,
@@ -45,6 +49,7 @@ class MPPIPlanner(PlannerBase):
             engine=engine, cuda_graph=cuda_graph,
         )
         self.temperature = float(temperature)
+        self.elites_only = bool(elites_only)
 
     def _loop(self, buf: LoopBuffers) -> None:
         buf.bad.zero_()
@@ -54,13 +59,17 @@ class MPPIPlanner(PlannerBase):
             self.sample_(cand, mean, std, i)
             costs = self.loop_costs(buf, cand)
             clean = torch.where(torch.isnan(costs), float("inf"), costs)
-            finite = torch.isfinite(clean)
-            buf.bad.bitwise_or_((~finite.any(1)).int())
-            best = clean.amin(1, keepdim=True)
-            logits = torch.where(finite, (best - clean) / self.temperature, float("-inf"))
-            weights = torch.softmax(logits, dim=1).nan_to_num_(0.0)  # an all-diverged env: zero mean, flagged in bad
-            torch.bmm(weights.unsqueeze(1), flat, out=buf.means[i].view(mean.shape[0], 1, -1))
-            buf.stds[i].copy_(std)
             torch.topk(clean, self.topk, dim=1, largest=False, out=(buf.elite_costs[i], buf.elite_idx))
+            weighed, pool = clean, flat
+            if self.elites_only:
+                weighed = buf.elite_costs[i]
+                pool = torch.gather(flat, 1, buf.elite_idx.unsqueeze(-1).expand(-1, -1, flat.shape[-1]))
+            finite = torch.isfinite(weighed)
+            buf.bad.bitwise_or_((~finite.any(1)).int())
+            best = weighed.amin(1, keepdim=True)
+            logits = torch.where(finite, (best - weighed) / self.temperature, float("-inf"))
+            weights = torch.softmax(logits, dim=1).nan_to_num_(0.0)  # an all-diverged env: zero mean, flagged in bad
+            torch.bmm(weights.unsqueeze(1), pool, out=buf.means[i].view(mean.shape[0], 1, -1))
+            buf.stds[i].copy_(std)
             mean = buf.means[i]
         self.advance_noise_()
