@@ -68,8 +68,9 @@ def _tiny_model() -> torch.nn.Module:
 
 
 def paper_launches(sm_count: int) -> List[Labelled]:
-    """Launches at the paper's shapes: planners (300 samples, top 30, horizon 5) over 1 and 50 envs, SIGReg at the
-    training shape T=4 x B=128 x D=192, M=1024 (and B=8192, M=512), the refit op, ``predict``."""
+    """Launches at the paper's shapes: planners (300 samples, top 30, horizon 5) over 1 and 50 envs (also as the
+    stable-worldmodel adapter plans at history 3), SIGReg at the training shape T=4 x B=128 x D=192, M=1024 (and
+    B=8192, M=512), the refit op, ``predict``."""
     from .precompile import PLANNERS, record_plan_launches, record_predict_launches, record_refit_launches, \
         record_sigreg_launches
 
@@ -83,6 +84,9 @@ def paper_launches(sm_count: int) -> List[Labelled]:
                         label = f"paper {planner} a={action_dim} envs={n_envs} history={history} {_dt(dtype)}"
                         out += [(label, x) for x in record_plan_launches(model, n_envs, history, planner, dtype=dtype,
                                                                          sm_count=sm_count)]
+                label = f"paper {planner} a={action_dim} envs={n_envs} history=3 fp32 swm-paired"
+                out += [(label, x) for x in record_plan_launches(model, n_envs, 3, planner, sm_count=sm_count,
+                                                                 history_pairing="swm")]
         for dtype in (torch.float32, torch.bfloat16):
             out += [(f"paper predict a={action_dim} {_dt(dtype)}", x)
                     for x in record_predict_launches(model, 128, dtype=dtype, sm_count=sm_count)]
@@ -110,6 +114,10 @@ def test_shape_launches(sm_count: int) -> List[Labelled]:
                 out += [(f"tests {planner} tiny history={history} {_dt(dtype)}", x)
                         for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4,
                                                       horizon=3, dtype=dtype, sm_count=sm_count)]
+            if history > 1:
+                out += [(f"tests {planner} tiny history={history} fp32 swm-paired", x)
+                        for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4, horizon=3,
+                                                      sm_count=sm_count, history_pairing="swm")]
     for frames in (1, 2, 3):
         out += [(f"tests predict tiny frames={frames}", x)
                 for x in record_predict_launches(model, 4, frames, sm_count=sm_count)]

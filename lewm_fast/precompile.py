@@ -33,13 +33,17 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _planner_class(name: str) -> type:
+def _planner_class(name: str, history_pairing: str = "executed") -> type:
+    """The planner class of ``name``; ``history_pairing="swm"``: the stable-worldmodel adapter's variant."""
+    from .integrations import stable_worldmodel as swm
     from .planning import CEMPlanner, ICEMPlanner, MPPIPlanner
 
-    classes = {"cem": CEMPlanner, "mppi": MPPIPlanner, "icem": ICEMPlanner}
-    if name not in classes:
+    solvers = {"cem": swm.CEMSolver, "mppi": swm.MPPISolver, "icem": swm.ICEMSolver}
+    if name not in solvers:
         raise ValueError(f"planner must be one of {PLANNERS}, got {name!r}")
-    return classes[name]
+    if history_pairing not in swm.HISTORY_PAIRINGS:
+        raise ValueError(f"history_pairing must be one of {swm.HISTORY_PAIRINGS}, got {history_pairing!r}")
+    return solvers[name]._planners[history_pairing]
 
 
 def _window(model: nn.Module) -> int:
@@ -56,12 +60,14 @@ def record_plan_launches(
     horizon: int = 5,
     dtype: Optional[torch.dtype] = None,
     sm_count: int = H100_SM_COUNT,
+    history_pairing: str = "executed",
 ) -> List[Launch]:
     """The Triton launches of one plan of ``planner`` over ``n_envs`` environments with ``history`` context frames
-    (default: the predictor's window). Iterations after the second repeat the second's launches, so two are run."""
+    (default: the predictor's window); ``history_pairing="swm"``: as ``lewm_fast.integrations.stable_worldmodel``'s
+    solvers plan. Iterations after the second repeat the second's launches, so two are run."""
     meta_model = meta_copy(model).eval()
     history = _window(model) if history is None else history
-    fast = _planner_class(planner)(
+    fast = _planner_class(planner, history_pairing)(
         meta_model, num_samples=num_samples, topk=topk, n_steps=2, horizon=horizon, receding_horizon=horizon,
         backend="triton", dtype=dtype, seed=0, cuda_graph=False,
     )
