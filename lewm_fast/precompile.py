@@ -161,7 +161,8 @@ def warmup(
     """Compile, before the first plan, the Triton kernels that plans over ``n_envs`` environments (an int or several)
     with ``history`` context frames will launch.
 
-    ``target``: a planner (its model, class, ``num_samples``, ``topk``, ``horizon`` and rollout dtype are used) or a
+    ``target``: a planner (its model, class, ``num_samples``, ``topk``, ``horizon`` and rollout dtype are used; the
+    planner of a ``lewm_fast.integrations.stable_worldmodel`` solver is ``solver.planner``) or a
     LeWM (then ``planner_settings`` may give ``planner`` ("cem" | "mppi" | "icem"), ``num_samples``, ``topk``,
     ``horizon``, ``dtype``; defaults: CEM, 300, 30, 5, float32). ``sigreg``: (T, B, D, M) shapes of SIGReg training
     steps to compile too (forward and backward, float32 and bfloat16 inputs). Nothing runs on the device and no
@@ -170,12 +171,13 @@ def warmup(
     if isinstance(target, PlannerBase):
         if planner_settings:
             raise TypeError(f"planner settings come from the planner; got extra {sorted(planner_settings)}")
-        name = next((key for key in PLANNERS if type(target) is _planner_class(key)), None)
-        if name is None:
+        kinds = [(name, pairing) for name in PLANNERS for pairing in ("executed", "swm")]
+        kind = next((k for k in kinds if type(target) is _planner_class(*k)), None)
+        if kind is None:
             raise TypeError(f"warmup knows the planners {PLANNERS}, got {type(target).__name__}")
         model = target.model
-        planner_settings = dict(planner=name, num_samples=target.num_samples, topk=target.topk,
-                                horizon=target.horizon, dtype=target.engine.dtype)
+        planner_settings = dict(planner=kind[0], history_pairing=kind[1], num_samples=target.num_samples,
+                                topk=target.topk, horizon=target.horizon, dtype=target.engine.dtype)
     elif isinstance(target, nn.Module):
         model = target
         unknown = set(planner_settings) - {"planner", "num_samples", "topk", "horizon", "dtype"}

@@ -162,6 +162,19 @@ def test_warmup_on_cpu_compiles_nothing_and_checks_its_arguments(tiny_model):
         warmup("model")
 
 
+def test_stable_worldmodel_pairing_records_its_own_launches(tiny_model):
+    """The adapter's planners (history_pairing="swm") are warmed up and AOT-checked on their own launches: at history
+    > 1 they roll out B*N contexts of one candidate each, shapes the plain planners never launch."""
+    from lewm_fast.integrations.stable_worldmodel import _SwmCEM
+
+    kwargs = dict(num_samples=16, topk=4, horizon=3)
+    paired = {(x.name, str(x.args)) for x in record_plan_launches(tiny_model, 2, 3, history_pairing="swm", **kwargs)}
+    plain = {(x.name, str(x.args)) for x in record_plan_launches(tiny_model, 2, 3, **kwargs)}
+    assert paired - plain
+    planner = _SwmCEM(tiny_model, num_samples=8, topk=2, n_steps=1, horizon=3, receding_horizon=3, seed=0)
+    assert warmup(planner).launches == 0  # on CPU nothing compiles, but the planner is recognised
+
+
 def test_aot_cli_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "lewm_fast.aot", "--arch", "60"], env=_compiler_env(),
                           capture_output=True, text=True, timeout=120)
