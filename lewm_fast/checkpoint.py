@@ -55,6 +55,7 @@ _SAVE_TARGETS = {
     Predictor: "stable_worldmodel.wm.lewm.module.Predictor",
     Embedder: "stable_worldmodel.wm.lewm.module.Embedder",
     MLP: "stable_worldmodel.wm.lewm.module.MLP",
+    vit_hf: "stable_pretraining.backbone.utils.vit_hf",
 }
 
 
@@ -125,7 +126,7 @@ def default_config(
     return {
         "_target_": _SAVE_TARGETS[LeWM],
         "encoder": {
-            "_target_": "stable_pretraining.backbone.utils.vit_hf",
+            "_target_": _SAVE_TARGETS[vit_hf],
             "size": encoder_size,
             "patch_size": patch_size,
             "image_size": image_size,
@@ -235,10 +236,15 @@ def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor]
 
 
 def load_pretrained(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu", allow_pickle: bool = False) -> LeWM:
-    """``LeWM.from_pretrained``: build from ``config.json`` and strictly load ``weights.pt``; returns the model in eval mode."""
+    """``LeWM.from_pretrained``: a folder (build from ``config.json``, strictly load ``weights.pt``) or an object checkpoint
+    file (``<run>_object.ckpt``, see ``object_checkpoint``; no code from it runs); returns the model in eval mode."""
     folder = Path(path)
+    if folder.is_file():
+        from .object_checkpoint import load_object_checkpoint
+
+        return load_object_checkpoint(folder, map_location=map_location)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+        raise CheckpointError(f"checkpoint {folder} does not exist (give a folder with config.json + weights.pt, or an _object.ckpt file)")
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (cfg_path, w_path):
         if not p.is_file():

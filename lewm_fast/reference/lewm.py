@@ -144,7 +144,8 @@ class LeWM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu", allow_pickle: bool = False) -> "LeWM":
-        """Load a stable-worldmodel checkpoint folder (``config.json`` + ``weights.pt``), strictly."""
+        """Load a stable-worldmodel checkpoint folder (``config.json`` + ``weights.pt``), strictly, or an object checkpoint
+        file (``<run>_object.ckpt``, a pickled stable-worldmodel / le-wm LeWM) without running code from it."""
         from ..checkpoint import load_pretrained
 
         return load_pretrained(path, map_location=map_location, allow_pickle=allow_pickle)
