@@ -7,8 +7,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
-
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_NAME = "collect"
 REQUIRED = ("env", "episodes", "out")
@@ -16,14 +14,16 @@ USAGE = """usage: lewm-collect env=<name> episodes=<N> out=<path.h5> [key=value 
 
 Roll out expert / random policies in one of the LeWM environments (two_room, pusht, reacher, cube) and write the
 episodes (uint8 pixels, actions, proprio, simulator states, episode boundaries, normalisation statistics) to a chunked,
-compressed HDF5 file. Each finished episode is committed before the next starts: an interrupted run leaves a readable
-file, and rerunning the same command with append=true completes it. New keys need hydra's "+" prefix, e.g.
+compressed HDF5 file; format=swm writes stable-worldmodel's layout instead (its HDF5Dataset reads it). Each finished
+episode is committed before the next starts: an interrupted run leaves a readable file, and rerunning the same command
+with append=true completes it. New keys need hydra's "+" prefix, e.g.
 +env_kwargs.fast_render=true (cube: no shadows or reflections, much faster on CPU).
 
 examples:
   lewm-collect env=two_room episodes=20 out=data/two_room.h5
   lewm-collect env=pusht episodes=1000 out=data/pusht.h5 image_size=96 policy=expert
   lewm-collect env=pusht episodes=1000 out=data/pusht.h5 image_size=96 policy=expert append=true
+  lewm-collect env=two_room episodes=20 out=data/two_room_swm.h5 format=swm
 
 keys and defaults (lewm_fast/configs/collect.yaml):
 """
@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"bad arguments: env_kwargs must be a mapping of constructor arguments (e.g. "
                       f"+env_kwargs.fast_render=true), got {cfg.env_kwargs!r}")
 
-    from ..data import EpisodeFileError, collect, read_index
+    from ..data import EpisodeFileError, collect
+    from ..data.layout import count_episodes
 
     start = time.perf_counter()
     try:
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.env, cfg.episodes, cfg.out, episode_len=cfg.episode_len, image_size=cfg.image_size, seed=cfg.seed,
             overwrite=cfg.overwrite, progress=cfg.progress, append=cfg.append, policy=cfg.policy,
             expert_fraction=cfg.expert_fraction, compression=cfg.compression,
-            env_kwargs=OmegaConf.to_container(cfg.env_kwargs),
+            env_kwargs=OmegaConf.to_container(cfg.env_kwargs), format=cfg.format,
         )
     except KeyboardInterrupt:
         print(f"lewm-collect: interrupted; {cfg.out} holds the finished episodes (rerun with append=true to continue)",
@@ -83,9 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, TypeError, OSError, ImportError, EpisodeFileError) as exc:
         return _error(str(exc))
-    with h5py.File(path, "r") as f:
-        starts, lengths = read_index(f)
-    print(f"lewm-collect: {path} holds {len(starts)} {cfg.env} episodes ({int(lengths.sum())} frames); "
+    episodes, frames = count_episodes(path)
+    print(f"lewm-collect: {path} holds {episodes} {cfg.env} episodes ({frames} frames); "
           f"{time.perf_counter() - start:.1f} s")
     return 0
 

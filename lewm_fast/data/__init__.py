@@ -1,10 +1,28 @@
-"""Episode collection, the HDF5 episode file, and the training-sequence dataset."""
+"""Episode collection, episode files (lewm_fast's layout and stable-worldmodel's), conversion between them, and the
+training-sequence dataset."""
 
 from .collect import DEFAULT_EPISODE_LEN, collect, episode_seeds, rollout
+from .convert import convert
 from .dataset import SequenceDataset
-from .h5format import EpisodeFileError, EpisodeReadError, EpisodeWriter, Stats, load_episode, read_index, read_stats
+from .h5format import (
+    EpisodeFileError,
+    EpisodeReadError,
+    EpisodeWriter,
+    Stats,
+    read_index,
+    read_stats,
+)
+from .layout import (
+    EpisodeLayout,
+    detect_layout,
+    load_episode,
+    read_layout,
+    read_layout_stats,
+)
+from .swm_format import SwmEpisodeWriter
 
 __all__ = [
-    "DEFAULT_EPISODE_LEN", "EpisodeFileError", "EpisodeReadError", "EpisodeWriter", "SequenceDataset", "Stats", "collect",
-    "episode_seeds", "load_episode", "read_index", "read_stats", "rollout",
+    "DEFAULT_EPISODE_LEN", "EpisodeFileError", "EpisodeLayout", "EpisodeReadError", "EpisodeWriter", "SequenceDataset",
+    "Stats", "SwmEpisodeWriter", "collect", "convert", "detect_layout", "episode_seeds", "load_episode", "read_index",
+    "read_layout", "read_layout_stats", "read_stats", "rollout",
 ]

@@ -1,4 +1,5 @@
-"""Roll out data-collection policies in an environment and write the episodes to an HDF5 episode file."""
+"""Roll out data-collection policies in an environment and write the episodes to an HDF5 episode file (lewm_fast's
+layout or stable-worldmodel's)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from tqdm import tqdm
 from ..envs import ENV_NAMES, POLICY_KINDS, make, make_policy
 from ..envs.base import check_image_size
 from ..envs.policies import DEFAULT_EXPERT_FRACTION, MixedPolicy
-from .h5format import COMPRESSIONS, EpisodeWriter
+from .h5format import COMPRESSIONS, EpisodeFileError, open_h5
+from .layout import LAYOUT_NAMES, LAYOUTS, WRITERS, detect_layout
 
 DEFAULT_EPISODE_LEN = {"two_room": 100, "pusht": 200, "reacher": 200, "cube": 200}
 
@@ -61,6 +63,15 @@ def rollout(env: Any, policy: Any, episode_len: int, seed: int) -> dict[str, np.
     return out
 
 
+def _check_layout(path: Path, format: str) -> None:
+    """EpisodeFileError unless the episode file at ``path`` has the layout ``format``."""
+    with open_h5(path) as f:
+        found = detect_layout(f)
+    if found != format:
+        raise EpisodeFileError(f"cannot append to {path}: it holds {LAYOUT_NAMES[found]} episodes (format={found}), "
+                               f"this run has format={format}")
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM until the block ends, so an interrupt never lands in the middle of an HDF5 write."""
@@ -94,6 +105,7 @@ def collect(
     expert_fraction: float | None = None,
     compression: str = "gzip",
     env_kwargs: dict[str, Any] | None = None,
+    format: str = "lewm",
 ) -> Path:
     """Collect ``episodes`` episodes of ``env_name`` into the HDF5 episode file ``out`` and return its path.
 
@@ -101,8 +113,10 @@ def collect(
     policy: "expert", "random" or "mixed" (per-episode choice, ``expert_fraction`` defaulting to the env's value in
     ``lewm_fast.envs.policies.DEFAULT_EXPERT_FRACTION``).
     An existing ``out`` is an error unless ``overwrite`` (start afresh) or ``append`` (keep its episodes and collect
-    until it holds ``episodes``; the settings must match the ones it was written with). Episode i is seeded from
-    (seed, i) only, so an interrupted and resumed collection equals an uninterrupted one.
+    until it holds ``episodes``; the settings and the layout must match the ones it was written with). Episode i is
+    seeded from (seed, i) only, so an interrupted and resumed collection equals an uninterrupted one.
+    format: "lewm" (lewm_fast's layout, ``h5format``) or "swm" (stable-worldmodel's ``HDF5Dataset`` layout,
+    ``swm_format``; no per-episode seeds or expert flags).
     """
     if env_name not in ENV_NAMES:
         raise ValueError(f"unknown environment {env_name!r}; expected one of {', '.join(ENV_NAMES)}")
@@ -120,6 +134,8 @@ def collect(
         raise ValueError(f"expert_fraction must be in [0, 1], got {expert_fraction}")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    if format not in LAYOUTS:
+        raise ValueError(f"format must be one of {', '.join(LAYOUTS)}, got {format!r}")
     if overwrite and append:
         raise ValueError("overwrite and append exclude each other")
     out = Path(out)
@@ -140,9 +156,10 @@ def collect(
                  "env_kwargs": json.dumps(env_kwargs or {}, sort_keys=True)}
         try:
             if append and out.exists():
-                writer = EpisodeWriter.append(out, attrs=attrs)
+                _check_layout(out, format)
+                writer = WRITERS[format].append(out, attrs=attrs)
             else:
-                writer = EpisodeWriter.create(
+                writer = WRITERS[format].create(
                     out, env=env_name, image_size=image_size, action_dim=base.action_dim,
                     proprio_dim=base.proprio_dim, state_dim=base.state_dim, compression=compression, attrs=attrs,
                 )

@@ -1,9 +1,10 @@
-"""Training sequences from an episode file: ``num_frames`` frames ``frameskip`` steps apart, with action blocks."""
+"""Training sequences from an episode file (lewm_fast's or stable-worldmodel's layout): ``num_frames`` frames
+``frameskip`` steps apart, with action blocks."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from torch.utils.data import Dataset
 
 from ..envs.base import check_image_size
 from ..reference import preprocess_frames
-from .h5format import EpisodeReadError, Stats, open_h5, read_index, read_stats
+from .h5format import EpisodeReadError, Stats, open_h5
+from .layout import EpisodeLayout, read_layout, read_layout_stats, read_rows
 
 
 def _check_positive(value: Any, name: str) -> int:
@@ -29,23 +31,33 @@ def _check_positive(value: Any, name: str) -> int:
 class SequenceDataset(Dataset):
     """Sequences of ``num_frames`` frames, frame j being env step ``start + j * frameskip`` of one episode.
 
-    Item ``i`` is a dict of tensors (T = num_frames, A = env action dim):
+    Reads lewm_fast episode files (``lewm-collect``) and stable-worldmodel HDF5 files (``ep_len`` / ``ep_offset``; see
+    ``lewm_fast.data.swm_format``). Item ``i`` is a dict of tensors (T = num_frames, A = env action dim):
 
     - ``pixels``  float32 (T, 3, H, W): ImageNet-normalised frames (``lewm_fast.preprocess_frames``), resized with
       antialiased bilinear interpolation (then rounded to uint8 levels) when ``image_size`` differs from the file's;
     - ``action``  float32 (T, frameskip * A): for frame j, the ``frameskip`` env actions of steps
       ``start + j*frameskip .. start + (j+1)*frameskip - 1`` concatenated in time order, each normalised per dimension;
-    - ``proprio`` float32 (T, P): normalised proprioception at the T frames;
-    - ``state``   float64 (T, S): raw simulator states at the T frames (for probes and evaluation).
+    - ``proprio`` float32 (T, P): normalised proprioception at the T frames (P = 0 when the file has none);
+    - ``state``   float64 (T, S): raw simulator states at the T frames (for probes and evaluation; S = 0 when none).
 
-    Normalisation uses the statistics stored in the file (``stats``): ``(x - mean) / std``, std floored to 1 for
-    constant dimensions. Windows never cross episodes: every start with all T frames inside one episode is used. The
-    last action block may run past the episode's final frame; those entries (and the file's NaN action after the final
-    frame) are NaN, as in the LeWM loader — the training loss replaces NaN actions with 0. Only the last frame's block
-    can hold NaN, and LeWM's predictor never consumes it.
+    Normalisation uses the statistics of all the file's episodes (``stats``; lewm_fast files store them, for
+    stable-worldmodel files they are streamed from the action and proprio columns): ``(x - mean) / std``, std floored
+    to 1 for constant dimensions. Windows never cross episodes and come episode by episode, start by start:
+
+    - lewm_fast files: every start with all T frames inside one episode. The last action block may run past the
+      episode's final frame; those entries (and the file's NaN action after the final frame) are NaN, as in the LeWM
+      loader — the training loss replaces NaN actions with 0. Only the last frame's block can hold NaN, and LeWM's
+      predictor never consumes it;
+    - stable-worldmodel files: exactly ``stable_worldmodel.data.HDF5Dataset(frameskip, num_steps=num_frames)``'s
+      windows (same count, order, frames and actions): every start with all ``num_frames * frameskip`` steps inside one
+      episode; episodes shorter than that give none.
 
     The HDF5 file is opened lazily, once per process, so a ``DataLoader`` with worker processes (fork or spawn) works.
-    ``episodes`` restricts the dataset to those episode indices (e.g. a train/validation split).
+    ``episodes`` restricts the dataset to those episode indices (e.g. a train/validation split). ``columns`` maps the
+    roles pixels, action, proprio, state to other column names (stable-worldmodel files; proprio and state are
+    optional). ``env`` names the environment of a file that records none (``env_name``; None: unknown). ``stats``
+    replaces the file's statistics (e.g. a held-out split reusing the training set's).
     """
 
     def __init__(
@@ -55,6 +67,9 @@ class SequenceDataset(Dataset):
         frameskip: int = 5,
         image_size: int | None = None,
         episodes: Sequence[int] | None = None,
+        columns: Mapping[str, str | None] | None = None,
+        env: str | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -62,27 +77,26 @@ class SequenceDataset(Dataset):
         self.num_frames = _check_positive(num_frames, "num_frames")
         self.frameskip = _check_positive(frameskip, "frameskip")
         with open_h5(self.path) as f:
-            starts, lengths = read_index(f)
-            self.stats: Stats = read_stats(f)
-            self.env_name = str(f.attrs["env"])
-            self.stored_image_size = int(f.attrs["image_size"])
-            self.env_action_dim = int(f.attrs["action_dim"])
-            self.proprio_dim = int(f.attrs["proprio_dim"])
-            self.state_dim = int(f.attrs["state_dim"])
+            self.layout: EpisodeLayout = read_layout(f, columns=columns, env=env)
+            self.stats: Stats = read_layout_stats(f, self.layout) if stats is None else stats
+        layout = self.layout
+        self.env_name: str | None = layout.env
+        self.stored_image_size = layout.image_size
+        self.env_action_dim, self.proprio_dim, self.state_dim = layout.action_dim, layout.proprio_dim, layout.state_dim
         self.image_size = self.stored_image_size if image_size is None else check_image_size(image_size)
         self.action_dim = self.frameskip * self.env_action_dim
-        episode_ids = np.arange(len(starts))
+        starts, lengths, episode_ids = layout.starts, layout.lengths, np.arange(layout.num_episodes)
         if episodes is not None:
             index = np.asarray(episodes, dtype=np.int64).reshape(-1)
             if index.size and (index.min() < -len(starts) or index.max() >= len(starts)):
                 raise IndexError(f"episodes must index the {len(starts)} episodes of {self.path}, got {list(index)}")
             starts, lengths, episode_ids = starts[index], lengths[index], episode_ids[index]
-        span = (self.num_frames - 1) * self.frameskip  # steps from the first to the last frame of a window
-        counts = np.maximum(lengths - span, 0)
+        self._window_steps = layout.window_steps(self.num_frames, self.frameskip)  # steps a window covers
+        counts = np.maximum(lengths - self._window_steps + 1, 0)
         if counts.sum() == 0:
             raise ValueError(
-                f"no episode of {self.path} has the {span + 1} steps a window of num_frames={self.num_frames}, "
-                f"frameskip={self.frameskip} needs (longest: {int(lengths.max(initial=0))})"
+                f"no episode of {self.path} has the {self._window_steps} steps a window of num_frames="
+                f"{self.num_frames}, frameskip={self.frameskip} needs (longest: {int(lengths.max(initial=0))})"
             )
         self._window_start = np.concatenate([s + np.arange(c) for s, c in zip(starts, counts, strict=True)])
         self._window_end = np.repeat(starts + lengths, counts)  # exclusive end of each window's episode
@@ -135,10 +149,10 @@ class SequenceDataset(Dataset):
             slot = int(np.searchsorted(self._episode_window_end, index % len(self), side="right"))
             episode = int(self._episode_ids[slot])
             step = int(self._window_start[index]) - int(self._episode_starts[slot])
-            span = (self.num_frames - 1) * self.frameskip
+            last = step + self._window_steps - 1
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EpisodeReadError(
-                f"cannot read {self.path}: episode {episode}, steps {step}..{step + span} are unreadable ({reason}); "
+                f"cannot read {self.path}: episode {episode}, steps {step}..{last} are unreadable ({reason}); "
                 f"the file is damaged there. Training does not skip unreadable sequences (every batch of a resumable "
                 f"run is fixed): restore or re-collect the file (lewm-collect), then resume the run"
             ) from None
@@ -146,18 +160,18 @@ class SequenceDataset(Dataset):
     def _read(self, index: int) -> dict[str, torch.Tensor]:
         start, end = int(self._window_start[index]), int(self._window_end[index])
         t, fs = self.num_frames, self.frameskip
-        span = (t - 1) * fs + 1
-        f = self._h5()
-        pixels_ds = f["pixels"]
-        frames = np.stack([pixels_ds[start + j * fs] for j in range(t)])  # one chunk per frame; strided reads are slow
+        span = (t - 1) * fs + 1  # steps from the first to the last frame
+        f, layout = self._h5(), self.layout
+        # one chunk per frame: frame-by-frame reads beat a strided read of the span
+        frames = np.concatenate([read_rows(f, layout, "pixels", start + j * fs, start + j * fs + 1) for j in range(t)])
         actions = np.full((t * fs, self.env_action_dim), np.nan, dtype=np.float32)
         stop = min(start + t * fs, end)
-        actions[: stop - start] = f["action"][start:stop]
+        actions[: stop - start] = read_rows(f, layout, "action", start, stop)
         action = self.normalize_action(torch.from_numpy(actions).reshape(t, fs * self.env_action_dim))
-        proprio = (torch.from_numpy(f["proprio"][start:start + span][::fs].copy()) - self._proprio_mean)
+        proprio = torch.from_numpy(read_rows(f, layout, "proprio", start, start + span, fs)) - self._proprio_mean
         return {
             "pixels": self._pixels(frames),
             "action": action,
             "proprio": proprio / self._proprio_std,
-            "state": torch.from_numpy(f["state"][start:start + span][::fs].copy()),
+            "state": torch.from_numpy(read_rows(f, layout, "state", start, start + span, fs)),
         }

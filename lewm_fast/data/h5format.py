@@ -8,8 +8,10 @@ Per-step datasets (all episodes concatenated, N steps in total; an episode of L 
 - ``state``   float64 (N, S): the full simulator state at that step (``env.unwrapped.set_state`` restores it).
 
 Per-episode datasets (E rows): ``episode_starts``, ``episode_lengths`` (steps, i.e. frames), ``episode_seeds``
-(the reset seed), ``episode_expert`` (1 if the expert drove it), and the moment sums that give the normalisation
-statistics, ``{action,proprio}_{count,sum,sumsq}`` ((E,), (E,A|P), (E,A|P), float64, NaN actions excluded).
+(the reset seed), ``episode_expert`` (1 if the expert drove it; both -1 when unknown, e.g. episodes converted from a
+stable-worldmodel file), and the moment sums that give the normalisation statistics, ``{action,proprio}_{count,sum,
+sumsq}`` ((E,), (E,A|P), (E,A|P), float64, NaN actions excluded). A file without proprio or state keeps 0-wide
+datasets.
 
 File attributes: ``format_version``, ``env``, ``image_size``, ``frameskip`` (hint for readers), ``action_dim``,
 ``proprio_dim``, ``state_dim``, ``seed``, ``policy``, ``expert_fraction``, ``episode_len``, ``env_kwargs`` (JSON),
@@ -24,13 +26,17 @@ rarely, damage the file; the collector defers SIGINT/SIGTERM while it writes, so
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 FORMAT_VERSION = 1
 FRAMESKIP_HINT = 5
@@ -43,16 +49,29 @@ STD_FLOOR = 1e-6
 
 
 class EpisodeFileError(ValueError):
-    """The file is not a lewm_fast episode file, or does not match what was expected."""
+    """The file is not an episode file (lewm_fast's or stable-worldmodel's layout), or not what was expected."""
 
 
 class EpisodeReadError(OSError):
     """Stored data could not be read back (a corrupt chunk, a truncated file); the message names file, episode, step."""
 
 
+@functools.cache
+def register_hdf5plugin() -> bool:
+    """Import ``hdf5plugin`` when installed, which registers Blosc, Zstd, LZ4, Bitshuffle, ... with HDF5 (files of
+    stable-worldmodel often use them); -> whether it is installed."""
+    try:
+        importlib.import_module("hdf5plugin")
+    except ImportError:
+        return False
+    return True
+
+
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     """``h5py.File(path, mode)``, with an EpisodeFileError naming the file when it cannot be opened (not HDF5,
-    truncated, locked by a writer); HDF5's own message ("file signature not found") does not name it."""
+    truncated, locked by a writer); HDF5's own message ("file signature not found") does not name it. Registers the
+    ``hdf5plugin`` filters first when that package is installed."""
+    register_hdf5plugin()
     try:
         return h5py.File(path, mode)
     except OSError as exc:
@@ -70,12 +89,14 @@ class Stats:
     proprio_std: np.ndarray
 
 
-def _moments(values: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def moments(values: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(count, sum, sum of squares) over the rows of ``values`` (n, D) that hold no NaN or inf; float64."""
     finite = values[np.isfinite(values).all(axis=1)].astype(np.float64)
     return float(len(finite)), finite.sum(axis=0), np.square(finite).sum(axis=0)
 
 
-def _mean_std(count: float, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_std(count: float, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (D,) from ``moments`` sums; std below STD_FLOOR (constant dimensions) becomes 1."""
     if count == 0:
         return np.zeros_like(total), np.ones_like(total)
     mean = total / count
@@ -101,12 +122,83 @@ def read_stats(f: h5py.File) -> Stats:
     out = {}
     for key in MOMENT_KEYS:
         count = float(f[f"{key}_count"][:n].sum())
-        mean, std = _mean_std(count, f[f"{key}_sum"][:n].sum(axis=0), f[f"{key}_sumsq"][:n].sum(axis=0))
+        mean, std = mean_std(count, f[f"{key}_sum"][:n].sum(axis=0), f[f"{key}_sumsq"][:n].sum(axis=0))
         out[f"{key}_mean"], out[f"{key}_std"] = mean, std
     return Stats(**out)
 
 
-class EpisodeWriter:
+def _growable(width: int, rows: int) -> dict[str, tuple]:
+    """maxshape and chunks of a (N, width) dataset that grows by rows; a 0-wide one (no proprio, no state) still needs
+    chunks of width >= 1."""
+    return {"maxshape": (None, max(width, 1)), "chunks": (rows, max(width, 1))}
+
+
+def check_append_attrs(f: h5py.File, attrs: dict[str, Any]) -> None:
+    """EpisodeFileError unless the file's attributes equal ``attrs`` (the settings of the run appending to it)."""
+    for key, expected in attrs.items():
+        found = f.attrs.get(key)
+        if found is None:
+            raise EpisodeFileError(f"cannot append to {f.filename}: it records no {key} (was it written by "
+                                   f"lewm-collect?); this run has {key}={expected!r}")
+        if not np.array_equal(np.asarray(found), np.asarray(expected)):
+            shown = found.item() if isinstance(found, np.generic) else found
+            raise EpisodeFileError(
+                f"cannot append to {f.filename}: it was written with {key}={shown!r}, this run has {key}={expected!r}"
+            )
+
+
+def append_rows(f: h5py.File, columns: dict[str, np.ndarray], lo: int) -> int:
+    """Write the T rows of each per-step column (name -> array (T, *per_step_shape)) at rows ``lo..lo+T-1``, growing
+    the datasets; every array is checked against its dataset before anything is written. -> ``lo + T``."""
+    steps = len(next(iter(columns.values())))
+    for key, values in columns.items():
+        expected = (steps, *f[key].shape[1:])
+        if values.shape != expected:
+            raise ValueError(f"episode {key} must have shape {expected}, got {values.shape}")
+    for key, values in columns.items():
+        f[key].resize(lo + steps, axis=0)
+        f[key][lo:lo + steps] = values
+    return lo + steps
+
+
+class EpisodeWriterBase:
+    """An open episode file being written: ``num_episodes`` committed episodes of ``num_steps`` rows in all; closes
+    the file on ``close`` or at the end of a ``with`` block."""
+
+    num_episodes: int
+    num_steps: int
+
+    def __init__(self, f: h5py.File) -> None:
+        self.f = f
+
+    @classmethod
+    def append(cls, path: str | os.PathLike, *, attrs: dict[str, Any]) -> Self:
+        """Reopen the file at ``path`` to add episodes: its attributes must equal ``attrs`` (the appending run's
+        settings); rows past its last committed episode (an interrupted writer's) are dropped."""
+        f = open_h5(path, "r+")
+        try:
+            writer = cls(f)
+            check_append_attrs(f, attrs)
+            writer._truncate()
+            return writer
+        except BaseException:
+            f.close()
+            raise
+
+    def _truncate(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EpisodeWriter(EpisodeWriterBase):
     """Appends whole episodes to an episode file (see the module docstring for layout and commit protocol).
 
     ``create`` starts a new file (replacing any file at ``path``); ``append`` reopens an existing one, dropping an
@@ -114,7 +206,7 @@ class EpisodeWriter:
     """
 
     def __init__(self, f: h5py.File) -> None:
-        self.f = f
+        super().__init__(f)
         self.num_episodes = committed_episodes(f)
         starts, lengths = read_index(f)
         self.num_steps = int(starts[-1] + lengths[-1]) if len(starts) else 0
@@ -138,36 +230,17 @@ class EpisodeWriter:
                              maxshape=(None, image_size, image_size, 3), chunks=(1, image_size, image_size, 3), **opts)
             for key, dim, dtype in (("action", action_dim, np.float32), ("proprio", proprio_dim, np.float32),
                                     ("state", state_dim, np.float64)):
-                f.create_dataset(key, (0, dim), dtype, maxshape=(None, dim), chunks=(LOWDIM_CHUNK, dim), **opts)
+                f.create_dataset(key, (0, dim), dtype, **_growable(dim, LOWDIM_CHUNK), **opts)
             for key, dtype in (("episode_starts", np.int64), ("episode_lengths", np.int64),
                                ("episode_seeds", np.int64), ("episode_expert", np.int8)):
                 f.create_dataset(key, (0,), dtype, maxshape=(None,), chunks=(1024,))
             for key, dim in (("action", action_dim), ("proprio", proprio_dim)):
                 f.create_dataset(f"{key}_count", (0,), np.float64, maxshape=(None,), chunks=(1024,))
                 for suffix in ("sum", "sumsq"):
-                    f.create_dataset(f"{key}_{suffix}", (0, dim), np.float64, maxshape=(None, dim), chunks=(256, dim))
+                    f.create_dataset(f"{key}_{suffix}", (0, dim), np.float64, **_growable(dim, 256))
             writer = cls(f)
             writer._write_stats()
             f.flush()
-            return writer
-        except BaseException:
-            f.close()
-            raise
-
-    @classmethod
-    def append(cls, path: str | os.PathLike, *, attrs: dict[str, Any]) -> EpisodeWriter:
-        f = open_h5(path, "r+")
-        try:
-            writer = cls(f)
-            for key, expected in attrs.items():
-                found = f.attrs.get(key)
-                if found is None or not np.array_equal(np.asarray(found), np.asarray(expected)):
-                    shown = found.item() if isinstance(found, np.generic) else found
-                    raise EpisodeFileError(
-                        f"cannot append to {Path(path)}: it was written with {key}={shown!r}, this run has "
-                        f"{key}={expected!r}"
-                    )
-            writer._truncate()
             return writer
         except BaseException:
             f.close()
@@ -190,24 +263,19 @@ class EpisodeWriter:
             self.f.attrs[key] = value
 
     def write_episode(
-        self, pixels: np.ndarray, action: np.ndarray, proprio: np.ndarray, state: np.ndarray, *, seed: int, expert: bool
+        self, pixels: np.ndarray, action: np.ndarray, proprio: np.ndarray, state: np.ndarray, *,
+        seed: int | None = None, expert: bool | None = None,
     ) -> None:
         """Append one episode of T steps: pixels (T,H,W,3) uint8, action (T,A) (NaN on the last step), proprio (T,P),
-        state (T,S); commits it before returning."""
-        steps = len(pixels)
+        state (T,S); commits it before returning. ``seed`` / ``expert`` None (unknown, e.g. converted from a
+        stable-worldmodel file) are stored as -1."""
         columns = {"pixels": pixels, "action": action, "proprio": proprio, "state": state}
-        for key, values in columns.items():
-            ds = self.f[key]
-            if values.shape != (steps, *ds.shape[1:]):
-                raise ValueError(f"episode {key} must have shape {(steps, *ds.shape[1:])}, got {values.shape}")
-        lo, hi = self.num_steps, self.num_steps + steps
-        for key, values in columns.items():
-            self.f[key].resize(hi, axis=0)
-            self.f[key][lo:hi] = values
+        lo, hi = self.num_steps, append_rows(self.f, columns, self.num_steps)
         self.f.flush()
-        row = {"episode_starts": lo, "episode_lengths": steps, "episode_seeds": seed, "episode_expert": int(expert)}
+        row = {"episode_starts": lo, "episode_lengths": hi - lo, "episode_seeds": -1 if seed is None else seed,
+               "episode_expert": -1 if expert is None else int(expert)}
         for key in MOMENT_KEYS:
-            row[f"{key}_count"], row[f"{key}_sum"], row[f"{key}_sumsq"] = _moments(columns[key])
+            row[f"{key}_count"], row[f"{key}_sum"], row[f"{key}_sumsq"] = moments(columns[key])
         e = self.num_episodes
         for key, value in row.items():
             self.f[key].resize(e + 1, axis=0)
@@ -217,22 +285,3 @@ class EpisodeWriter:
         self.f.attrs["num_episodes"] = self.num_episodes  # the commit record
         self._write_stats()
         self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __enter__(self) -> EpisodeWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def load_episode(path: str | os.PathLike, index: int) -> dict[str, np.ndarray]:
-    """All per-step arrays of committed episode ``index`` (negative counts from the end)."""
-    with open_h5(path) as f:
-        starts, lengths = read_index(f)
-        if not -len(starts) <= index < len(starts):
-            raise IndexError(f"episode {index} out of range: {path} holds {len(starts)} episodes")
-        lo = int(starts[index])
-        return {key: f[key][lo:lo + int(lengths[index])] for key in STEP_KEYS}

@@ -147,20 +147,25 @@ def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> Tuple[L
 
 def open_datasets(cfg: DictConfig) -> Tuple[Dataset, Optional[Dataset]]:
     """``lewm_fast.data.SequenceDataset`` over ``data.path`` (the config's frames, frameskip and image size), split by
-    episode into training and held-out sequences (``data.val_fraction``; held-out None when 0)."""
+    episode into training and held-out sequences (``data.val_fraction``; held-out None when 0). ``data.path`` may be a
+    lewm_fast episode file or a stable-worldmodel HDF5 file (columns mapped by ``data.columns``); a file that records
+    no environment (stable-worldmodel's) takes ``data.env`` as its environment. The held-out set shares the training
+    set's statistics (those of the whole file)."""
     path = check_data_path(cfg)
-    from ..data import SequenceDataset, read_index
+    from ..data import SequenceDataset, read_layout
     from ..data.h5format import open_h5
 
+    columns = OmegaConf.to_container(cfg.data.columns) if "columns" in cfg.data else None
     with open_h5(path) as f:
-        num_episodes = len(read_index(f)[0])
-    train_ids, val_ids = split_episodes(num_episodes, float(cfg.data.val_fraction), int(cfg.seed))
-    kwargs = dict(num_frames=int(cfg.data.num_frames), frameskip=int(cfg.data.frameskip), image_size=int(cfg.model.image_size))
+        layout = read_layout(f, columns=columns)
+    train_ids, val_ids = split_episodes(layout.num_episodes, float(cfg.data.val_fraction), int(cfg.seed))
+    kwargs = dict(num_frames=int(cfg.data.num_frames), frameskip=int(cfg.data.frameskip), image_size=int(cfg.model.image_size),
+                  columns=columns, env=None if layout.env else str(cfg.data.env))
     train = SequenceDataset(str(path), episodes=train_ids, **kwargs)
     if not val_ids:
         return train, None
     try:
-        return train, SequenceDataset(str(path), episodes=val_ids, **kwargs)
+        return train, SequenceDataset(str(path), episodes=val_ids, stats=train.stats, **kwargs)
     except ValueError as exc:
         raise ValueError(f"the {len(val_ids)} held-out episode(s) of data.val_fraction={cfg.data.val_fraction} form no "
                          f"training sequence ({exc}); raise data.val_fraction or set it to 0") from None
