@@ -14,7 +14,7 @@ from PIL import Image
 
 from lewm_fast import build_model
 from lewm_fast.cli.evaluate import main as eval_main
-from lewm_fast.evaluation import ActionCodec, held_out_goal, render_state, run_episode, summarize
+from lewm_fast.evaluation import ActionCodec, ExpertGoals, render_state, run_episode, summarize
 from lewm_fast.training.checkpointing import NORMALIZATION
 
 from conftest import tiny_config
@@ -114,7 +114,7 @@ def test_held_out_goal_is_reached_by_replaying_the_expert(env, checkpoint):
 
     model = LeWM.from_pretrained(checkpoint)
     codec = ActionCodec(ACTION_MEAN, ACTION_STD, frameskip=5, action_dim=2)
-    start, goal = held_out_goal(env, expert(env), seed=3, goal_offset=25)
+    start, goal = ExpertGoals(env, expert(env), goal_offset=25)(seed=3)
     np.testing.assert_array_equal(env.unwrapped.get_state(), start)  # left at the start
     assert not np.array_equal(render_state(env, goal), env.render())
     np.testing.assert_array_equal(env.unwrapped.get_state(), start)  # rendering the goal does not move the env
@@ -122,13 +122,15 @@ def test_held_out_goal_is_reached_by_replaying_the_expert(env, checkpoint):
     for seed in range(3):
         recorder = RecordingPolicy(expert(env))
         planner = ReplayPlanner(recorder, codec)
-        r = run_episode(env, recorder, planner, model, codec, episode=seed, seed=seed, goal_offset=25, budget=50, record=True)
+        r = run_episode(env, ExpertGoals(env, recorder, 25), planner, model, codec, episode=seed, seed=seed, budget=50,
+                        record=True)
         assert r.success and 1 <= r.steps <= 25, r
         assert len(r.frames) == r.steps + 1 and len(r.plan_latencies_s) == len(planner.calls)
         # context grows one frame per executed block, up to the model's window, with H-1 action blocks
         assert planner.calls[0] == ((1, 1, 3, 28, 28), (1, 0, 10))
 
-    stuck = run_episode(env, recorder, ZeroPlanner(recorder, codec), model, codec, episode=0, seed=0, budget=50)
+    stuck = run_episode(env, ExpertGoals(env, recorder, 25), ZeroPlanner(recorder, codec), model, codec, episode=0, seed=0,
+                        budget=50)
     if not stuck.success:  # the agent does not move: the whole budget is spent, in replans of 5 blocks
         assert stuck.steps == 50 and len(stuck.plan_latencies_s) == 2
 
@@ -260,3 +262,91 @@ def test_stored_action_and_proprio_sizes_are_checked(checkpoint, tmp_path, capsy
 def test_eval_refuses_added_keys(checkpoint, capsys):
     assert eval_main([f"checkpoint={checkpoint}", "+planner.temperature=3"]) == 2
     assert "unknown key 'planner.temperature'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- dataset goals
+@pytest.fixture(scope="module")
+def episodes_file(tmp_path_factory):
+    """Three expert Two-Room episodes of 30 actions at 28 px, in lewm_fast's layout and in stable-worldmodel's."""
+    from lewm_fast.data import collect
+
+    root = tmp_path_factory.mktemp("goals")
+    kwargs = dict(episode_len=30, image_size=28, seed=4, policy="expert", progress=False)
+    return {fmt: collect("two_room", 3, root / f"{fmt}.h5", format=fmt, **kwargs) for fmt in ("lewm", "swm")}
+
+
+@pytest.mark.parametrize("fmt", ["lewm", "swm"])
+def test_dataset_goals_restore_a_start_and_a_goal_of_one_episode(env, episodes_file, fmt):
+    from lewm_fast.data import load_episode
+    from lewm_fast.evaluation import DatasetGoals
+
+    goals = DatasetGoals(env, episodes_file[fmt], goal_offset=25)
+    draws = {goals.draw(seed) for seed in range(40)}
+    assert all(0 <= t <= 31 - 1 - 25 for _, t in draws)  # 31 frames per episode: the goal never leaves the episode
+    assert len({e for e, _ in draws}) == 3 and goals.draw(7) == goals.draw(7)
+    episode, t = goals.draw(11)
+    start, goal = goals(11)
+    states = load_episode(episodes_file[fmt], episode)["state"]
+    np.testing.assert_array_equal(start, states[t])
+    np.testing.assert_array_equal(goal, states[t + 25])
+    np.testing.assert_array_equal(env.unwrapped.get_state(), start)  # the env is left in the start state
+    held = DatasetGoals(env, episodes_file[fmt], goal_offset=25, episodes=[2])
+    assert {held.draw(seed)[0] for seed in range(20)} == {2}
+
+
+def test_dataset_goals_refuse_files_they_cannot_use(env, episodes_file, tmp_path):
+    from lewm_fast.evaluation import DatasetGoals
+
+    with pytest.raises(ValueError, match="longer than goal_offset=40"):
+        DatasetGoals(env, episodes_file["lewm"], goal_offset=40)
+    with pytest.raises(ValueError, match="no simulator states"):
+        DatasetGoals(env, episodes_file["swm"], goal_offset=5, columns={"state": None})
+    from lewm_fast.envs import make
+
+    with pytest.raises(ValueError, match="recorded in another environment"):
+        DatasetGoals(make("pusht", image_size=28), episodes_file["lewm"], goal_offset=5)
+
+
+def test_held_out_episodes_follow_the_run_that_trained_on_the_file(episodes_file):
+    from lewm_fast.evaluation.runner import held_out_episodes
+
+    path = episodes_file["lewm"]
+    norm = {"data": {"path": str(path), "held_out_episodes": [1]}}
+    assert held_out_episodes(path, norm, "held_out") == [1]
+    assert held_out_episodes(path, norm, "all") is None
+    assert held_out_episodes(episodes_file["swm"], norm, "held_out") is None  # another file: all its episodes
+    assert held_out_episodes(path, None, "held_out") is None  # a checkpoint that records no training file
+    with pytest.raises(ValueError, match="held out no episode"):
+        held_out_episodes(path, {"data": {"path": str(path), "held_out_episodes": []}}, "held_out")
+
+
+def test_cli_draws_goals_from_a_dataset(checkpoint, episodes_file, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = eval_main([f"checkpoint={checkpoint}", f"dataset={episodes_file['swm']}", "episodes=2", "budget=5",
+                    "goal_offset=10", "save_episodes=0", f"out={out}", *SMALL_PLANNER])
+    assert rc == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["goals"] == "dataset" and results["dataset"] == str(episodes_file["swm"]) and results["episodes"] == 2
+
+
+def test_stable_worldmodel_checkpoints_take_statistics_from_the_dataset(checkpoint, episodes_file, tmp_path, capsys):
+    """A folder without normalization.json and an _object.ckpt evaluate with env= and dataset=; without them the
+    error says what to pass."""
+    from lewm_fast.evaluation.runner import _dataset_action_stats
+    from test_object_checkpoint import save_object, standin
+
+    bare = tmp_path / "swm_folder"
+    shutil.copytree(checkpoint, bare)
+    (bare / NORMALIZATION).unlink()
+    obj = tmp_path / "lewm_object.ckpt"
+    save_object(standin(), obj)
+    for source in (bare, obj):
+        assert eval_main([f"checkpoint={source}"]) == 2
+        assert "pass env=<name> and dataset=" in capsys.readouterr().err
+        out = tmp_path / f"eval-{source.name}"
+        rc = eval_main([f"checkpoint={source}", "env=two_room", f"dataset={episodes_file['lewm']}", "episodes=1",
+                        "budget=5", "goal_offset=10", "save_episodes=0", f"out={out}", *SMALL_PLANNER])
+        assert rc == 0, capsys.readouterr().err
+        assert json.loads((out / "results.json").read_text())["checkpoint"] == str(source)
+    mean, std = _dataset_action_stats(episodes_file["lewm"], {})
+    assert len(mean) == len(std) == 2 and all(s > 0 for s in std)

@@ -378,6 +378,7 @@ def test_lewm_train_on_a_stable_worldmodel_file(tmp_path, collected, capsys):
     stats = SequenceDataset(path).stats
     assert norm["env"] == "two_room" and norm["action_dim"] == 2 and norm["proprio_dim"] == 2
     np.testing.assert_allclose(norm["action"]["mean"], stats.action_mean)
+    assert norm["data"]["path"] == str(path.resolve()) and len(norm["data"]["held_out_episodes"]) == 1  # for lewm-eval
     capsys.readouterr()
     assert train_main([f"data.path={path}", f"out={tmp_path / 'bad'}", *tiny, "data.columns.pixels=frames"]) == 2
     err = capsys.readouterr().err

@@ -12,13 +12,18 @@ from typing import Optional, Sequence
 PROG = "lewm-eval"
 GROUPS = {"planner": "eval/planner"}
 DESCRIPTION = (
-    "Plan with CEM in the environment: per episode the goal is the state goal_offset (25) env steps ahead on a held-out\n"
-    "expert trajectory; receding-horizon MPC gets budget (50) env steps to reach it. Reports the success rate and the\n"
-    "plan latency; writes <out>/results.json and a PNG strip + GIF of the first save_episodes episodes."
+    "Plan with CEM in the environment: per episode the goal is the state goal_offset (25) env steps ahead, either in a\n"
+    "random episode of an episode file (dataset=<file.h5>, lewm-collect's or stable-worldmodel's layout: a random step\n"
+    "t, goal = step t + goal_offset) or on the env's scripted expert trajectory (dataset=null); receding-horizon MPC\n"
+    "gets budget (50) env steps to reach it. Reports the success rate and the plan latency; writes <out>/results.json\n"
+    "and a PNG strip + GIF of the first save_episodes episodes. A stable-worldmodel checkpoint (a folder without\n"
+    "normalization.json, or an _object.ckpt file) needs env=<name> and dataset=<file>: its action statistics come\n"
+    "from the dataset."
 )
 EXAMPLES = (
     "lewm-eval checkpoint=runs/quickstart planner=cpu_quick episodes=20 out=runs/quickstart/eval",
-    "lewm-eval checkpoint=runs/pusht/checkpoints/step_00012000 episodes=50            # paper settings",
+    "lewm-eval checkpoint=runs/pusht dataset=data/pusht.h5 episodes=50   # goals from the run's held-out episodes",
+    "lewm-eval checkpoint=pusht/lewm_object.ckpt env=pusht dataset=pusht_expert_val.h5   # a stable-worldmodel run",
     "lewm-eval checkpoint=runs/quickstart planner.n_steps=10 planner.num_samples=200",
 )
 

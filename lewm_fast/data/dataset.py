@@ -112,6 +112,11 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self._window_start)
 
+    @property
+    def episode_ids(self) -> list[int]:
+        """The file's episode indices this dataset reads (e.g. a training or held-out split)."""
+        return [int(e) for e in self._episode_ids]
+
     def _h5(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():  # a forked worker must not share the parent's handle
             self._file = open_h5(self.path)

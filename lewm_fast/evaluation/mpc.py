@@ -1,17 +1,22 @@
 """Goal-conditioned MPC evaluation of a trained LeWM in its environment (SPEC §4).
 
-Per episode (seeded): reset the env, run the expert policy ``goal_offset`` env steps from the start state (a held-out
-trajectory) and take the state reached as the goal; restore the start state, render the goal frame from the goal state.
-Then receding-horizon MPC: each replan encodes the last ``history_size`` frames (one every ``frameskip`` env steps) with
-the action blocks between them, plans with the CEM planner, and executes the first ``receding_horizon`` blocks
-(``frameskip`` env actions each, un-normalised with the training data's statistics). An episode succeeds when
-``env.is_success(state, goal_state)`` holds after some env step within ``budget`` steps.
+Per episode (seeded) a goal source gives a start state and a goal state and leaves the env in the start state:
+``DatasetGoals`` (stable-worldmodel's protocol) takes a random step t of a random episode of an episode file and the
+state ``goal_offset`` steps later in that episode; ``ExpertGoals`` resets the env and rolls the scripted expert
+``goal_offset`` env steps. The goal frame is rendered from the goal state. Then receding-horizon MPC: each replan
+encodes the last ``history_size`` frames (one every ``frameskip`` env steps) with the action blocks between them,
+plans with the CEM planner, and executes the first ``receding_horizon`` blocks (``frameskip`` env actions each,
+un-normalised with the training data's statistics). An episode succeeds when ``env.is_success(state, goal_state)``
+holds after some env step within ``budget`` steps.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -70,19 +75,70 @@ class ActionCodec:
         return torch.from_numpy(((np.asarray(actions, dtype=np.float64) - self.mean) / self.std).reshape(-1)).float()
 
 
-def held_out_goal(env: Any, policy: Any, seed: int, goal_offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reset with ``seed`` and roll the expert ``goal_offset`` env steps. -> (start_state, goal_state); the env is left
-    in the start state."""
-    obs, _ = env.reset(seed=seed)
-    if hasattr(policy, "reset"):
-        policy.reset(seed=seed)
-    sim = env.unwrapped
-    start = np.array(sim.get_state(), copy=True)
-    for _ in range(goal_offset):
-        obs, *_ = env.step(policy.act(obs))
-    goal = np.array(sim.get_state(), copy=True)
-    sim.set_state(start)
-    return start, goal
+class ExpertGoals:
+    """``goals(seed) -> (start_state, goal_state)``: reset with ``seed`` and roll the scripted expert ``goal_offset``
+    env steps (a held-out trajectory); the env is left in the start state."""
+
+    def __init__(self, env: Any, policy: Any, goal_offset: int):
+        self.env, self.policy, self.goal_offset = env, policy, goal_offset
+
+    def __call__(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        obs, _ = self.env.reset(seed=seed)
+        if hasattr(self.policy, "reset"):
+            self.policy.reset(seed=seed)
+        sim = self.env.unwrapped
+        start = np.array(sim.get_state(), copy=True)
+        for _ in range(self.goal_offset):
+            obs, *_ = self.env.step(self.policy.act(obs))
+        goal = np.array(sim.get_state(), copy=True)
+        sim.set_state(start)
+        return start, goal
+
+
+class DatasetGoals:
+    """``goals(seed) -> (start_state, goal_state)`` from an episode file (either layout; see ``lewm_fast.data``):
+    a uniformly drawn episode among ``episodes`` (those longer than ``goal_offset`` steps), a uniform step t in it,
+    and the simulator states at steps t and t + ``goal_offset`` of that episode (never across its end). The draw
+    depends on ``seed`` only. The env is reset with ``seed`` and restored to the start state."""
+
+    def __init__(self, env: Any, path: os.PathLike, goal_offset: int, episodes: Optional[Sequence[int]] = None,
+                 columns: Optional[Dict[str, Optional[str]]] = None):
+        from ..data import read_layout
+        from ..data.h5format import open_h5
+
+        self.env, self.path, self.goal_offset = env, Path(path), goal_offset
+        with open_h5(self.path) as f:
+            self.layout = read_layout(f, columns=columns)
+        if self.layout.columns["state"] is None:
+            raise ValueError(f"{self.path} has no simulator states (a 'state' column), which dataset goals restore the "
+                             "env from; map one with columns.state=<name>, or evaluate with dataset=null (expert goals)")
+        ids = np.arange(self.layout.num_episodes) if episodes is None else np.asarray(episodes, dtype=np.int64)
+        self.episodes = ids[self.layout.lengths[ids] > goal_offset]
+        if not len(self.episodes):
+            raise ValueError(f"no episode of {self.path} (of the {len(ids)} eligible) is longer than goal_offset="
+                             f"{goal_offset} steps")
+        expected = np.asarray(env.unwrapped.get_state()).shape
+        if (self.layout.state_dim,) != expected:
+            raise ValueError(f"{self.path} stores {self.layout.state_dim}-wide simulator states but this env's state "
+                             f"is {expected[0]}-wide: the file was recorded in another environment")
+
+    def draw(self, seed: int) -> tuple[int, int]:
+        """(episode, step t) for ``seed``."""
+        rng = np.random.default_rng(seed)
+        episode = int(self.episodes[rng.integers(len(self.episodes))])
+        return episode, int(rng.integers(int(self.layout.lengths[episode]) - self.goal_offset))
+
+    def __call__(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from ..data.h5format import open_h5
+        from ..data.layout import read_rows
+
+        episode, t = self.draw(seed)
+        row = int(self.layout.starts[episode]) + t
+        with open_h5(self.path) as f:
+            start, goal = read_rows(f, self.layout, "state", row, row + self.goal_offset + 1, self.goal_offset)
+        self.env.reset(seed=seed)
+        self.env.unwrapped.set_state(start)
+        return np.array(start, copy=True), np.array(goal, copy=True)
 
 
 def render_state(env: Any, state: np.ndarray) -> np.ndarray:
@@ -102,20 +158,20 @@ def _sync(device: torch.device) -> None:
 
 def run_episode(
     env: Any,
-    policy: Any,
+    goals: Callable[[int], tuple[np.ndarray, np.ndarray]],
     planner: Any,
     model: LeWM,
     codec: ActionCodec,
     *,
     episode: int,
     seed: int,
-    goal_offset: int = 25,
     budget: int = 50,
     record: bool = False,
 ) -> EpisodeResult:
-    """One goal-conditioned MPC episode with ``planner.act``/``planner.reset`` (see module doc)."""
+    """One goal-conditioned MPC episode from ``goals(seed)`` (``ExpertGoals`` or ``DatasetGoals``) with
+    ``planner.act``/``planner.reset`` (see module doc)."""
     device = next(model.parameters()).device
-    start, goal_state = held_out_goal(env, policy, seed, goal_offset)
+    start, goal_state = goals(seed)
     goal_frame = render_state(env, goal_state)
     goal = preprocess_frames(torch.from_numpy(goal_frame)).unsqueeze(0).to(device)  # (1,3,S,S)
     sim = env.unwrapped

@@ -1,4 +1,5 @@
-"""``evaluate(cfg)``: load a checkpoint, build the env, its expert and a ``CEMPlanner``, run the MPC episodes, write
+"""``evaluate(cfg)``: load a checkpoint (lewm-train's, a stable-worldmodel folder or object checkpoint), build the
+env, the goal source (an episode file, or the env's scripted expert) and a ``CEMPlanner``, run the MPC episodes, write
 ``results.json`` and pictures of the first episodes into the output directory."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -16,20 +17,22 @@ from tqdm.auto import tqdm
 from ..backends import BACKENDS
 from ..checkpoint import CheckpointError
 from ..reference.lewm import LeWM
-from ..training.checkpointing import read_normalization, resolve_model_folder
+from ..training.checkpointing import NORMALIZATION, read_normalization, resolve_model_folder
 from ..training.config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
 from ..training.trainer import resolve_device
 from .media import save_gif, save_strip
-from .mpc import ActionCodec, run_episode, summarize
+from .mpc import ActionCodec, DatasetGoals, ExpertGoals, run_episode, summarize
 
 PLANNER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DATASET_EPISODES = ("held_out", "all")
 
 
 def validate_eval_config(cfg: DictConfig) -> None:
     """Raise ValueError naming the key for any bad evaluation setting (planner sizes are checked by the planner)."""
     checkpoint = require_key(cfg, "checkpoint")
     if not isinstance(checkpoint, str) or not checkpoint:
-        raise ValueError(f"checkpoint must be a checkpoint folder or a training run directory, got {checkpoint!r}")
+        raise ValueError(f"checkpoint must be a checkpoint folder, a training run directory or an _object.ckpt file, "
+                         f"got {checkpoint!r}")
     require_int(cfg, "episodes")
     require_int(cfg, "goal_offset")
     require_int(cfg, "budget")
@@ -37,6 +40,9 @@ def validate_eval_config(cfg: DictConfig) -> None:
     require_int(cfg, "save_episodes", 0)
     require_choice(cfg, "device", DEVICES)
     require_bool(cfg, "allow_env_mismatch")
+    require_choice(cfg, "dataset_episodes", DATASET_EPISODES)
+    if require_key(cfg, "dataset") is not None and not isinstance(cfg.dataset, str):
+        raise ValueError(f"dataset must be the path of an episode file or null (expert goals), got {cfg.dataset!r}")
     if require_key(cfg, "env") is not None and not isinstance(cfg.env, str):
         raise ValueError(f"env must be an environment name or null (the checkpoint's), got {cfg.env!r}")
     if require_key(cfg, "image_size") is not None:
@@ -47,6 +53,17 @@ def validate_eval_config(cfg: DictConfig) -> None:
     require_choice(cfg, "planner.backend", BACKENDS)
     if require_key(cfg, "planner.dtype") is not None:
         require_choice(cfg, "planner.dtype", tuple(PLANNER_DTYPES))
+
+
+def _dataset_action_stats(dataset: Path, columns: Dict[str, Any]) -> Tuple[List[float], List[float]]:
+    """Per env action dimension mean and std of ``dataset``'s actions (stable-worldmodel checkpoints carry none)."""
+    from ..data import read_layout
+    from ..data.h5format import open_h5
+    from ..data.layout import read_layout_stats
+
+    with open_h5(dataset) as f:
+        stats = read_layout_stats(f, read_layout(f, columns=columns))
+    return stats.action_mean.tolist(), stats.action_std.tolist()
 
 
 def build_planner(model: LeWM, cfg: DictConfig):
@@ -84,21 +101,56 @@ def check_env_sizes(env, env_name: str, norm: Dict[str, Any], folder: os.PathLik
             )
 
 
+def load_checkpoint(path: str, device: torch.device) -> Tuple[LeWM, Path, Optional[Dict[str, Any]]]:
+    """-> (model, where it came from, its normalization.json or None). ``path``: a lewm-train run directory or
+    checkpoint folder, a stable-worldmodel folder (config.json + weights.pt; usually no normalization.json), or an
+    object checkpoint file (``<run>_object.ckpt``)."""
+    source = Path(path)
+    if not source.is_file():
+        source = resolve_model_folder(source)
+    norm = read_normalization(source) if (source / NORMALIZATION).is_file() else None
+    model = LeWM.from_pretrained(source, map_location=device)
+    check_finite_weights(model, source)
+    return model, source, norm
+
+
+def held_out_episodes(dataset: Path, norm: Optional[Dict[str, Any]], which: str) -> Optional[List[int]]:
+    """Episode indices of ``dataset`` to draw goals from (None: all). ``which="held_out"``: the episodes the checkpoint's
+    run held out when ``dataset`` is its training file (``normalization.json`` records both), else all of them."""
+    trained = (norm or {}).get("data", {})
+    if which == "all" or not trained.get("path"):
+        return None
+    same = Path(trained["path"]).is_file() and os.path.samefile(trained["path"], dataset)
+    if not same:
+        return None
+    episodes = list(trained.get("held_out_episodes", []))
+    if not episodes:
+        raise ValueError(f"{dataset} is the file this checkpoint was trained on, and its run held out no episode "
+                         "(data.val_fraction=0): evaluate on another file, or pass dataset_episodes=all")
+    return episodes
+
+
 class Evaluation:
-    """``Evaluation(cfg).run() -> summary``: the constructor checks the config and loads checkpoint, env, expert and
-    planner (raising ValueError/CheckpointError with a clear message); ``run`` plays the episodes."""
+    """``Evaluation(cfg).run() -> summary``: the constructor checks the config and loads checkpoint, env, goal source
+    and planner (raising ValueError/CheckpointError with a clear message); ``run`` plays the episodes."""
 
     def __init__(self, cfg: DictConfig, out_dir: Optional[os.PathLike] = None):
         validate_eval_config(cfg)
         from .. import envs
 
         self.cfg = cfg
-        self.folder = resolve_model_folder(cfg.checkpoint)
-        norm = read_normalization(self.folder)
         self.device = resolve_device(cfg.device)
-        self.model = LeWM.from_pretrained(self.folder, map_location=self.device)
-        check_finite_weights(self.model, self.folder)
-        trained_on = str(norm["env"])
+        self.model, self.folder, norm = load_checkpoint(cfg.checkpoint, self.device)
+        dataset = Path(cfg.dataset) if cfg.dataset is not None else None
+        if dataset is not None and not dataset.is_file():
+            raise ValueError(f"dataset {dataset} does not exist")
+        if norm is None and (dataset is None or cfg.env is None):
+            raise CheckpointError(
+                f"{self.folder} has no normalization.json (the action statistics needed to act in the environment; "
+                "lewm-train writes it next to every checkpoint). For a stable-worldmodel checkpoint, pass env=<name> "
+                "and dataset=<its training or held-out HDF5 file>: the statistics then come from the dataset"
+            )
+        trained_on = str(norm["env"]) if norm is not None else cfg.env
         self.env_name = cfg.env or trained_on
         if self.env_name != trained_on and not cfg.allow_env_mismatch:
             raise CheckpointError(
@@ -106,19 +158,29 @@ class Evaluation:
                 f"belong to {trained_on!r}. Drop env= to evaluate there, or pass allow_env_mismatch=true"
             )
         image_size = int(cfg.image_size or self.model.config["encoder"]["image_size"])
-        self.frameskip = int(norm["frameskip"])
         self.env = envs.make(self.env_name, image_size=image_size, seed=int(cfg.seed))
         action_dim = int(self.env.action_space.shape[0])
-        if not cfg.allow_env_mismatch:
+        if norm is not None and not cfg.allow_env_mismatch:
             check_env_sizes(self.env, self.env_name, norm, self.folder)
+        self.frameskip = int(norm["frameskip"]) if norm is not None else self.model.action_dim // action_dim
         if action_dim * self.frameskip != self.model.action_dim:
             raise ValueError(
                 f"env {self.env_name!r} has {action_dim}-d actions, x frameskip {self.frameskip} = "
                 f"{action_dim * self.frameskip}, but the model takes {self.model.action_dim}-wide action blocks: "
                 "it was trained on another environment"
             )
-        self.codec = ActionCodec(norm["action"]["mean"], norm["action"]["std"], self.frameskip, action_dim)
-        self.policy = envs.make_policy(self.env_name, self.env, kind="expert", seed=int(cfg.seed))
+        columns = OmegaConf.to_container(cfg.columns)
+        if norm is not None:
+            mean, std = norm["action"]["mean"], norm["action"]["std"]
+        else:
+            mean, std = _dataset_action_stats(dataset, columns)
+        self.codec = ActionCodec(mean, std, self.frameskip, action_dim)
+        if dataset is not None:
+            episodes = held_out_episodes(dataset, norm, str(cfg.dataset_episodes))
+            self.goals: Any = DatasetGoals(self.env, dataset, int(cfg.goal_offset), episodes, columns)
+        else:
+            self.goals = ExpertGoals(self.env, envs.make_policy(self.env_name, self.env, kind="expert", seed=int(cfg.seed)),
+                                     int(cfg.goal_offset))
         self.planner = build_planner(self.model, cfg)
         self.out = Path(out_dir or cfg.out or Path("runs") / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
@@ -130,10 +192,8 @@ class Evaluation:
         bar = tqdm(range(int(cfg.episodes)), desc=f"eval {self.env_name}", dynamic_ncols=True)
         for e in bar:
             record = e < int(cfg.save_episodes)
-            r = run_episode(
-                self.env, self.policy, self.planner, self.model, self.codec, episode=e, seed=int(cfg.seed) + e,
-                goal_offset=int(cfg.goal_offset), budget=int(cfg.budget), record=record,
-            )
+            r = run_episode(self.env, self.goals, self.planner, self.model, self.codec, episode=e,
+                            seed=int(cfg.seed) + e, budget=int(cfg.budget), record=record)
             results.append(r)
             if record:
                 save_strip(self.out / f"episode_{e:03d}.png", r.frames, r.goal_frame, every=self.frameskip, success=r.success)
@@ -147,6 +207,8 @@ class Evaluation:
             "device": str(self.device),
             "planner": {**OmegaConf.to_container(cfg.planner, resolve=True), "class": type(self.planner).__name__,
                         "backend_requested": cfg.planner.backend, "backend": self.planner.which},
+            "goals": "dataset" if isinstance(self.goals, DatasetGoals) else "expert",
+            "dataset": None if cfg.dataset is None else str(cfg.dataset),
             "goal_offset": int(cfg.goal_offset),
             "budget": int(cfg.budget),
             "seed": int(cfg.seed),

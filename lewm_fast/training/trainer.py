@@ -115,9 +115,10 @@ def model_pixels(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
     return pixels.float()
 
 
-def normalization_info(dataset: Dataset, cfg: DictConfig) -> Dict[str, Any]:
+def normalization_info(dataset: Dataset, cfg: DictConfig, val_dataset: Optional[Dataset] = None) -> Dict[str, Any]:
     """What evaluation needs to act with the trained model: the env, frameskip and the statistics the dataset
-    normalised actions (and proprioception) with, per env dimension (``dataset.stats``, a ``lewm_fast.data.Stats``)."""
+    normalised actions (and proprioception) with, per env dimension (``dataset.stats``, a ``lewm_fast.data.Stats``);
+    for an episode file, its path and the episodes held out from training (``lewm-eval dataset=`` draws goals there)."""
     stats = getattr(dataset, "stats", None)
     if stats is None or not hasattr(stats, "action_mean") or not hasattr(stats, "action_std"):
         raise ValueError(
@@ -132,6 +133,9 @@ def normalization_info(dataset: Dataset, cfg: DictConfig) -> Dict[str, Any]:
                 "std": [float(v) for v in getattr(stats, f"{key}_std")],
             }
             out[f"{key}_dim"] = len(out[key]["mean"])  # per env step; lewm-eval checks the env against them
+    if isinstance(getattr(dataset, "path", None), Path) and hasattr(dataset, "episode_ids"):
+        held_out = getattr(val_dataset, "episode_ids", [])
+        out["data"] = {"path": str(dataset.path.resolve()), "held_out_episodes": sorted(held_out)}
     return out
 
 
@@ -190,7 +194,7 @@ class Trainer:
         data_env = getattr(self.dataset, "env_name", cfg.data.env)
         if data_env != cfg.data.env:
             raise ValueError(f"data.env={cfg.data.env} but the dataset holds {data_env!r} episodes; pass data={data_env}")
-        self.normalization = normalization_info(self.dataset, cfg)
+        self.normalization = normalization_info(self.dataset, cfg, self.val_dataset)
 
         first = self.dataset[0]
         width = int(first["action"].shape[-1])
