@@ -148,7 +148,7 @@ def test_summary_statistics():
 
 def test_cli_evaluates_end_to_end_with_cem_planner(checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = eval_main([f"checkpoint={checkpoint}", "episodes=2", "budget=10", "goal_offset=10", "save_episodes=1",
+    rc = eval_main([f"checkpoint={checkpoint}", "goals=expert", "episodes=2", "budget=10", "goal_offset=10", "save_episodes=1",
                     f"out={out}", *SMALL_PLANNER])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -183,11 +183,15 @@ def test_run_directory_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
         (["planner.topk=500"], "topk \\(500\\) must be <= num_samples \\(300\\)"),
         (["planner.dtype=fp16"], "planner.dtype must be one of"),
         (["env=chess"], "chess"),
+        (["history_len=4"], r"history_len must be in \[1, 3\]"),
+        (["goals=oracle"], "goals must be one of"),
+        (["workers=0"], "workers must be an integer >= 1"),
+        (["goals=dataset"], "does not record its training file"),
     ],
 )
 def test_cli_bad_values_fail_clearly(checkpoint, args, message, capsys):
     if args and not any(a.startswith("checkpoint=") for a in args):
-        args = [f"checkpoint={checkpoint}", *args]
+        args = [f"checkpoint={checkpoint}", "goals=expert", *args]
     assert eval_main(args) == 2
     assert re.search(message, capsys.readouterr().err)
 
@@ -245,7 +249,7 @@ def test_another_env_than_the_training_one_is_refused_unless_allowed(checkpoint,
     assert "was trained on 'two_room', not 'pusht'" in err and "allow_env_mismatch=true" in err
     # allowed: it goes on to the next check, which a two_room model (2-d actions x 5) passes in pusht (2-d actions)
     out = tmp_path / "eval"
-    rc = eval_main([f"checkpoint={checkpoint}", "env=pusht", "allow_env_mismatch=true", "episodes=1", "budget=5",
+    rc = eval_main([f"checkpoint={checkpoint}", "env=pusht", "allow_env_mismatch=true", "goals=expert", "episodes=1", "budget=5",
                     "goal_offset=5", "save_episodes=0", f"out={out}", *SMALL_PLANNER])
     assert rc == 0 and json.loads((out / "results.json").read_text())["env"] == "pusht"
 
@@ -267,11 +271,12 @@ def test_eval_refuses_added_keys(checkpoint, capsys):
 # ---------------------------------------------------------------------------------------------- dataset goals
 @pytest.fixture(scope="module")
 def episodes_file(tmp_path_factory):
-    """Three expert Two-Room episodes of 30 actions at 28 px, in lewm_fast's layout and in stable-worldmodel's."""
+    """Three random-policy Two-Room episodes of 30 actions at 28 px, in lewm_fast's layout and in stable-worldmodel's."""
     from lewm_fast.data import collect
 
     root = tmp_path_factory.mktemp("goals")
-    kwargs = dict(episode_len=30, image_size=28, seed=4, policy="expert", progress=False)
+    kwargs = dict(episode_len=30, image_size=28, seed=4, policy="random", progress=False,
+                  env_kwargs={"terminate_at_target": False})  # full-length episodes
     return {fmt: collect("two_room", 3, root / f"{fmt}.h5", format=fmt, **kwargs) for fmt in ("lewm", "swm")}
 
 
@@ -280,25 +285,27 @@ def test_dataset_goals_restore_a_start_and_a_goal_of_one_episode(env, episodes_f
     from lewm_fast.data import load_episode
     from lewm_fast.evaluation import DatasetGoals
 
-    goals = DatasetGoals(env, episodes_file[fmt], goal_offset=25)
-    draws = {goals.draw(seed) for seed in range(40)}
-    assert all(0 <= t <= 31 - 1 - 25 for _, t in draws)  # 31 frames per episode: the goal never leaves the episode
-    assert len({e for e, _ in draws}) == 3 and goals.draw(7) == goals.draw(7)
+    goals = DatasetGoals(env, episodes_file[fmt], goal_offset=10)
+    lengths = goals.layout.lengths
+    draws = {goals.draw(seed) for seed in range(60)}
+    assert all(0 <= t <= lengths[e] - 1 - 10 for e, t in draws)  # the goal never leaves the start's episode
+    assert {e for e, _ in draws} == set(np.flatnonzero(lengths > 10).tolist()) and goals.draw(7) == goals.draw(7)
     episode, t = goals.draw(11)
     start, goal = goals(11)
     states = load_episode(episodes_file[fmt], episode)["state"]
     np.testing.assert_array_equal(start, states[t])
-    np.testing.assert_array_equal(goal, states[t + 25])
+    np.testing.assert_array_equal(goal, states[t + 10])
     np.testing.assert_array_equal(env.unwrapped.get_state(), start)  # the env is left in the start state
-    held = DatasetGoals(env, episodes_file[fmt], goal_offset=25, episodes=[2])
-    assert {held.draw(seed)[0] for seed in range(20)} == {2}
+    last = int(np.flatnonzero(lengths > 10)[-1])
+    held = DatasetGoals(env, episodes_file[fmt], goal_offset=10, episodes=[last])
+    assert {held.draw(seed)[0] for seed in range(20)} == {last}
 
 
 def test_dataset_goals_refuse_files_they_cannot_use(env, episodes_file, tmp_path):
     from lewm_fast.evaluation import DatasetGoals
 
     with pytest.raises(ValueError, match="longer than goal_offset=40"):
-        DatasetGoals(env, episodes_file["lewm"], goal_offset=40)
+        DatasetGoals(env, episodes_file["lewm"], goal_offset=40)  # episodes hold at most 31 frames
     with pytest.raises(ValueError, match="no simulator states"):
         DatasetGoals(env, episodes_file["swm"], goal_offset=5, columns={"state": None})
     from lewm_fast.envs import make
@@ -350,3 +357,25 @@ def test_stable_worldmodel_checkpoints_take_statistics_from_the_dataset(checkpoi
         assert json.loads((out / "results.json").read_text())["checkpoint"] == str(source)
     mean, std = _dataset_action_stats(episodes_file["lewm"], {})
     assert len(mean) == len(std) == 2 and all(s > 0 for s in std)
+
+
+def test_dataset_goals_are_the_default_from_the_run_training_file(checkpoint, episodes_file, tmp_path, capsys):
+    """A lewm-train checkpoint records its training file and held-out episodes: lewm-eval draws goals there by default,
+    with history_len=1; workers=2 gives the sequential run's per-episode results (each episode seeded on its own)."""
+    run = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, run)
+    norm = json.loads((run / NORMALIZATION).read_text())
+    norm["data"] = {"path": str(episodes_file["lewm"]), "held_out_episodes": [1, 2]}
+    (run / NORMALIZATION).write_text(json.dumps(norm))
+    summaries = {}
+    for workers in (1, 2):
+        out = tmp_path / f"eval{workers}"
+        rc = eval_main([f"checkpoint={run}", f"workers={workers}", "episodes=3", "budget=5", "goal_offset=10",
+                        "save_episodes=1", f"out={out}", *SMALL_PLANNER])
+        assert rc == 0, capsys.readouterr().err
+        summaries[workers] = json.loads((out / "results.json").read_text())
+        assert (out / "episode_000.gif").exists() and not (out / "episode_001.gif").exists()
+    one, two = summaries[1], summaries[2]
+    assert one["goals"] == "dataset" and one["dataset"] == str(episodes_file["lewm"]) and one["history_len"] == 1
+    drop = lambda episodes: [{k: v for k, v in e.items() if k != "plan_latencies_s"} for e in episodes]  # noqa: E731
+    assert drop(one["per_episode"]) == drop(two["per_episode"]) and two["workers"] == 2

@@ -404,3 +404,16 @@ def test_planners_reduce_cost_batched(tiny_model, cls):
     assert plan.shape == (3, 3, tiny_model.action_dim) and plan.dtype == torch.float32
     assert torch.equal(diag.mean[-1], plan)
     assert bool((diag.elite_costs[-1].mean(1) < diag.elite_costs[0].mean(1)).all())
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("cls", PLANNERS)
+def test_reseed_restarts_the_stream_like_a_new_planner(tiny_model, cls, backend):
+    ctx, goal = _problem(tiny_model)
+    planner = cls(tiny_model, backend=backend, seed=1, **SMALL)
+    planner.plan(ctx, goal, latent=True)  # advance the stream
+    planner.reseed(9)
+    fresh = cls(tiny_model, backend=backend, seed=9, **SMALL)
+    torch.testing.assert_close(planner.plan(ctx, goal, latent=True), fresh.plan(ctx, goal, latent=True), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        planner.reseed(-1)

@@ -166,10 +166,12 @@ def run_episode(
     episode: int,
     seed: int,
     budget: int = 50,
+    history_len: Optional[int] = None,
     record: bool = False,
 ) -> EpisodeResult:
     """One goal-conditioned MPC episode from ``goals(seed)`` (``ExpertGoals`` or ``DatasetGoals``) with
-    ``planner.act``/``planner.reset`` (see module doc)."""
+    ``planner.act``/``planner.reset`` (see module doc); the planner sees the last ``history_len`` frames (default: the
+    model's window)."""
     device = next(model.parameters()).device
     start, goal_state = goals(seed)
     goal_frame = render_state(env, goal_state)
@@ -177,7 +179,7 @@ def run_episode(
     sim = env.unwrapped
     low = np.asarray(env.action_space.low, dtype=np.float64)
     high = np.asarray(env.action_space.high, dtype=np.float64)
-    history = model.history_size
+    history = model.history_size if history_len is None else history_len
 
     frame = np.array(env.render(), copy=True)
     context = [preprocess_frames(torch.from_numpy(frame))]  # (3,S,S) every frameskip env steps

@@ -4,11 +4,13 @@ env, the goal source (an episode file, or the env's scripted expert) and a ``CEM
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -21,10 +23,11 @@ from ..training.checkpointing import NORMALIZATION, read_normalization, resolve_
 from ..training.config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
 from ..training.trainer import resolve_device
 from .media import save_gif, save_strip
-from .mpc import ActionCodec, DatasetGoals, ExpertGoals, run_episode, summarize
+from .mpc import ActionCodec, DatasetGoals, EpisodeResult, ExpertGoals, run_episode, summarize
 
 PLANNER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DATASET_EPISODES = ("held_out", "all")
+GOAL_SOURCES = ("dataset", "expert")
 
 
 def validate_eval_config(cfg: DictConfig) -> None:
@@ -41,6 +44,9 @@ def validate_eval_config(cfg: DictConfig) -> None:
     require_choice(cfg, "device", DEVICES)
     require_bool(cfg, "allow_env_mismatch")
     require_choice(cfg, "dataset_episodes", DATASET_EPISODES)
+    require_choice(cfg, "goals", GOAL_SOURCES)
+    require_int(cfg, "history_len")
+    require_int(cfg, "workers")
     if require_key(cfg, "dataset") is not None and not isinstance(cfg.dataset, str):
         raise ValueError(f"dataset must be the path of an episode file or null (expert goals), got {cfg.dataset!r}")
     if require_key(cfg, "env") is not None and not isinstance(cfg.env, str):
@@ -130,6 +136,53 @@ def held_out_episodes(dataset: Path, norm: Optional[Dict[str, Any]], which: str)
     return episodes
 
 
+def goal_dataset(cfg: DictConfig, norm: Optional[Dict[str, Any]], source: Path) -> Optional[Path]:
+    """The episode file of ``cfg.dataset``, else (dataset goals) the checkpoint's training file; None when neither
+    is needed nor given."""
+    if cfg.dataset is not None:
+        dataset = Path(cfg.dataset)
+        if not dataset.is_file():
+            raise ValueError(f"dataset {dataset} does not exist")
+        return dataset
+    if cfg.goals != "dataset" or norm is None:
+        return None
+    trained = norm.get("data", {}).get("path")
+    if trained is None:
+        raise ValueError(f"{source} does not record its training file (saved by an older lewm-train): pass "
+                         "dataset=<episode file> for dataset goals, or goals=expert")
+    if not Path(trained).is_file():
+        raise ValueError(f"{source} was trained on {trained}, which is gone: pass dataset=<episode file> (e.g. the moved "
+                         "file) for dataset goals, or goals=expert")
+    return Path(trained)
+
+
+_WORKER: Optional["Evaluation"] = None
+
+
+def _start_worker(cfg: DictConfig, threads: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)
+    _WORKER = Evaluation(cfg)
+
+
+def _play_in_worker(episode: int) -> EpisodeResult:
+    assert _WORKER is not None
+    return _WORKER.play(episode)
+
+
+@contextlib.contextmanager
+def episode_results(evaluation: "Evaluation", episodes: int, workers: int) -> Iterator[Iterator[EpisodeResult]]:
+    """The episodes' results as they finish: played here (``workers=1``) or in ``workers`` spawned processes, each
+    with its own copy of the evaluation and an equal share of the CPU threads."""
+    if workers == 1:
+        yield (evaluation.play(e) for e in range(episodes))
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_start_worker, initargs=(evaluation.cfg, threads)) as pool:
+        yield pool.imap_unordered(_play_in_worker, range(episodes))
+
+
 class Evaluation:
     """``Evaluation(cfg).run() -> summary``: the constructor checks the config and loads checkpoint, env, goal source
     and planner (raising ValueError/CheckpointError with a clear message); ``run`` plays the episodes."""
@@ -141,10 +194,7 @@ class Evaluation:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model, self.folder, norm = load_checkpoint(cfg.checkpoint, self.device)
-        dataset = Path(cfg.dataset) if cfg.dataset is not None else None
-        if dataset is not None and not dataset.is_file():
-            raise ValueError(f"dataset {dataset} does not exist")
-        if norm is None and (dataset is None or cfg.env is None):
+        if norm is None and (cfg.dataset is None or cfg.env is None):
             raise CheckpointError(
                 f"{self.folder} has no normalization.json (the action statistics needed to act in the environment; "
                 "lewm-train writes it next to every checkpoint). For a stable-worldmodel checkpoint, pass env=<name> "
@@ -170,45 +220,61 @@ class Evaluation:
                 "it was trained on another environment"
             )
         columns = OmegaConf.to_container(cfg.columns)
+        dataset = goal_dataset(cfg, norm, self.folder)
         if norm is not None:
             mean, std = norm["action"]["mean"], norm["action"]["std"]
         else:
             mean, std = _dataset_action_stats(dataset, columns)
         self.codec = ActionCodec(mean, std, self.frameskip, action_dim)
-        if dataset is not None:
+        if cfg.goals == "dataset":
             episodes = held_out_episodes(dataset, norm, str(cfg.dataset_episodes))
             self.goals: Any = DatasetGoals(self.env, dataset, int(cfg.goal_offset), episodes, columns)
         else:
             self.goals = ExpertGoals(self.env, envs.make_policy(self.env_name, self.env, kind="expert", seed=int(cfg.seed)),
                                      int(cfg.goal_offset))
+        if not 1 <= int(cfg.history_len) <= self.model.history_size:
+            raise ValueError(f"history_len must be in [1, {self.model.history_size}] (the model's window), got {cfg.history_len}")
         self.planner = build_planner(self.model, cfg)
         self.out = Path(out_dir or cfg.out or Path("runs") / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
+    def play(self, episode: int) -> EpisodeResult:
+        """Episode ``episode``: env reset, goal draw and planner noise all seeded by ``seed + episode`` (so episodes
+        give the same result in any order or process)."""
+        cfg = self.cfg
+        seed = int(cfg.seed) + episode
+        self.planner.reseed(seed)
+        return run_episode(self.env, self.goals, self.planner, self.model, self.codec, episode=episode, seed=seed,
+                           budget=int(cfg.budget), history_len=int(cfg.history_len),
+                           record=episode < int(cfg.save_episodes))
+
     def run(self) -> Dict[str, Any]:
-        """Play ``cfg.episodes`` MPC episodes; -> the summary written to ``<out>/results.json``."""
+        """Play ``cfg.episodes`` MPC episodes (in ``cfg.workers`` processes); -> the summary written to
+        ``<out>/results.json``."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        results = []
-        bar = tqdm(range(int(cfg.episodes)), desc=f"eval {self.env_name}", dynamic_ncols=True)
-        for e in bar:
-            record = e < int(cfg.save_episodes)
-            r = run_episode(self.env, self.goals, self.planner, self.model, self.codec, episode=e,
-                            seed=int(cfg.seed) + e, budget=int(cfg.budget), record=record)
-            results.append(r)
-            if record:
-                save_strip(self.out / f"episode_{e:03d}.png", r.frames, r.goal_frame, every=self.frameskip, success=r.success)
-                save_gif(self.out / f"episode_{e:03d}.gif", r.frames, r.goal_frame, success=r.success)
-            done = sum(x.success for x in results)
-            last = f"{1e3 * r.plan_latencies_s[-1]:.0f}" if r.plan_latencies_s else "-"
-            bar.set_postfix(success=f"{done}/{len(results)}", plan_ms=last)
+        results: List[EpisodeResult] = []
+        with episode_results(self, int(cfg.episodes), int(cfg.workers)) as played:
+            bar = tqdm(played, total=int(cfg.episodes), desc=f"eval {self.env_name}", dynamic_ncols=True)
+            for r in bar:
+                results.append(r)
+                if r.frames:
+                    name = self.out / f"episode_{r.episode:03d}"
+                    save_strip(name.with_suffix(".png"), r.frames, r.goal_frame, every=self.frameskip, success=r.success)
+                    save_gif(name.with_suffix(".gif"), r.frames, r.goal_frame, success=r.success)
+                done = sum(x.success for x in results)
+                last = f"{1e3 * r.plan_latencies_s[-1]:.0f}" if r.plan_latencies_s else "-"
+                bar.set_postfix(success=f"{done}/{len(results)} = {100 * done / len(results):.0f} %", plan_ms=last)
+        results.sort(key=lambda r: r.episode)
         summary = {
             "env": self.env_name,
             "checkpoint": str(self.folder),
             "device": str(self.device),
             "planner": {**OmegaConf.to_container(cfg.planner, resolve=True), "class": type(self.planner).__name__,
                         "backend_requested": cfg.planner.backend, "backend": self.planner.which},
-            "goals": "dataset" if isinstance(self.goals, DatasetGoals) else "expert",
-            "dataset": None if cfg.dataset is None else str(cfg.dataset),
+            "goals": str(cfg.goals),
+            "dataset": str(self.goals.path) if isinstance(self.goals, DatasetGoals) else None,
+            "history_len": int(cfg.history_len),
+            "workers": int(cfg.workers),
             "goal_offset": int(cfg.goal_offset),
             "budget": int(cfg.budget),
             "seed": int(cfg.seed),

@@ -303,6 +303,15 @@ class PlannerBase(abc.ABC):
             self._carry = {"init_mean": warm_start(plan, self.receding_horizon), **extra}
         return plan[:, : self.receding_horizon]
 
+    def reseed(self, seed: int) -> None:
+        """Restart the candidate noise stream at ``seed``: the next plans draw what a new planner built with
+        ``seed=seed`` would (e.g. one stream per evaluation episode, whatever order the episodes run in)."""
+        check_positive_int(seed, "seed", 0)
+        if isinstance(self.noise, PhiloxNoise):
+            self.noise.seed_buf.fill_(seed)  # in place: captured CUDA graphs read this buffer
+        else:
+            self.noise.generator = torch.Generator(device=self.device).manual_seed(seed)
+
     def reset(self, envs: Optional[torch.Tensor] = None) -> None:
         """Forget the warm start: all of it, or only for ``envs`` (indices or a (B,) bool mask) whose episode restarts."""
         if envs is None or self._carry is None:
