@@ -187,6 +187,8 @@ def test_run_directory_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
         (["goals=oracle"], "goals must be one of"),
         (["workers=0"], "workers must be an integer >= 1"),
         (["goals=dataset"], "does not record its training file"),
+        (["+env_kwargs.warp=2"], "env_kwargs: .*warp"),
+        (["env_kwargs=3"], "env_kwargs must be a mapping"),
     ],
 )
 def test_cli_bad_values_fail_clearly(checkpoint, args, message, capsys):

@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if wants_help:
             print(format_help(PROG, DESCRIPTION, "eval", GROUPS, {}, EXAMPLES))
             return 0
-        cfg = compose_config("eval", overrides)
+        cfg = compose_config("eval", overrides, open_keys=("env_kwargs",))
         if wants_cfg:
             from omegaconf import OmegaConf
 

@@ -45,6 +45,8 @@ def validate_eval_config(cfg: DictConfig) -> None:
     require_bool(cfg, "allow_env_mismatch")
     require_choice(cfg, "dataset_episodes", DATASET_EPISODES)
     require_choice(cfg, "goals", GOAL_SOURCES)
+    if not isinstance(require_key(cfg, "env_kwargs"), DictConfig):
+        raise ValueError(f"env_kwargs must be a mapping of environment constructor arguments, got {cfg.env_kwargs!r}")
     require_int(cfg, "history_len")
     require_int(cfg, "workers")
     if require_key(cfg, "dataset") is not None and not isinstance(cfg.dataset, str):
@@ -208,7 +210,11 @@ class Evaluation:
                 f"belong to {trained_on!r}. Drop env= to evaluate there, or pass allow_env_mismatch=true"
             )
         image_size = int(cfg.image_size or self.model.config["encoder"]["image_size"])
-        self.env = envs.make(self.env_name, image_size=image_size, seed=int(cfg.seed))
+        try:
+            self.env = envs.make(self.env_name, image_size=image_size, seed=int(cfg.seed),
+                                 **OmegaConf.to_container(cfg.env_kwargs))
+        except TypeError as exc:  # an env_kwargs key the env's constructor does not take
+            raise ValueError(f"env_kwargs: {exc}") from None
         action_dim = int(self.env.action_space.shape[0])
         if norm is not None and not cfg.allow_env_mismatch:
             check_env_sizes(self.env, self.env_name, norm, self.folder)
