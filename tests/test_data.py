@@ -32,7 +32,9 @@ ENV_PARAMS = [
         reason=f"{SIMULATOR[name]} not installed (lewm-fast[envs] extra)"))
     for name in ENV_NAMES
 ]
-SMALL = dict(episode_len=20, image_size=32, progress=False)
+# Two-Room episodes end at their target by default (stable-worldmodel's protocol); these tests want fixed lengths.
+FIXED_LENGTH = {"terminate_at_target": False}
+SMALL = dict(episode_len=20, image_size=32, progress=False, env_kwargs=FIXED_LENGTH)
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
@@ -120,7 +122,7 @@ def test_append_resumes_to_the_same_file_as_one_run(tmp_path):
     with h5py.File(tmp_path / "part.h5", "r") as f, h5py.File(tmp_path / "full.h5", "r") as g:
         np.testing.assert_allclose(read_stats(f).action_std, read_stats(g).action_std)
     with pytest.raises(EpisodeFileError, match="image_size=32.*image_size=48"):
-        collect("two_room", 5, tmp_path / "part.h5", append=True, episode_len=20, image_size=48, progress=False)
+        collect("two_room", 5, tmp_path / "part.h5", append=True, **{**SMALL, "image_size": 48})
 
 
 def test_bad_arguments_fail_clearly(tmp_path):
@@ -166,7 +168,7 @@ else:  # SIGKILL after the third episode's steps are flushed, before it is commi
             os.kill(os.getpid(), signal.SIGKILL)
         return original_resize(self, size, axis)
     h5py.Dataset.resize = resize
-collect("two_room", 6, path, episode_len=20, image_size=32, progress=False)
+collect("two_room", 6, path, episode_len=20, image_size=32, progress=False, env_kwargs={"terminate_at_target": False})
 """
 
 
@@ -321,7 +323,7 @@ def test_dataset_feeds_the_training_loss(tmp_path):
 def test_cli_collects(tmp_path, capsys):
     out = tmp_path / "cli.h5"
     assert collect_main(["env=two_room", "episodes=2", f"out={out}", "episode_len=16", "image_size=32",
-                         "progress=false", "seed=3"]) == 0
+                         "progress=false", "seed=3", "+env_kwargs.terminate_at_target=false"]) == 0
     assert "holds 2 two_room episodes (34 frames)" in capsys.readouterr().out
     with h5py.File(out, "r") as f:
         assert f.attrs["seed"] == 3 and f["pixels"].shape == (34, 32, 32, 3)

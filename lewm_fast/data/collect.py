@@ -16,10 +16,13 @@ from tqdm import tqdm
 
 from ..envs import ENV_NAMES, POLICY_KINDS, make, make_policy
 from ..envs.base import check_image_size
-from ..envs.policies import DEFAULT_EXPERT_FRACTION, MixedPolicy
+from ..envs.policies import DEFAULT_EXPERT_FRACTION, DEFAULT_POLICY, MixedPolicy
 from .h5format import COMPRESSIONS, EpisodeFileError, open_h5
 from .layout import LAYOUT_NAMES, LAYOUTS, WRITERS, detect_layout
 
+# Actions per episode (at most: a Two-Room episode ends earlier at its target). Two-Room: stable-worldmodel 0.1.1's
+# scripts/data/config/default.yaml (max_episode_steps 100); the others as reported for the LeWM datasets: 200-step
+# episodes in dmc/reacher_random and ogbench/cube_single_expert, 196 steps on average in DINO-WM's pusht_expert_train.
 DEFAULT_EPISODE_LEN = {"two_room": 100, "pusht": 200, "reacher": 200, "cube": 200}
 
 
@@ -39,10 +42,11 @@ def episode_seeds(seed: int, index: int) -> tuple[int, int]:
 
 
 def rollout(env: Any, policy: Any, episode_len: int, seed: int) -> dict[str, np.ndarray]:
-    """Reset ``env`` with ``seed`` and run ``episode_len`` actions of ``policy`` (already reset for this episode).
+    """Reset ``env`` with ``seed`` and run ``episode_len`` actions of ``policy`` (already reset for this episode), or
+    fewer when the environment ends the episode (``terminated``: Two-Room at its target).
 
-    Returns episode_len + 1 steps: pixels, action (the clipped action applied at each step; NaN after the last frame),
-    proprio and state.
+    Returns T + 1 <= episode_len + 1 steps: pixels, action (the action applied at each step, as ``check_action``
+    passes it on; NaN after the last frame), proprio and state.
     """
     base = env.unwrapped
     steps = episode_len + 1
@@ -53,14 +57,17 @@ def rollout(env: Any, policy: Any, episode_len: int, seed: int) -> dict[str, np.
         "state": np.empty((steps, base.state_dim), np.float64),
     }
     obs, _ = env.reset(seed=seed)
+    last = episode_len  # index of the episode's last frame
     for t in range(steps):
         out["pixels"][t], out["proprio"][t], out["state"][t] = obs["pixels"], obs["proprio"], obs["state"]
-        if t == episode_len:
+        if t == last:
             break
         action = base.check_action(policy.act(obs))
         out["action"][t] = action
-        obs = env.step(action)[0]
-    return out
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            last = t + 1  # the frame the episode ended on
+    return {key: value[:last + 1] for key, value in out.items()}
 
 
 def _check_layout(path: Path, format: str) -> None:
@@ -101,7 +108,7 @@ def collect(
     overwrite: bool = False,
     progress: bool = True,
     append: bool = False,
-    policy: str = "mixed",
+    policy: str | None = None,
     expert_fraction: float | None = None,
     compression: str = "gzip",
     env_kwargs: dict[str, Any] | None = None,
@@ -109,9 +116,11 @@ def collect(
 ) -> Path:
     """Collect ``episodes`` episodes of ``env_name`` into the HDF5 episode file ``out`` and return its path.
 
-    episode_len: actions per episode (each episode stores episode_len + 1 frames); None: ``DEFAULT_EPISODE_LEN``.
+    episode_len: actions per episode (each episode stores episode_len + 1 frames, fewer when the environment ends it:
+    Two-Room at its target unless ``env_kwargs={"terminate_at_target": False}``); None: ``DEFAULT_EPISODE_LEN``.
     policy: "expert", "random" or "mixed" (per-episode choice, ``expert_fraction`` defaulting to the env's value in
-    ``lewm_fast.envs.policies.DEFAULT_EXPERT_FRACTION``).
+    ``lewm_fast.envs.policies.DEFAULT_EXPERT_FRACTION``); None: the env's official collection policy,
+    ``lewm_fast.envs.policies.DEFAULT_POLICY`` (expert for two_room, pusht and cube, random for reacher).
     An existing ``out`` is an error unless ``overwrite`` (start afresh) or ``append`` (keep its episodes and collect
     until it holds ``episodes``; the settings and the layout must match the ones it was written with). Episode i is
     seeded from (seed, i) only, so an interrupted and resumed collection equals an uninterrupted one.
@@ -124,6 +133,7 @@ def collect(
     episode_len = _check_int(DEFAULT_EPISODE_LEN[env_name] if episode_len is None else episode_len, "episode_len", 1)
     image_size = check_image_size(image_size)
     seed = _check_int(seed, "seed", 0)
+    policy = DEFAULT_POLICY[env_name] if policy is None else policy
     if policy not in POLICY_KINDS:
         raise ValueError(f"unknown policy {policy!r}; expected one of {', '.join(POLICY_KINDS)}")
     if expert_fraction is not None and policy != "mixed":

@@ -38,6 +38,13 @@ def check_image_size(image_size: object) -> int:
     return int(image_size)
 
 
+def check_flag(value: object, name: str) -> bool:
+    """A boolean environment option, or a TypeError naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def wrap_angle(angle: np.ndarray | float) -> np.ndarray | float:
     """Map angles to [-pi, pi)."""
     return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
@@ -46,9 +53,11 @@ def wrap_angle(angle: np.ndarray | float) -> np.ndarray | float:
 class LeWMEnv(gym.Env, ABC):
     """Continuous-action, pixel-rendering, goal-conditioned environment with an exact state interface.
 
-    Subclasses set ``action_dim``, ``proprio_dim``, ``state_dim`` and implement the simulator hooks. Episodes never end
-    on their own (``terminated``/``truncated`` are always False): collection fixes the episode length and evaluation
-    decides success with :meth:`is_success`.
+    Subclasses set ``action_dim``, ``proprio_dim``, ``state_dim`` and implement the simulator hooks. ``truncated`` is
+    always False and ``terminated`` is False unless an environment ends its episodes at its own task the way
+    stable-worldmodel's does (Two-Room at its target, see :meth:`_terminates`): collection caps the episode length and
+    evaluation decides success with :meth:`is_success`. ``clip_actions``: whether actions are clipped to [-1, 1]
+    before they reach the simulator (False where stable-worldmodel's simulator takes them unclipped: PushT, Cube).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -56,6 +65,7 @@ class LeWMEnv(gym.Env, ABC):
     action_dim: int
     proprio_dim: int
     state_dim: int
+    clip_actions: bool = True
 
     def __init__(self, image_size: int = 224, seed: int | None = None) -> None:
         self.image_size = check_image_size(image_size)
@@ -78,7 +88,7 @@ class LeWMEnv(gym.Env, ABC):
 
     @abstractmethod
     def _step_sim(self, action: np.ndarray) -> None:
-        """Advance the simulation by one control step with an action already clipped to [-1, 1]."""
+        """Advance the simulation by one control step with an action checked by :meth:`check_action`."""
 
     @abstractmethod
     def get_state(self) -> np.ndarray:
@@ -105,6 +115,10 @@ class LeWMEnv(gym.Env, ABC):
         """Whether the current state solves the episode's own task (the reset target); reported as ``info`` and
         reward, while goal-conditioned evaluation uses :meth:`is_success` with its goal states."""
 
+    def _terminates(self) -> bool:
+        """Whether the current state ends the episode (``terminated``); never, unless an environment overrides it."""
+        return False
+
     # ---- Gymnasium API ---------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode. ``options={"state": s}`` starts from ``s`` instead of a random state."""
@@ -119,12 +133,12 @@ class LeWMEnv(gym.Env, ABC):
         return self._observation(), {"is_success": self._task_success()}
 
     def step(self, action: Any):
-        """Apply ``action`` (clipped to [-1, 1]); reward is 1.0 while the episode's task is solved, else 0.0."""
+        """Apply ``action`` (see :meth:`check_action`); reward is 1.0 while the episode's task is solved, else 0.0."""
         if self._needs_reset:
             raise RuntimeError(f"call reset() before step() on the {self.name!r} environment")
         self._step_sim(self.check_action(action))
         success = self._task_success()
-        return self._observation(), float(success), False, False, {"is_success": success}
+        return self._observation(), float(success), self._terminates(), False, {"is_success": success}
 
     # ---- state interface -------------------------------------------------------------------------------------------
     def set_state(self, state: Any) -> None:
@@ -139,13 +153,13 @@ class LeWMEnv(gym.Env, ABC):
         self._set_state(state)
 
     def check_action(self, action: Any) -> np.ndarray:
-        """Validate an action and clip it to the action space: float64 (action_dim,)."""
+        """Validate an action, clipped to the action space if ``clip_actions``: float64 (action_dim,)."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (self.action_dim,):
             raise ValueError(f"action for {self.name!r} must have shape ({self.action_dim},), got {action.shape}")
         if not np.isfinite(action).all():
             raise ValueError(f"action for {self.name!r} contains NaN or inf values")
-        return np.clip(action, -1.0, 1.0)
+        return np.clip(action, -1.0, 1.0) if self.clip_actions else action
 
     def _check_pair(self, state: Any, goal_state: Any) -> tuple[np.ndarray, np.ndarray]:
         state = np.asarray(state, dtype=np.float64)

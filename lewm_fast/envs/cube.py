@@ -2,8 +2,11 @@
 
 Wraps OGBench's own ``CubeEnv(env_type="single")`` in its data-collection mode (cube pose, arm pose and target are
 randomised at every reset) with OGBench's pixel-observation look (the ``visual-cube-single`` tasks: ``front_pixels``
-camera, translucent arm, purple gripper) and the target marker hidden (``visualize_info=False``). Actions are OGBench's
-normalised 5-D end-effector commands in [-1, 1]: relative x, y, z, relative yaw, relative gripper opening.
+camera, translucent arm, purple gripper) and the target marker hidden (``visualize_info=False``), as stable-worldmodel
+0.1.1's ``swm/OGBCube-v0`` collects it (``scripts/data/collect_cube.py``). Actions are OGBench's normalised 5-D
+end-effector commands (relative x, y, z, relative yaw, relative gripper opening), passed on unclipped as OGBench and
+stable-worldmodel do (OGBench clips the resulting target pose to its workspace); ``clip_action=True`` clips them to
+[-1, 1] first (lewm_fast's earlier handling).
 
 State (float64, 48): MuJoCo qpos (21: 6 arm, 8 gripper, 7 cube free joint), qvel (20), target position (3) and
 quaternion (4). Proprio (float32, 19): the proprioceptive head of OGBench's state observation (arm joint angles and
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._mujoco import prepare_rendering
-from .base import LeWMEnv, require
+from .base import LeWMEnv, check_flag, require
 
 SUCCESS_DISTANCE = 0.04
 NQ, NV = 21, 20
@@ -58,7 +61,11 @@ class CubeEnv(LeWMEnv):
     proprio_dim = 19
     state_dim = NQ + NV + 7
 
-    def __init__(self, image_size: int = 224, seed: int | None = None, fast_render: bool = False) -> None:
+    def __init__(
+        self, image_size: int = 224, seed: int | None = None, fast_render: bool = False, clip_action: bool = False
+    ) -> None:
+        fast_render = check_flag(fast_render, "fast_render")
+        self.clip_actions = check_flag(clip_action, "clip_action")
         prepare_rendering()
         sim_class = _sim_class()
         self.mujoco = require("mujoco", "cube")
@@ -141,22 +148,29 @@ class CubeEnv(LeWMEnv):
 
 
 class CubeExpert:
-    """OGBench's scripted pick-and-place oracle (approach, grasp, lift, move, place, retreat) plus Gaussian noise.
+    """OGBench's scripted pick-and-place oracle (approach, grasp, lift, move, place, retreat) plus Gaussian noise, as
+    stable-worldmodel's cube collection policy runs it (``envs/ogbench/expert_policy.py``, ``markov_oracle``).
 
-    The first placement goes to the episode's target; each later one to a fresh random position and yaw in OGBench's
-    target area, sampled by this policy (the environment is never modified). The oracle reads the simulator's live
-    state, so call ``act`` on the observation of the latest ``reset``/``step``.
+    Noise: each episode draws a level ``xi`` uniformly in [0, ``noise``] (0.1 there) and every action gets Gaussian noise
+    of std ``xi * NOISE_SCALE`` (x, y, z, yaw x 3, gripper x 10), then is clipped to [-1, 1]. The first placement goes
+    to the episode's target; each later one to a fresh random position and yaw in OGBench's target area, sampled by
+    this policy (the environment is never modified). The oracle reads the simulator's live state, so call ``act`` on
+    the observation of the latest ``reset``/``step``.
     """
+
+    NOISE_SCALE = np.array([1.0, 1.0, 1.0, 3.0, 10.0])  # expert_policy.py: normal(0, [xi, xi, xi, xi * 3, xi * 10])
+    MIN_NORM = 0.4  # expert_policy.py: min_norm for the Markov oracle
 
     def __init__(self, env: Any, seed: int | None = None, noise: float = 0.1) -> None:
         markov = require("ogbench.manipspace.oracles.markov.cube_markov", "cube")
         self.env: CubeEnv = env.unwrapped
         self.noise = float(noise)
-        self.oracle = markov.CubeMarkovOracle(env=self.env.sim, min_norm=0.4)
+        self.oracle = markov.CubeMarkovOracle(env=self.env.sim, min_norm=self.MIN_NORM)
         self.reset(seed)
 
     def reset(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)
+        self.xi = self.rng.uniform(0.0, self.noise)
         self._target: tuple[np.ndarray, float] | None = None
 
     def _restart_oracle(self, info: dict[str, Any]) -> None:
@@ -177,5 +191,5 @@ class CubeExpert:
             self._restart_oracle(info)
         info["privileged/target_block_pos"] = self._target[0]
         info["privileged/target_block_yaw"] = np.array([self._target[1]])
-        action = np.asarray(self.oracle.select_action(None, info)) + self.noise * self.rng.standard_normal(5)
+        action = np.asarray(self.oracle.select_action(None, info)) + self.xi * self.NOISE_SCALE * self.rng.standard_normal(5)
         return np.clip(action, -1.0, 1.0).astype(np.float32)

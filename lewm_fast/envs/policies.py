@@ -3,10 +3,13 @@
 Every policy has ``reset(seed)`` (call it at the start of each episode) and ``act(obs) -> float32 (action_dim,)`` in
 [-1, 1], where ``obs`` is the environment's observation dict.
 
-Mixture ("mixed"): at each ``reset`` the policy draws whether the coming episode is driven by the expert (probability
-``expert_fraction``) or by uniform random actions. The defaults mirror the LeWM training sets: PushT and Cube data are
-(noisy) expert demonstrations (DINO-WM's PushT set, OGBench's cube-single play data), Reacher's is random-policy data,
-Two-Room's mixes both. Expert actions always carry Gaussian noise, so even expert episodes explore.
+``DEFAULT_POLICY`` is the kind each LeWM training set was collected with (stable-worldmodel 0.1.1): Two-Room's expert
+with action noise 2.0 (``scripts/data/collect_tworooms.py``), PushT's expert demonstrations (DINO-WM's set; a scripted
+expert here), Reacher's uniform random actions (``dmc/reacher_random``), Cube's OGBench oracle with its per-episode
+noise (``scripts/data/collect_cube.py``). Expert actions always carry Gaussian noise, so even expert episodes explore.
+
+Mixture ("mixed", lewm_fast's own): at each ``reset`` the policy draws whether the coming episode is driven by the
+expert (probability ``expert_fraction``, by default ``DEFAULT_EXPERT_FRACTION``) or by uniform random actions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ EXPERTS = {
     "reacher": ("reacher", "ReacherExpert"),
     "cube": ("cube", "CubeExpert"),
 }
+DEFAULT_POLICY = {"two_room": "expert", "pusht": "expert", "reacher": "random", "cube": "expert"}
 DEFAULT_EXPERT_FRACTION = {"two_room": 0.5, "pusht": 0.8, "reacher": 0.3, "cube": 0.8}
 POLICY_KINDS = ("expert", "random", "mixed")
 
@@ -66,15 +70,16 @@ class MixedPolicy:
 
 
 def make_policy(
-    name: str, env: Any, kind: str = "expert", seed: int | None = None, expert_fraction: float | None = None
+    name: str, env: Any, kind: str | None = None, seed: int | None = None, expert_fraction: float | None = None
 ) -> Policy:
     """A data-collection policy for environment ``name`` acting in ``env``.
 
     kind: "expert" (scripted, noisy), "random" (uniform) or "mixed" (per-episode choice; ``expert_fraction`` defaults
-    to ``DEFAULT_EXPERT_FRACTION[name]``).
+    to ``DEFAULT_EXPERT_FRACTION[name]``); None: ``DEFAULT_POLICY[name]``, the official collection policy.
     """
     if name not in EXPERTS:
         raise ValueError(f"unknown environment {name!r}; expected one of {', '.join(EXPERTS)}")
+    kind = DEFAULT_POLICY[name] if kind is None else kind
     if kind not in POLICY_KINDS:
         raise ValueError(f"unknown policy kind {kind!r}; expected one of {', '.join(POLICY_KINDS)}")
     if expert_fraction is not None and kind != "mixed":

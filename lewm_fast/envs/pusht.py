@@ -1,15 +1,28 @@
 """PushT: a circular pusher moves a T-shaped block onto a fixed target pose (pymunk physics, PIL rendering).
 
-Follows the PushT task of Diffusion Policy / DINO-WM / stable-worldmodel: a 512x512 walled arena without gravity, a
-kinematic pusher of radius 15 driven by a PD controller (k_p 100, k_v 20, ten 0.01 s physics steps per action), and a
-T block made of a 120x30 bar and a 30x90 stem. Space damping is 0, so the block only moves while it is pushed.
-Actions are relative: ``a`` in [-1, 1]^2 sets the PD target to ``pusher + 100 * a`` (clipped to the arena).
+Follows stable-worldmodel 0.1.1's ``swm/PushT-v1`` (``stable_worldmodel/envs/pusht/env.py``, itself the PushT task of
+Diffusion Policy / DINO-WM): a 512x512 arena walled by four segments, no gravity, a kinematic pusher of radius 15
+driven by a PD controller (k_p 100, k_v 20, ten 0.01 s physics steps per action), and a T block made of a 120x30 bar
+and a 30x90 stem. Space damping is 0, so the block only moves while it is pushed. Actions are relative: ``a`` sets the
+PD target to ``pusher + 100 * a``, neither clipped (as in stable-worldmodel).
+
+Options (constructor keyword arguments, e.g. ``make("pusht", physical_inertia=True)``):
+
+- ``physical_inertia`` (False): the block's moment of inertia. By default 3000, stable-worldmodel's (and gym-pusht's)
+  value, which counts the bar twice; True gives the T's true moment, 7875 (bar + stem). The dynamics differ: under the
+  same pushes the block drifts several pixels apart within 25 steps.
+- ``clip_action`` (False): clip the action to [-1, 1] and the PD target to [20, 492] (lewm_fast's earlier handling).
+- ``goal_pose``: the target pose (x, y, angle) drawn under the block, by default (256, 256, pi/4).
+
+A reset places the block uniformly in [100, 400]^2 at a uniform angle and the pusher uniformly in [50, 450]^2, as
+stable-worldmodel does, but clear of the block (there it may start inside it and shove it).
 
 State (float64, 7): pusher x, y, block x, y, block angle in [0, 2pi), pusher vx, vy (pixels of the 512 arena; block x, y
 is the body origin, the top centre of the bar). Proprio (float32, 4): pusher x, y, vx, vy.
-Success (DINO-WM / stable-worldmodel protocol): ``||(pusher, block)_xy - goal_(pusher, block)_xy|| < 20`` and block
-angle within ``pi/9`` of the goal's. The target pose (256, 256, pi/4) is drawn in light green under the block in every
-frame.
+Success (stable-worldmodel's ``eval_state``): ``||(pusher, block)_xy - goal_(pusher, block)_xy|| < 20`` and block angle
+within ``pi/9`` of the goal's. Frames are drawn as stable-worldmodel draws them: the target pose in light green, the
+walls, the pusher (with a lighter core) and the block (lighter fill, 4-pixel outline) on a 512 canvas, resized
+bilinearly to ``image_size``.
 """
 
 from __future__ import annotations
@@ -18,25 +31,37 @@ from typing import Any
 
 import numpy as np
 
-from .base import LeWMEnv, require, wrap_angle
+from .base import LeWMEnv, check_flag, require, wrap_angle
 
-ARENA = 512.0
-PUSHER_RADIUS = 15.0
-ACTION_SCALE = 100.0
-KP, KV = 100.0, 20.0
-PHYSICS_DT = 0.01
-SUBSTEPS = 10
-BAR = ((-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (-60.0, 30.0))
-STEM = ((-15.0, 30.0), (-15.0, 120.0), (15.0, 120.0), (15.0, 30.0))
-COG_LOCAL = np.array([0.0, 45.0])  # mean of the bar and stem centroids, as in the reference task
-GOAL_POSE = (256.0, 256.0, np.pi / 4)
-SUCCESS_DISTANCE = 20.0
+# stable_worldmodel/envs/pusht/env.py (0.1.1)
+ARENA = 512.0  # window_size
+PUSHER_RADIUS = 15.0  # add_circle: base_radius 0.375 x agent scale 40
+ACTION_SCALE = 100.0  # action_scale
+KP, KV = 100.0, 20.0  # k_p, k_v
+PHYSICS_DT = 0.01  # dt
+SUBSTEPS = 10  # int(1 / (dt * control_hz)), control_hz = render_fps = 10
+BAR = ((-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (-60.0, 30.0))  # add_tee, scale 30, length 4: vertices1
+STEM = ((-15.0, 30.0), (-15.0, 120.0), (15.0, 120.0), (15.0, 30.0))  # vertices2
+COG_LOCAL = np.array([0.0, 45.0])  # add_tee: the mean of the bar's and the stem's centroids
+# _setup: the four wall segments (ends, in its order: the order of the contacts with several walls depends on it)
+WALLS = (((5.0, 506.0), (5.0, 5.0)), ((5.0, 5.0), (506.0, 5.0)), ((506.0, 5.0), (506.0, 506.0)),
+         ((5.0, 506.0), (506.0, 506.0)))
+WALL_RADIUS = 2.0
+GOAL_POSE = (256.0, 256.0, np.pi / 4)  # variation_space goal.position / goal.angle
+SUCCESS_DISTANCE = 20.0  # eval_state
 SUCCESS_ANGLE = np.pi / 9
-SUPERSAMPLE = 2
 BACKGROUND_RGB = (255, 255, 255)
 GOAL_RGB = (144, 238, 144)  # LightGreen
 BLOCK_RGB = (119, 136, 153)  # LightSlateGray
 PUSHER_RGB = (65, 105, 225)  # RoyalBlue
+WALL_RGB = (211, 211, 211)  # LightGray (_add_segment)
+# stable_worldmodel/envs/utils.py DrawOptions: a polygon is filled with light_color (1.2x, capped at 255) and outlined
+# by 2-pixel-radius segments in its colour; a circle gets a light_color core 4 pixels smaller.
+LIGHTEN = 1.2
+OUTLINE_RADIUS = 2.0
+CORE_INSET = 4.0
+# lewm_fast's earlier action handling (clip_action=True): the PD target stays 5 pixels clear of the walls' inner face.
+TARGET_MARGIN = PUSHER_RADIUS + 5.0
 
 
 def _pymunk():
@@ -54,13 +79,36 @@ def tee_polygons(x: float, y: float, angle: float) -> list[np.ndarray]:
     return [np.asarray(part) @ rot.T + np.array([x, y]) for part in (BAR, STEM)]
 
 
-def make_tee_body(pymunk: Any) -> tuple[Any, list[Any]]:
+def tee_inertia(pymunk: Any, physical: bool) -> float:
+    """Moment of inertia of the unit-mass T about its body origin: stable-worldmodel's ``add_tee`` (like gym-pusht)
+    computes the stem's term from the bar's vertices, 2 x 1500 = 3000; ``physical``: bar + stem, 1500 + 6375 = 7875."""
+    bar = pymunk.moment_for_poly(1.0, BAR)
+    return bar + (pymunk.moment_for_poly(1.0, STEM) if physical else bar)
+
+
+def make_tee_body(pymunk: Any, physical_inertia: bool = False) -> tuple[Any, list[Any]]:
     """A dynamic T body (mass 1) with its two polygon shapes."""
-    inertia = pymunk.moment_for_poly(1.0, BAR) + pymunk.moment_for_poly(1.0, STEM)
-    body = pymunk.Body(1.0, inertia)
+    body = pymunk.Body(1.0, tee_inertia(pymunk, physical_inertia))
     shapes = [pymunk.Poly(body, part) for part in (BAR, STEM)]
     body.center_of_gravity = tuple(COG_LOCAL)
     return body, shapes
+
+
+def lighten(rgb: tuple[int, int, int]) -> tuple[int, ...]:
+    """stable-worldmodel's ``light_color``: 1.2 x each channel in float32, capped at 255, truncated."""
+    return tuple(int(c) for c in np.minimum(np.float32(LIGHTEN) * np.float32(rgb), np.float32(255)))
+
+
+def resize_bilinear(canvas: Any, size: int) -> np.ndarray:
+    """A square PIL image resized the way OpenCV's INTER_LINEAR resizes (stable-worldmodel's ``cv2.resize``), as uint8
+    (size, size, 3): each output pixel interpolates the 2x2 source pixels around its centre, with no prefiltering
+    (PIL's affine transform samples exactly there; values agree with OpenCV's to within 1)."""
+    from PIL import Image
+
+    scale = canvas.width / size
+    if canvas.width != size:
+        canvas = canvas.transform((size, size), Image.AFFINE, (scale, 0, 0, 0, scale, 0), resample=Image.BILINEAR)
+    return np.asarray(canvas, dtype=np.uint8)
 
 
 class PushTEnv(LeWMEnv):
@@ -69,12 +117,21 @@ class PushTEnv(LeWMEnv):
     proprio_dim = 4
     state_dim = 7
 
-    def __init__(self, image_size: int = 224, seed: int | None = None, goal_pose: tuple = GOAL_POSE) -> None:
+    def __init__(
+        self,
+        image_size: int = 224,
+        seed: int | None = None,
+        goal_pose: tuple = GOAL_POSE,
+        physical_inertia: bool = False,
+        clip_action: bool = False,
+    ) -> None:
         self.pymunk = _pymunk()
         goal = np.asarray(goal_pose, dtype=np.float64)
         if goal.shape != (3,) or not np.isfinite(goal).all():
             raise ValueError(f"goal_pose must be a finite (x, y, angle) triple, got {goal_pose!r}")
         self.goal_pose = goal
+        self.physical_inertia = check_flag(physical_inertia, "physical_inertia")
+        self.clip_actions = check_flag(clip_action, "clip_action")
         super().__init__(image_size, seed)
         self._build_space()
 
@@ -85,12 +142,11 @@ class PushTEnv(LeWMEnv):
         self.space = pm.Space()
         self.space.gravity = (0.0, 0.0)
         self.space.damping = 0.0
-        corners = [(5, 5), (506, 5), (506, 506), (5, 506)]
-        walls = [pm.Segment(self.space.static_body, corners[i], corners[(i + 1) % 4], 2.0) for i in range(4)]
+        walls = [pm.Segment(self.space.static_body, a, b, WALL_RADIUS) for a, b in WALLS]
         self.pusher = pm.Body(body_type=pm.Body.KINEMATIC)
         pusher_shape = pm.Circle(self.pusher, PUSHER_RADIUS)
         pusher_shape.friction = 1.0
-        self.block, self.block_shapes = make_tee_body(pm)
+        self.block, self.block_shapes = make_tee_body(pm, self.physical_inertia)
         self.space.add(*walls, self.pusher, pusher_shape, self.block, *self.block_shapes)
 
     def _place(self, pusher: np.ndarray, block: np.ndarray, angle: float, velocity: np.ndarray) -> None:
@@ -115,8 +171,9 @@ class PushTEnv(LeWMEnv):
         self.space.reindex_shapes_for_body(self.pusher)
 
     def _step_sim(self, action: np.ndarray) -> None:
-        lo, hi = PUSHER_RADIUS + 5.0, ARENA - PUSHER_RADIUS - 5.0
-        target = np.clip(np.asarray(self.pusher.position) + ACTION_SCALE * action, lo, hi)
+        target = np.asarray(self.pusher.position) + ACTION_SCALE * action
+        if self.clip_actions:
+            target = np.clip(target, TARGET_MARGIN, ARENA - TARGET_MARGIN)
         for _ in range(SUBSTEPS):
             position = np.asarray(self.pusher.position)
             velocity = np.asarray(self.pusher.velocity)
@@ -150,18 +207,27 @@ class PushTEnv(LeWMEnv):
     def render(self) -> np.ndarray:
         from PIL import Image, ImageDraw
 
-        size = self.image_size * SUPERSAMPLE
-        scale = size / ARENA
-        canvas = Image.new("RGB", (size, size), BACKGROUND_RGB)
+        canvas = Image.new("RGB", (int(ARENA), int(ARENA)), BACKGROUND_RGB)
         draw = ImageDraw.Draw(canvas)
-        poses = ((self.goal_pose, GOAL_RGB), ((*self.block.position, self.block.angle), BLOCK_RGB))
-        for (x, y, angle), colour in poses:
-            for polygon in tee_polygons(x, y, angle):
-                draw.polygon([tuple(p) for p in polygon * scale], fill=colour)
-        cx, cy = np.asarray(self.pusher.position) * scale
-        r = PUSHER_RADIUS * scale
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=PUSHER_RGB)
-        return np.asarray(canvas.reduce(SUPERSAMPLE), dtype=np.uint8)
+
+        def fat_segments(points: list[tuple[int, int]], colour: tuple[int, ...]) -> None:
+            draw.line(points, fill=colour, width=int(2 * OUTLINE_RADIUS))
+            r = OUTLINE_RADIUS
+            for x, y in points:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+
+        for polygon in tee_polygons(*self.goal_pose):
+            draw.polygon([tuple(p) for p in np.rint(polygon)], fill=GOAL_RGB)
+        for wall in WALLS:
+            fat_segments(list(wall), WALL_RGB)
+        cx, cy = np.rint(np.asarray(self.pusher.position))
+        for radius, colour in ((PUSHER_RADIUS, PUSHER_RGB), (PUSHER_RADIUS - CORE_INSET, lighten(PUSHER_RGB))):
+            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
+        for polygon in tee_polygons(*self.block.position, self.block.angle):
+            points = [tuple(p) for p in np.rint(polygon).astype(int)]
+            draw.polygon(points, fill=lighten(BLOCK_RGB))
+            fat_segments(points + points[:1], BLOCK_RGB)
+        return resize_bilinear(canvas, self.image_size)
 
 
 class PushTExpert:
@@ -169,7 +235,8 @@ class PushTExpert:
 
     Far from the target it pushes through the block's centre of mass toward the target's, off-centre in proportion to
     the angle error so the push also turns the block; near the target it pushes the end of the bar sideways. It walks
-    around the block when the block is in the way. Gaussian noise is added to every action.
+    around the block when the block is in the way. Gaussian noise is added to every action. (stable-worldmodel's LeWM
+    PushT data are DINO-WM's expert demonstrations; this scripted expert stands in for them.)
     """
 
     def __init__(self, env: Any, seed: int | None = None, noise: float = 0.1) -> None:

@@ -1,13 +1,23 @@
 """Reacher: the dm_control suite two-link planar reacher, rendered by MuJoCo from the fixed top-down camera.
 
-Uses the suite's model and ``Reacher`` task unchanged (small target of radius 0.015, the suite's "hard" variant and
-stable-worldmodel's default), with no time limit and ``action_repeat=2`` physics steps of 0.02 s per action. Actions are
-the two joint torques in [-1, 1].
+Follows stable-worldmodel 0.1.1's ``swm/ReacherDMControl-v0`` as LeWM evaluates it (``task: qpos_match``,
+``stable_worldmodel/envs/dmcontrol/reacher.py`` and ``custom_tasks/reacher.py``): the suite's model and ``Reacher`` task
+(target radius 0.015) with no time limit and ``action_repeat=2`` physics steps of 0.02 s per action
+(``dmcontrol.py``). Actions are the two joint torques in [-1, 1].
 
 State (float64, 6): shoulder and wrist angles, their velocities, target x, y.
 Proprio (float32, 4): joint angles and velocities.
-Success: the fingertip lies within ``target_size + finger_size`` (0.015 + 0.01) of the goal state's fingertip, i.e. the
-fingertip would touch a target placed where the goal frame shows it.
+
+Options (constructor keyword arguments, e.g. ``make("reacher", success="fingertip", render_target=True)``):
+
+- ``success`` ("qpos_match"): how :meth:`ReacherEnv.is_success` compares a state with a goal state. "qpos_match"
+  (stable-worldmodel's ``ReacherQPosMatchTask``): every joint angle within 0.05 rad of the goal's, compared as raw
+  angles as it does (no wrapping). "fingertip" (lewm_fast's earlier criterion): the fingertip within
+  ``target_size + finger_size`` (0.015 + 0.01) of the goal's fingertip, i.e. it would touch a target drawn there.
+- ``render_target`` (False): draw the target sphere (stable-worldmodel hides it: ``rendering.render_target`` 0).
+- ``target_size`` (0.015), ``action_repeat`` (2).
+
+``info["is_success"]`` and the reward always report the suite's own task (the fingertip touches the reset target).
 """
 
 from __future__ import annotations
@@ -17,11 +27,14 @@ from typing import Any
 import numpy as np
 
 from ._mujoco import prepare_rendering
-from .base import LeWMEnv, require, wrap_angle
+from .base import LeWMEnv, check_flag, require, wrap_angle
 
 LINK_LENGTHS = (0.12, 0.12)  # shoulder -> wrist and wrist -> fingertip, from the suite's reacher.xml
 FINGER_SIZE = 0.01
-TARGET_SIZE = 0.015
+TARGET_SIZE = 0.015  # stable_worldmodel/envs/dmcontrol/reacher.py: _SMALL_TARGET (tasks hard and qpos_match)
+ACTION_REPEAT = 2  # stable_worldmodel/envs/dmcontrol/dmcontrol.py: DMControlWrapper.action_repeat
+QPOS_THRESHOLD = 0.05  # stable_worldmodel/envs/dmcontrol/custom_tasks/reacher.py: _DEFAULT_QPOS_THRESHOLD (radians)
+SUCCESS_MODES = ("qpos_match", "fingertip")
 CAMERA_ID = 0
 
 
@@ -53,12 +66,22 @@ class ReacherEnv(LeWMEnv):
     state_dim = 6
 
     def __init__(
-        self, image_size: int = 224, seed: int | None = None, target_size: float = TARGET_SIZE, action_repeat: int = 2
+        self,
+        image_size: int = 224,
+        seed: int | None = None,
+        target_size: float = TARGET_SIZE,
+        action_repeat: int = ACTION_REPEAT,
+        success: str = "qpos_match",
+        render_target: bool = False,
     ) -> None:
         if not 0.0 < target_size <= 0.1:
             raise ValueError(f"target_size must be in (0, 0.1], got {target_size}")
         if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
             raise ValueError(f"action_repeat must be an int >= 1, got {action_repeat!r}")
+        if success not in SUCCESS_MODES:
+            raise ValueError(f"success must be one of {', '.join(SUCCESS_MODES)}, got {success!r}")
+        self.success = success
+        self.render_target = check_flag(render_target, "render_target")
         prepare_rendering()
         reacher = require("dm_control.suite.reacher", "reacher")
         control = require("dm_control.rl.control", "reacher")
@@ -68,6 +91,8 @@ class ReacherEnv(LeWMEnv):
         self.physics = reacher.Physics.from_xml_string(*reacher.get_model_and_assets())
         self.task = reacher.Reacher(target_size=self.target_size, random=np.random.RandomState(0))
         self._dm_env = control.Environment(self.physics, self.task, time_limit=float("inf"))
+        if not self.render_target:  # a fully transparent material, as stable-worldmodel's modify_mjcf_model sets
+            self.physics.named.model.mat_rgba["target", 3] = 0.0
 
     def _reset_sim(self, rng: np.random.Generator) -> None:
         self.task._random = np.random.RandomState(int(rng.integers(2**31)))  # the suite task samples from this
@@ -97,6 +122,8 @@ class ReacherEnv(LeWMEnv):
 
     def is_success(self, state: Any, goal_state: Any) -> bool:
         state, goal_state = self._check_pair(state, goal_state)
+        if self.success == "qpos_match":
+            return bool(np.all(np.abs(state[:2] - goal_state[:2]) < QPOS_THRESHOLD))
         return bool(np.linalg.norm(fingertip(state[:2]) - fingertip(goal_state[:2])) <= self.success_radius)
 
     def _task_success(self) -> bool:
