@@ -381,3 +381,15 @@ def test_dataset_goals_are_the_default_from_the_run_training_file(checkpoint, ep
     assert one["goals"] == "dataset" and one["dataset"] == str(episodes_file["lewm"]) and one["history_len"] == 1
     drop = lambda episodes: [{k: v for k, v in e.items() if k != "plan_latencies_s"} for e in episodes]  # noqa: E731
     assert drop(one["per_episode"]) == drop(two["per_episode"]) and two["workers"] == 2
+
+
+def test_viewer_writes_a_page_for_each_saved_episode(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = eval_main([f"checkpoint={checkpoint}", "goals=expert", "viewer=true", "episodes=2", "budget=5", "goal_offset=25",
+                    "save_episodes=1", f"out={out}", *SMALL_PLANNER])
+    assert rc == 0, capsys.readouterr().err
+    page = (out / "episode_000.html").read_text()
+    assert page.lstrip().lower().startswith("<!doctype html") and "<script" in page
+    assert not (out / "episode_001.html").exists()
+    assert eval_main([f"checkpoint={checkpoint}", "viewer_probe=/nonexistent.json"]) == 2
+    assert "viewer_probe /nonexistent.json does not exist" in capsys.readouterr().err

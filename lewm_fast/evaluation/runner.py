@@ -49,6 +49,9 @@ def validate_eval_config(cfg: DictConfig) -> None:
         raise ValueError(f"env_kwargs must be a mapping of environment constructor arguments, got {cfg.env_kwargs!r}")
     require_int(cfg, "history_len")
     require_int(cfg, "workers")
+    require_bool(cfg, "viewer")
+    if require_key(cfg, "viewer_probe") is not None and not Path(cfg.viewer_probe).is_file():
+        raise ValueError(f"viewer_probe {cfg.viewer_probe} does not exist (the probe.json lewm-analyze probe writes)")
     if require_key(cfg, "dataset") is not None and not isinstance(cfg.dataset, str):
         raise ValueError(f"dataset must be the path of an episode file or null (expert goals), got {cfg.dataset!r}")
     if require_key(cfg, "env") is not None and not isinstance(cfg.env, str):
@@ -161,10 +164,10 @@ def goal_dataset(cfg: DictConfig, norm: Optional[Dict[str, Any]], source: Path) 
 _WORKER: Optional["Evaluation"] = None
 
 
-def _start_worker(cfg: DictConfig, threads: int) -> None:
+def _start_worker(cfg: DictConfig, threads: int, out: Path) -> None:
     global _WORKER
     torch.set_num_threads(threads)
-    _WORKER = Evaluation(cfg)
+    _WORKER = Evaluation(cfg, out)
 
 
 def _play_in_worker(episode: int) -> EpisodeResult:
@@ -181,7 +184,7 @@ def episode_results(evaluation: "Evaluation", episodes: int, workers: int) -> It
         return
     threads = max(1, torch.get_num_threads() // workers)
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_start_worker, initargs=(evaluation.cfg, threads)) as pool:
+    with ctx.Pool(workers, initializer=_start_worker, initargs=(evaluation.cfg, threads, evaluation.out)) as pool:
         yield pool.imap_unordered(_play_in_worker, range(episodes))
 
 
@@ -245,13 +248,29 @@ class Evaluation:
 
     def play(self, episode: int) -> EpisodeResult:
         """Episode ``episode``: env reset, goal draw and planner noise all seeded by ``seed + episode`` (so episodes
-        give the same result in any order or process)."""
+        give the same result in any order or process). With ``viewer=true`` the first ``save_episodes`` episodes also
+        write ``episode_<e>.html`` (``lewm_fast.analysis`` planning viewer)."""
         cfg = self.cfg
         seed = int(cfg.seed) + episode
         self.planner.reseed(seed)
-        return run_episode(self.env, self.goals, self.planner, self.model, self.codec, episode=episode, seed=seed,
-                           budget=int(cfg.budget), history_len=int(cfg.history_len),
-                           record=episode < int(cfg.save_episodes))
+        record = episode < int(cfg.save_episodes)
+        kwargs = dict(episode=episode, seed=seed, budget=int(cfg.budget), history_len=int(cfg.history_len), record=record)
+        if not (record and cfg.viewer):
+            return run_episode(self.env, self.goals, self.planner, self.model, self.codec, **kwargs)
+        from ..analysis import LatentProjection, PlanRecorder, write_viewer
+
+        plane = LatentProjection.from_probe(cfg.viewer_probe) if cfg.viewer_probe else None
+        recorder = PlanRecorder(self.planner, plane, env_name=self.env_name)
+        drawn: Dict[str, Any] = {}
+
+        def goals(seed: int) -> Tuple[Any, Any]:
+            drawn["start"], drawn["goal"] = self.goals(seed)
+            return drawn["start"], drawn["goal"]
+
+        result = run_episode(recorder.watch(self.env), goals, recorder, self.model, self.codec, **kwargs)
+        if result.plan_latencies_s:  # an episode that starts at its goal plans nothing to show
+            write_viewer(self.out / f"episode_{episode:03d}.html", recorder.record(goal_state=drawn["goal"]))
+        return result
 
     def run(self) -> Dict[str, Any]:
         """Play ``cfg.episodes`` MPC episodes (in ``cfg.workers`` processes); -> the summary written to
