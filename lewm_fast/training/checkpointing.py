@@ -143,7 +143,9 @@ def load_trainer_state(checkpoint: Union[str, os.PathLike]) -> Dict[str, Any]:
         return _read_trainer_state(path)
     except _UNREADABLE as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read {path} (truncated or corrupt: {reason}); {_fallback_hint(Path(checkpoint))}") from None
+        raise CheckpointError(
+            f"cannot read {path} (truncated or corrupt: {reason}); {_fallback_hint(Path(checkpoint))}"
+        ) from None
 
 
 def _fallback_hint(broken: Path) -> str:

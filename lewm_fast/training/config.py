@@ -20,6 +20,7 @@ from ..checkpoint import default_config
 CONFIG_MODULE = "lewm_fast.configs"
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+DRY_RUNS = (None, "loader")
 # model-group keys forwarded to default_config's ViT overrides when set (null = keep the encoder_size's value)
 ENCODER_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -184,6 +185,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_int(cfg, "save_every_steps", 0)
     require_int(cfg, "keep_checkpoints", 0)
     require_bool(cfg, "resume")
+    require_bool(cfg, "compile")
+    if require_key(cfg, "dry_run") not in DRY_RUNS:
+        raise ValueError(f"dry_run must be null (train) or loader (time the data loader), got {cfg.dry_run!r}")
+    require_int(cfg, "dry_run_batches")
+    require_number(cfg, "dry_run_seconds", 0.0, open_low=True)
     require_choice(cfg, "device", DEVICES)
     require_choice(cfg, "precision", PRECISIONS)
     require_number(cfg, "optim.lr", 0.0, open_low=True)
@@ -315,11 +321,13 @@ def _default_choices(config_name: str) -> Dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- resume
-SAFE_ON_RESUME = ("epochs", "log_every", "save_every_steps", "keep_checkpoints", "device", "data.path",
-                  "data.num_workers", "resume", "out")
+SAFE_ON_RESUME = ("epochs", "log_every", "save_every_steps", "keep_checkpoints", "device", "compile", "data.path",
+                  "data.num_workers", "dry_run", "dry_run_batches", "dry_run_seconds", "resume", "out")
 """Keys a resumed run may change: more epochs (the cosine decay then stretches over the new total), logging and
-checkpoint cadence, the device, where the dataset file lives (its sequence count and env are checked) and loader
-workers. Every other key keeps the run's saved value; changing one is refused."""
+checkpoint cadence, the device, compilation, where the dataset file lives (its sequence count and env are checked),
+loader workers and a loader dry run. Every other key keeps the run's saved value; changing one is refused. (The number
+of processes is not a key: a run may resume on any.)"""
+_NOT_SETTINGS = ("dry_run", "dry_run_batches", "dry_run_seconds", "resume", "out")  # left out of the refusal's list
 
 
 LEGACY_VALUES = {"data.val_fraction": 0.0}
@@ -380,7 +388,7 @@ def resume_config(overrides: Sequence[str]) -> DictConfig:
     if refused:
         raise ValueError(
             f"cannot resume {run} with changed settings ({'; '.join(refused)}): the run was trained with the values "
-            f"saved in {source}; only {', '.join(k for k in SAFE_ON_RESUME if k not in ('resume', 'out'))} may change "
+            f"saved in {source}; only {', '.join(k for k in SAFE_ON_RESUME if k not in _NOT_SETTINGS)} may change "
             "on resume (start a new run with another out=<dir> to change the rest)"
         )
     merged.resume, merged.out = True, cli.out

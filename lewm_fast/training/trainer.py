@@ -1,9 +1,16 @@
 """The LeWM training loop (SPEC §2): loss = MSE(next latent) + weight * SIGReg(latents), AdamW with linear warmup and
-cosine decay, gradient clipping, bf16 autocast on CUDA (fp32 on CPU), checkpoints every epoch with exact resume.
+cosine decay, gradient clipping, bf16 autocast on CUDA (fp32 on CPU), checkpoints every epoch with exact resume, on one
+process or data-parallel over several (torchrun: see ``distributed``).
 
 Exact resume: batches come from a seeded permutation per epoch (``epoch_batches``), and a checkpoint stores the model,
-optimizer, scheduler, global step, epoch, batch position and every RNG state, so a run killed and resumed from its last
-checkpoint takes the same steps with the same data and random draws as an uninterrupted one.
+optimizer, scheduler, global step, epoch, batch position and every RNG state (each rank's, and the SIGReg projections'
+own generator), so a run killed and resumed from its last checkpoint takes the same steps with the same data and random
+draws as an uninterrupted one.
+
+Data parallelism: rank r of W trains on rows [r*b, (r+1)*b) of every global batch (b = batch_size / W), so the global
+batches, and the step count, do not depend on W; a run may resume with another number of processes (the ranks' dropout
+streams are then reseeded). BatchNorm and SIGReg see the global batch (``SyncBatchNorm1d``, ``SharedProjectionSIGReg``);
+rank 0 alone reads and writes the run directory and prints.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -30,6 +38,7 @@ from ..reference.sigreg import SIGReg as ReferenceSIGReg
 from ..reference.vit import IMAGENET_MEAN, IMAGENET_STD
 from . import checkpointing as ckpt
 from .config import check_data_path, model_config, validate_train_config
+from .distributed import Ranks, SharedProjectionSIGReg, local_batch_size, rank_seed, sync_batchnorm_
 from .report import epoch_means, plot_losses, write_log
 
 STATE_FORMAT = 1
@@ -39,11 +48,12 @@ RESUME_KEYS = ("model", "data.env", "data.frameskip", "data.num_frames", "data.v
 
 # ---------------------------------------------------------------------------------------------------- building blocks
 def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` -> a device; CUDA is the current one (``cuda:LOCAL_RANK`` under torchrun)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
-    return torch.device(name)
+    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -94,6 +104,70 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> Lis
     return [perm[i : i + batch_size] for i in range(0, num_items - batch_size + 1, batch_size)]
 
 
+class EpochBatchSampler:
+    """A DataLoader ``batch_sampler`` yielding this rank's rows of each batch of ``epoch_batches`` (rank r of W takes
+    rows [r*b, (r+1)*b), b = batch_size / W); ``set_epoch`` picks the epoch and the batch to start from, so one loader
+    (and its persistent workers) serves every epoch."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, ranks: Ranks):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.local_batch_size = local_batch_size(batch_size, ranks)
+        self.rows = slice(ranks.rank * self.local_batch_size, (ranks.rank + 1) * self.local_batch_size)
+        self.batches: List[List[int]] = []
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        batches = epoch_batches(self.num_items, self.batch_size, self.seed, epoch)[start:]
+        self.batches = [batch[self.rows] for batch in batches]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def train_loader(dataset: Dataset, sampler: EpochBatchSampler, cfg: DictConfig, device: torch.device) -> DataLoader:
+    """The training DataLoader: ``data.num_workers`` persistent worker processes (each opens the HDF5 file itself),
+    pinned host memory when training on CUDA."""
+    workers = int(cfg.data.num_workers)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(int(cfg.seed)))
+
+
+def loader_throughput(cfg: DictConfig, max_batches: int, max_seconds: float) -> Dict[str, Any]:
+    """``dry_run=loader``: iterate this rank's training loader over epoch 1 (copying each batch to the training device)
+    for at most ``max_batches`` batches or ``max_seconds`` after the first, writing nothing. -> samples/s over all
+    ranks after the first batch (that one pays for starting the workers), the time to it, the samples and seconds
+    timed, and the setup."""
+    ranks = Ranks.current()
+    with ranks.agree():
+        validate_train_config(cfg)
+        device = resolve_device(cfg.device)
+        dataset, _ = open_datasets(cfg)
+        sampler = EpochBatchSampler(len(dataset), int(cfg.batch_size), int(cfg.seed), ranks)
+    sampler.set_epoch(0)
+    loader = train_loader(dataset, sampler, cfg, device)
+    start = time.perf_counter()
+    first_s, batches, samples = 0.0, 0, 0
+    for batch in loader:
+        for value in batch.values():
+            value.to(device, non_blocking=True)
+        if batches == 0:
+            first_s = time.perf_counter() - start
+        else:
+            samples += len(batch["pixels"])
+        batches += 1
+        if batches > max_batches or time.perf_counter() - start - first_s >= max_seconds:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    samples = int(ranks.sum_(torch.tensor(float(samples), device=device)))  # on the GPU for NCCL
+    elapsed = max(ranks.gather(time.perf_counter() - start - first_s))
+    return {"samples_per_s": samples / elapsed if elapsed > 0 else None, "first_batch_s": first_s, "samples": samples,
+            "seconds": elapsed, "processes": ranks.world_size, "local_batch_size": sampler.local_batch_size,
+            "num_workers": int(cfg.data.num_workers), "pin_memory": device.type == "cuda", "device": str(device)}
+
+
 def model_pixels(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
     """Dataset frames -> ImageNet-normalised float (B,T,3,S,S). uint8 frames (B,T,3,H,W) or (B,T,H,W,3) are normalised
     here; float frames are taken as already normalised. Frames of another size are resized (bilinear, antialiased)."""
@@ -110,7 +184,8 @@ def model_pixels(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
         raise ValueError(f"batch['pixels'] must have 3 channels, got shape {tuple(pixels.shape)}")
     if pixels.shape[-2:] != (image_size, image_size):
         b, t = pixels.shape[:2]
-        flat = F.interpolate(pixels.flatten(0, 1), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        flat = F.interpolate(pixels.flatten(0, 1), size=(image_size, image_size), mode="bilinear", antialias=True,
+                             align_corners=False)
         pixels = flat.view(b, t, 3, image_size, image_size)
     return pixels.float()
 
@@ -175,47 +250,78 @@ def open_datasets(cfg: DictConfig) -> Tuple[Dataset, Optional[Dataset]]:
                          f"training sequence ({exc}); raise data.val_fraction or set it to 0") from None
 
 
+class Objective(nn.Module):
+    """The training loss as a module, ``(pixels, actions) -> LossTerms``: what DistributedDataParallel wraps (its
+    forward is where DDP arms the gradient all-reduce)."""
+
+    def __init__(self, model: LeWM, sigreg: nn.Module, weight: float):
+        super().__init__()
+        self.model, self.sigreg, self.weight = model, sigreg, weight
+
+    def forward(self, pixels: torch.Tensor, actions: torch.Tensor) -> LossTerms:
+        return lewm_loss(self.model, pixels, actions, self.sigreg, self.weight)
+
+
 # ---------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """``Trainer(cfg, dataset=None, val_dataset=None).fit() -> summary dict``. ``cfg`` is a composed ``train`` config
     (see ``compose_train_config``); without ``dataset``, ``open_datasets(cfg)`` gives both (the held-out split of
     ``data.val_fraction``); with it, ``val_dataset`` (or none) is the held-out set. Items are dicts with ``pixels``
-    (T,3,H,W) and ``action`` (T, frameskip*A), T = ``data.num_frames``."""
+    (T,3,H,W) and ``action`` (T, frameskip*A), T = ``data.num_frames``.
+
+    With torch.distributed initialised (``torchrun``; see ``distributed.process_group``) the trainer is one rank of a
+    data-parallel run: every rank constructs it and calls the same methods, which are then collective."""
 
     def __init__(self, cfg: DictConfig, dataset: Optional[Dataset] = None, val_dataset: Optional[Dataset] = None):
-        validate_train_config(cfg)
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
-        self.run_dir = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-        if dataset is None:
-            dataset, val_dataset = open_datasets(cfg)
-        self.dataset, self.val_dataset = dataset, val_dataset
-        data_env = getattr(self.dataset, "env_name", cfg.data.env)
-        if data_env != cfg.data.env:
-            raise ValueError(f"data.env={cfg.data.env} but the dataset holds {data_env!r} episodes; pass data={data_env}")
-        self.normalization = normalization_info(self.dataset, cfg, self.val_dataset)
+        self.ranks = Ranks.current()
+        with self.ranks.agree():
+            validate_train_config(cfg)
+            self.cfg = cfg
+            self.device = resolve_device(cfg.device)
+            self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+            if dataset is None:
+                dataset, val_dataset = open_datasets(cfg)
+            self.dataset, self.val_dataset = dataset, val_dataset
+            data_env = getattr(self.dataset, "env_name", cfg.data.env)
+            if data_env != cfg.data.env:
+                raise ValueError(f"data.env={cfg.data.env} but the dataset holds {data_env!r} episodes; pass data={data_env}")
+            self.normalization = normalization_info(self.dataset, cfg, self.val_dataset)
 
-        first = self.dataset[0]
-        width = int(first["action"].shape[-1])
-        frameskip = int(cfg.data.frameskip)
-        if width % frameskip:
-            raise ValueError(f"dataset actions have width {width}, not a multiple of data.frameskip={frameskip}")
-        if int(first["action"].shape[0]) != int(cfg.data.num_frames):
-            raise ValueError(f"dataset items hold {first['action'].shape[0]} frames but data.num_frames={cfg.data.num_frames}")
-        self.batch_size = int(cfg.batch_size)
-        self.steps_per_epoch = len(self.dataset) // self.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the dataset holds {len(self.dataset)} sequences, fewer than batch_size={self.batch_size}; "
-                "collect more episodes or lower batch_size"
-            )
+            first = self.dataset[0]
+            width = int(first["action"].shape[-1])
+            frameskip = int(cfg.data.frameskip)
+            if width % frameskip:
+                raise ValueError(f"dataset actions have width {width}, not a multiple of data.frameskip={frameskip}")
+            if int(first["action"].shape[0]) != int(cfg.data.num_frames):
+                raise ValueError(f"dataset items hold {first['action'].shape[0]} frames but "
+                                 f"data.num_frames={cfg.data.num_frames}")
+            self.batch_size = int(cfg.batch_size)
+            self.steps_per_epoch = len(self.dataset) // self.batch_size
+            if self.steps_per_epoch == 0:
+                raise ValueError(
+                    f"the dataset holds {len(self.dataset)} sequences, fewer than batch_size={self.batch_size}; "
+                    "collect more episodes or lower batch_size"
+                )
+            self.sampler = EpochBatchSampler(len(self.dataset), self.batch_size, int(cfg.seed), self.ranks)
         self.total_steps = int(cfg.epochs) * self.steps_per_epoch
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(cfg.out) if cfg.out else Path("runs") / self.ranks.broadcast(stamp)
 
-        torch.manual_seed(int(cfg.seed))
+        seed = int(cfg.seed)
+        torch.manual_seed(seed)
         self.model: LeWM = build_model(model_config(cfg, action_dim=width // frameskip)).to(self.device)
         self.sigreg = build_sigreg(cfg).to(self.device)
         self.sigreg_backend = resolve_backend(str(cfg.sigreg.backend), self.device) if cfg.sigreg.fused else "reference"
+        self.projections = torch.Generator(self.device).manual_seed(seed)  # the same on every rank
+        shared = SharedProjectionSIGReg(self.sigreg, self.projections, fused=bool(cfg.sigreg.fused))
+        self.objective: nn.Module = Objective(self.model, shared, float(cfg.sigreg.weight))
+        if self.ranks.active:
+            sync_batchnorm_(self.model)
+            self.objective = DistributedDataParallel(
+                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            torch.manual_seed(rank_seed(seed, self.ranks.rank, 0))  # each rank its own dropout masks
+        if cfg.compile:
+            self.objective = torch.compile(self.objective)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
 
@@ -230,6 +336,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> Dict[str, Any]:
+        """What a checkpoint stores besides the weights (collective: it gathers every rank's RNG state)."""
+        rngs = self.ranks.gather(ckpt.rng_state())
         return {
             "format": STATE_FORMAT,
             "global_step": self.global_step,
@@ -237,7 +345,9 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": rngs[0],
+            "rank_rng": rngs[1:],  # ranks 1.. of a data-parallel run
+            "projection_rng": self.projections.get_state(),
             "history": list(self.history),
             "val_history": list(self.val_history),
             "train_time_s": self.train_time_s,
@@ -245,14 +355,16 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
-    def save(self) -> Path:
+    def save(self) -> Optional[Path]:
+        """Write a checkpoint (rank 0; the others take part in gathering the state) -> its path (None off rank 0)."""
         self._flush()
-        return ckpt.save_checkpoint(
-            self.run_dir, self.model, self.trainer_state(), self.normalization, keep=int(self.cfg.keep_checkpoints)
-        )
+        state = self.trainer_state()
+        if not self.ranks.is_main:
+            return None
+        return ckpt.save_checkpoint(self.run_dir, self.model, state, self.normalization, keep=int(self.cfg.keep_checkpoints))
 
-    def restore(self, checkpoint: Path) -> None:
-        """Load model, optimizer, scheduler, counters, log and RNG states from a training checkpoint."""
+    def _read_checkpoint(self, checkpoint: Path) -> Dict[str, Any]:
+        """The trainer state and weights of a training checkpoint, checked against this run's settings and data."""
         state = ckpt.load_trainer_state(checkpoint)
         saved = OmegaConf.create(state["config"])
         for key in RESUME_KEYS:
@@ -266,7 +378,14 @@ class Trainer:
                 f"cannot resume {checkpoint}: it was trained on a dataset of {state['dataset_sequences']} sequences, this "
                 f"run's dataset holds {len(self.dataset)}; resuming exactly needs the same data"
             )
-        load_state_dict_strict(self.model, read_weights(checkpoint / "weights.pt"))
+        return {"state": state, "weights": read_weights(checkpoint / "weights.pt")}
+
+    def _load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Load model, optimizer, scheduler, counters, log and RNG states (from ``_read_checkpoint``). This rank takes
+        its own saved RNG state when the run had as many ranks; otherwise rank 0 takes rank 0's and the others are
+        reseeded (data order and projections do not depend on the number of ranks)."""
+        state = checkpoint["state"]
+        load_state_dict_strict(self.model, checkpoint["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.global_step = int(state["global_step"])
@@ -275,7 +394,15 @@ class Trainer:
         self.history = list(state["history"])
         self.val_history = list(state.get("val_history", []))
         self.train_time_s = float(state["train_time_s"])
-        ckpt.set_rng_state(state["rng"])
+        rngs = [state["rng"], *state.get("rank_rng", [])]
+        if len(rngs) == self.ranks.world_size or self.ranks.is_main:
+            ckpt.set_rng_state(rngs[self.ranks.rank])
+        else:
+            torch.manual_seed(rank_seed(int(self.cfg.seed), self.ranks.rank, self.global_step))
+        if "projection_rng" in state:
+            self.projections.set_state(state["projection_rng"])
+        else:  # a checkpoint from before the projections had their own generator
+            self.projections.manual_seed(rank_seed(int(self.cfg.seed), 0, self.global_step))
 
     # ------------------------------------------------------------------ steps
     def _inputs(self, batch: Dict[str, torch.Tensor]):
@@ -283,11 +410,15 @@ class Trainer:
         actions = batch["action"].to(self.device, non_blocking=True).float()
         return model_pixels(pixels, int(self.cfg.model.image_size)), actions
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
     def train_step(self, batch: Dict[str, torch.Tensor]) -> tuple[LossTerms, torch.Tensor]:
-        """One optimisation step; -> (detached loss terms, gradient norm before clipping)."""
+        """One optimisation step on this rank's rows of a batch; -> (detached loss terms: the prediction loss of these
+        rows, SIGReg of the global batch; the gradient norm before clipping)."""
         pixels, actions = self._inputs(batch)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            terms = lewm_loss(self.model, pixels, actions, self.sigreg, float(self.cfg.sigreg.weight))
+        with self._autocast():
+            terms = self.objective(pixels, actions)
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         clip = self.cfg.optim.grad_clip
@@ -299,31 +430,36 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> Optional[float]:
         """Mean next-latent MSE over the held-out sequences (eval mode: no dropout, BatchNorm running statistics; no
-        random draw, so an exact resume stays exact); None without a held-out set."""
+        random draw, so an exact resume stays exact); None without a held-out set. Data-parallel: each rank takes every
+        world_size-th sequence and the sums are all-reduced, so every rank gets the value of the whole set."""
         if self.val_dataset is None:
             return None
         was_training = self.model.training
         self.model.eval()
-        loader = DataLoader(self.val_dataset, batch_size=self.batch_size, shuffle=False,
-                            num_workers=int(self.cfg.data.num_workers), generator=torch.Generator().manual_seed(0))
+        mine = range(self.ranks.rank, len(self.val_dataset), self.ranks.world_size)
+        loader = DataLoader(self.val_dataset, batch_size=self.sampler.local_batch_size, sampler=list(mine),
+                            num_workers=int(self.cfg.data.num_workers), pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))
         total, count = torch.zeros((), device=self.device), 0
         for batch in loader:
             pixels, actions = self._inputs(batch)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with self._autocast():
                 loss = prediction_loss(self.model, pixels, actions)
             total += loss.float() * len(pixels)
             count += len(pixels)
         self.model.train(was_training)
-        return float(total) / count
+        total, count = self.ranks.sum_(torch.stack((total, torch.tensor(float(count), device=self.device)))).tolist()
+        return total / count
 
     def _record(self, terms: LossTerms, grad_norm: torch.Tensor, lr: float) -> None:
         """Queue this step's values; they are copied to the host every ``log_every`` steps (one sync, not one per step)."""
         self._pending.append((self.global_step, self.epoch + 1, lr, torch.stack([*terms, grad_norm])))
 
     def _flush(self) -> Optional[Dict[str, float]]:
+        """Move the queued values to the history (averaged over ranks: the global batch's loss terms)."""
         if not self._pending:
             return None
-        values = torch.stack([p[3] for p in self._pending]).cpu().tolist()
+        values = (self.ranks.sum_(torch.stack([p[3] for p in self._pending])) / self.ranks.world_size).cpu().tolist()
         for (step, epoch, lr, _), (loss, pred, sig, gnorm) in zip(self._pending, values):
             self.history.append(
                 {"step": step, "epoch": epoch, "loss": loss, "pred_loss": pred, "sigreg_loss": sig, "lr": lr, "grad_norm": gnorm}
@@ -339,20 +475,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def prepare(self) -> None:
-        """Make the run directory ready: resume from its last checkpoint (``resume=true``) or refuse to overwrite one;
-        write ``train_config.yaml``. ``fit`` calls it when it has not run (errors here are the user's: ValueError)."""
+        """Make the run directory ready (rank 0): resume from its last checkpoint (``resume=true``) or refuse to
+        overwrite one; write ``train_config.yaml``. Every rank then loads the checkpoint rank 0 read, and the ranks check
+        that they share the config and the SIGReg projections. ``fit`` calls it when it has not run (errors here are the
+        user's: ValueError)."""
         if self._prepared:
             return
-        self._prepare_run_dir()
+        with self.ranks.agree():
+            checkpoint = self._prepare_run_dir() if self.ranks.is_main else None
+        checkpoint = self.ranks.broadcast(checkpoint)
+        if checkpoint is not None:
+            self._load_checkpoint(checkpoint)
+        self.ranks.check_same("the training config", OmegaConf.to_yaml(self.cfg, resolve=True), hint=(
+            "start every process with the same command line; with resume=true each machine reads the run's saved "
+            f"settings from {self.run_dir}, so put it on a filesystem all machines see or repeat the whole command line"))
+        self.ranks.check_same("the SIGReg projections", self.projections.get_state().tolist())
         self._prepared = True
 
-    def _prepare_run_dir(self) -> None:
+    def _prepare_run_dir(self) -> Optional[Dict[str, Any]]:
+        """-> the checkpoint to resume from (``_read_checkpoint``), or None."""
         ckpt.remove_partial_checkpoints(self.run_dir)
         latest = ckpt.latest_checkpoint(self.run_dir)
+        checkpoint = None
         if self.cfg.resume:
             if latest is not None:
-                self.restore(latest)
-                tqdm.write(f"resumed from {latest} (step {self.global_step}, epoch {self.epoch + 1})")
+                checkpoint = self._read_checkpoint(latest)
+                state = checkpoint["state"]
+                tqdm.write(f"resumed from {latest} (step {state['global_step']}, epoch {int(state['epoch']) + 1})")
             else:
                 tqdm.write(f"resume=true but {self.run_dir} has no checkpoint yet: starting from scratch")
         elif latest is not None:
@@ -362,6 +511,7 @@ class Trainer:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "train_config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        return checkpoint
 
     def fit(self) -> Dict[str, Any]:
         """Train to ``epochs`` (from the last checkpoint when resuming); write checkpoints, train_log.json and
@@ -370,16 +520,13 @@ class Trainer:
         cfg = self.cfg
         epochs = int(cfg.epochs)
         log_every, save_every = int(cfg.log_every), int(cfg.save_every_steps)
+        main = self.ranks.is_main
         self.model.train()
-        pin = self.device.type == "cuda"
+        loader = train_loader(self.dataset, self.sampler, cfg, self.device)
         while self.epoch < epochs:
-            batches = epoch_batches(len(self.dataset), self.batch_size, int(cfg.seed), self.epoch)[self.batch_in_epoch :]
-            loader = DataLoader(
-                self.dataset, batch_sampler=batches, num_workers=int(cfg.data.num_workers), pin_memory=pin,
-                generator=torch.Generator().manual_seed(int(cfg.seed) + self.epoch),
-            )
+            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{epochs}",
-                       dynamic_ncols=True, leave=True)
+                       dynamic_ncols=True, leave=True, disable=not main)
             t0 = time.perf_counter()
             for batch in loader:
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -405,23 +552,26 @@ class Trainer:
                 self.val_history.append({"epoch": self.epoch, "step": self.global_step, "val_pred_loss": val})
             path = self.save()
             means = epoch_means([r for r in self.history if r["epoch"] == self.epoch])[0]
-            tqdm.write(
-                f"epoch {self.epoch}/{epochs}: loss {means['loss']:.4f} (pred {means['pred_loss']:.4f}, "
-                f"sigreg {means['sigreg_loss']:.3f})" + (f", held-out pred {val:.4f}" if val is not None else "")
-                + f" -> {path}"
-            )
+            if main:
+                tqdm.write(
+                    f"epoch {self.epoch}/{epochs}: loss {means['loss']:.4f} (pred {means['pred_loss']:.4f}, "
+                    f"sigreg {means['sigreg_loss']:.3f})" + (f", held-out pred {val:.4f}" if val is not None else "")
+                    + f" -> {path}"
+                )
         return self.finish()
 
     def finish(self) -> Dict[str, Any]:
-        """Write train_log.json and loss_curves.png; -> the summary."""
+        """Write train_log.json and loss_curves.png (rank 0); -> the summary."""
         self._flush()
-        latest = ckpt.latest_checkpoint(self.run_dir)
+        latest = ckpt.latest_checkpoint(self.run_dir) if self.ranks.is_main else None
         summary = {
             "run_dir": str(self.run_dir),
             "checkpoint": str(latest) if latest else None,
             "device": str(self.device),
+            "world_size": self.ranks.world_size,
             "precision": "bf16-autocast" if self.amp_dtype is not None else "fp32",
             "sigreg": {"fused": bool(self.cfg.sigreg.fused), "backend": self.sigreg_backend},
+            "compiled": bool(self.cfg.compile),
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "dataset_sequences": len(self.dataset),
             "val_sequences": len(self.val_dataset) if self.val_dataset is not None else 0,
@@ -430,13 +580,15 @@ class Trainer:
             "epochs_done": self.epoch,
             "train_time_s": self.train_time_s,
             "steps_per_s": self.global_step / self.train_time_s if self.train_time_s > 0 else None,
+            "samples_per_s": self.global_step * self.batch_size / self.train_time_s if self.train_time_s > 0 else None,
             "epochs": epoch_means(self.history, self.val_history),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "history": self.history,
         }
-        write_log(self.run_dir / "train_log.json", summary)
-        if self.history:
-            plot_losses(self.run_dir / "loss_curves.png", self.history, float(self.cfg.sigreg.weight), self.val_history)
+        if self.ranks.is_main:
+            write_log(self.run_dir / "train_log.json", summary)
+            if self.history:
+                plot_losses(self.run_dir / "loss_curves.png", self.history, float(self.cfg.sigreg.weight), self.val_history)
         return summary
 
 
