@@ -52,9 +52,10 @@ def one_env(env: str, episodes: int, args: argparse.Namespace) -> dict:
     out = Path(args.out) / env
     out.mkdir(parents=True, exist_ok=True)
     log, data, run_dir = out / "log.txt", out / f"{env}.h5", out / "run"
+    collect = ["lewm_fast.cli.collect", f"env={env}", f"episodes={episodes}", f"image_size={args.image_size}", f"out={data}",
+               "progress=false", *ENV_KWARGS.get(env, [])]
     seconds = {
-        "collect": run(["lewm_fast.cli.collect", f"env={env}", f"episodes={episodes}", f"image_size={args.image_size}",
-                        f"out={data}", "overwrite=true", "progress=false", *ENV_KWARGS.get(env, [])], log),
+        "collect": run([*collect, "append=true"] if args.reuse_data and data.exists() else [*collect, "overwrite=true"], log),
         "train": run(["lewm_fast.cli.train", "--fused-sigreg", f"data={env}", f"data.path={data}", f"out={run_dir}",
                       f"epochs={args.epochs}", *args.train_args], log),
         "eval": run(["lewm_fast.cli.evaluate", f"checkpoint={run_dir}", f"episodes={args.eval_episodes}",
@@ -98,6 +99,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="lewm-eval processes")
     parser.add_argument("--train-args", nargs="*", default=[], help="extra lewm-train key=value overrides")
     parser.add_argument("--results", default=None, help="also write the summary JSON here (e.g. bench/results/...)")
+    parser.add_argument("--reuse-data", action="store_true", help="keep an existing episode file (collect only what it lacks)")
     args = parser.parse_args()
     rows = []
     for spec in args.episodes:
