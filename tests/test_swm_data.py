@@ -346,7 +346,7 @@ def test_a_filter_no_plugin_provides(tmp_path):
 def collected(tmp_path_factory) -> Path:
     """4 Two-Room episodes of 31 frames at 32 px, lewm_fast layout."""
     return collect("two_room", 4, tmp_path_factory.mktemp("tr") / "tr.h5", episode_len=30, image_size=32, seed=1,
-                   progress=False)
+                   progress=False, env_kwargs={"terminate_at_target": False})  # fixed-length episodes
 
 
 def lewm_to_swm_style(src: Path, dst: Path, keys: tuple[str, ...] = ROLES) -> Path:
