@@ -55,7 +55,6 @@ if os.environ.get("LEWM_FAST_NO_EXT", "0") != "1":
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"lewm_fast": ["configs/*.yaml", "configs/**/*.yaml"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

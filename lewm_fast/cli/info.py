@@ -88,11 +88,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub.add_parser("aot", add_help=False, help="compile every launched Triton kernel specialization for sm_80/sm_90 "
                    "ahead of time (no GPU needed); report registers, spills, shared memory, compile time "
                    "(lewm-fast aot --help)")
+    sub.add_parser("export-onnx", add_help=False, help="export a trained checkpoint to encoder.onnx + planner.onnx + "
+                   "manifest.json (lewm-fast export-onnx --help)")
+    sub.add_parser("web", add_help=False, help="serve the click-to-plan Two-Room page (onnxruntime-web) on localhost, "
+                   "or write it to a folder (lewm-fast web --help)")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["aot"]:  # its own parser (options, --help)
         from lewm_fast.aot import main as aot_main
 
         return aot_main(argv[1:])
+    if argv[:1] in (["export-onnx"], ["web"]):  # key=value arguments
+        from lewm_fast.export.cli import main as export_main
+
+        return export_main(argv[0], argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         _print_info(args.json)

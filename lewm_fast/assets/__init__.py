@@ -1,0 +1,11 @@
+"""Package data: a small trained Two-Room LeWM (``two_room/``: checkpoint folder + ``latent_pca.json`` +
+``model_card.json``, made by ``bench/train_default_model.sh``), the default model of ``lewm-fast web``.
+
+``LeWM.from_pretrained(DEFAULT_MODEL)`` loads it; ``lewm-eval checkpoint=<DEFAULT_MODEL> dataset=<file>`` evaluates it.
+"""
+
+from pathlib import Path
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "two_room"
+
+__all__ = ["DEFAULT_MODEL"]

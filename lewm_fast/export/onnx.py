@@ -1,0 +1,265 @@
+"""ONNX export of a LeWM for planning outside PyTorch (onnxruntime, onnxruntime-web).
+
+``export_onnx(checkpoint, out)`` writes three files:
+
+- ``encoder.onnx``: uint8 RGB frames (B, S, S, 3) -> latents (B, D); the ImageNet normalisation is inside the graph,
+  then ``LeWM.encode``; B is dynamic.
+- ``planner.onnx``: context latents (H, D), the action blocks between them (H-1, A), candidates (N, T, A) and the goal
+  latent (D) -> costs (N, T) and latents (N, H+T, D) from ``LeWM.rollout``; ``costs[:, t]`` is the goal cost
+  ``||latent after t+1 blocks - goal||^2`` of ``reference.cem.goal_mse_cost``, so ``costs[:, -1]`` is the CEM cost at
+  horizon T and ``costs[:, k-1]`` the cost at a shorter horizon k (the rollout is causal: candidates padded with anything
+  after block k give the same ``costs[:, k-1]``). N is dynamic; H and T are fixed at export.
+- ``manifest.json``: sizes, the frame normalisation, the action scaling of ``normalization.json`` (per block entry), the
+  opset, the source checkpoint's SHA-256, the env's geometry (Two-Room: its module constants) and the latent PCA basis.
+
+The PCA basis (first two principal components) is computed from frames of the training data (``data=``, else the file
+``normalization.json`` records); a checkpoint shipped without its data carries it as ``latent_pca.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..reference.cem import goal_mse_cost
+from ..reference.lewm import LeWM
+from ..reference.vit import IMAGENET_MEAN, IMAGENET_STD
+
+OPSET = 17
+ENCODER_FILE, PLANNER_FILE, MANIFEST_FILE, PCA_FILE = "encoder.onnx", "planner.onnx", "manifest.json", "latent_pca.json"
+FORMAT = "lewm-fast-onnx/1"
+EXTRA_HINT = 'pip install "lewm-fast[onnx]"'
+
+
+class ExportError(ValueError):
+    """A checkpoint or an export setting that cannot be exported; the message says why, on one line."""
+
+
+class EncoderGraph(nn.Module):
+    """uint8 RGB frames (B, S, S, 3) -> latents (B, D): ``preprocess_frames`` then ``LeWM.encode``."""
+
+    def __init__(self, model: LeWM):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", 255.0 * torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", 255.0 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        pixels = (frames.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        return self.model.encode(pixels.unsqueeze(1))[:, 0]
+
+
+class PlannerGraph(nn.Module):
+    """(context (H, D), action_history (H-1, A), candidates (N, T, A), goal (D)) -> (costs (N, T), latents (N, H+T, D)):
+    every candidate rolled out from the same context with ``LeWM.rollout``, its goal cost after each block."""
+
+    def __init__(self, model: LeWM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, context: torch.Tensor, action_history: torch.Tensor, candidates: torch.Tensor,
+                goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = candidates.shape[0]
+        ctx = context.expand(1, n, *context.shape)
+        hist = action_history.expand(1, n, *action_history.shape)
+        latents = self.model.rollout(ctx, hist, candidates.unsqueeze(0))[0]
+        costs = goal_mse_cost(latents[:, context.shape[0]:], goal.expand(n, -1))
+        return costs, latents
+
+
+def require_onnx() -> None:
+    """ExportError naming the extra to install when onnx (needed by torch's exporter) is missing."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs the onnx package: {EXTRA_HINT}") from exc
+
+
+def file_sha256(paths: Sequence[Union[str, os.PathLike]]) -> str:
+    """SHA-256 over the bytes of ``paths``, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_hash(source: Path) -> str:
+    """SHA-256 of a checkpoint: its config.json + weights.pt, or the object checkpoint file."""
+    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    return file_sha256([source] if source.is_file() else [source / CONFIG_NAME, source / WEIGHTS_NAME])
+
+
+def load_for_export(checkpoint: Union[str, os.PathLike]) -> tuple[LeWM, Path, Dict[str, Any]]:
+    """-> (model in fp32 eval mode, its folder or file, its normalization.json); ExportError for what cannot be
+    exported: no checkpoint there, unreadable or non-finite weights, no action statistics."""
+    from ..checkpoint import CheckpointError
+    from ..evaluation.runner import load_checkpoint
+
+    try:
+        model, source, norm = load_checkpoint(str(checkpoint), torch.device("cpu"))
+    except (CheckpointError, OSError) as exc:
+        raise ExportError(f"cannot export {checkpoint}: {exc}") from exc
+    if norm is None:
+        raise ExportError(f"cannot export {checkpoint}: it has no normalization.json (the action statistics the planner "
+                          "needs; lewm-train writes it next to every checkpoint)")
+    return model.float().eval(), source, norm
+
+
+def env_geometry(env_name: str) -> Optional[Dict[str, Any]]:
+    """The environment's geometry for a JavaScript twin: Two-Room's module constants (UPPER_CASE names, as lewm_fast's
+    module defines them at export time) and its default options; None for other environments."""
+    if env_name != "two_room":
+        return None
+    from ..envs import two_room
+
+    env = two_room.TwoRoomEnv(image_size=8)
+    constants = {name: np.asarray(value).tolist() for name, value in vars(two_room).items()
+                 if name.isupper() and isinstance(value, (int, float, tuple, np.ndarray))}
+    options = {"speed": env.speed, "door_y": env.door_y, "door_half_width": env.door_half_width}
+    return {"name": env_name, "constants": constants, "options": options}
+
+
+def _sample_rows(lengths: np.ndarray, starts: np.ndarray, count: int) -> np.ndarray:
+    """``count`` rows spread evenly over all episodes' frames (sorted, unique)."""
+    rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts.tolist(), lengths.tolist())])
+    return np.unique(rows[np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(np.int64)])
+
+
+def latent_pca(model: LeWM, data: Union[str, os.PathLike], frames: int = 2048, points: int = 600) -> Dict[str, Any]:
+    """First two principal components of the latents of up to ``frames`` frames of an episode file, and ``points`` of
+    them projected (with the agent's position from the proprio column, when there is one) for a background scatter."""
+    from ..analysis.latent_map import pca
+    from ..analysis.sources import encode_frames
+    from ..data import read_layout
+    from ..data.h5format import open_h5
+
+    with open_h5(data) as f:
+        layout = read_layout(f)
+        rows = _sample_rows(layout.lengths, layout.starts, frames)
+        pixels = np.stack([f[layout.columns["pixels"]][r] for r in rows])  # row by row: h5py's fancy indexing is slow
+        proprio = (np.stack([f[layout.columns["proprio"]][r][:2] for r in rows]) if layout.columns["proprio"]
+                   else np.zeros((len(rows), 0)))
+    if layout.channels_first:
+        pixels = pixels.transpose(0, 2, 3, 1)
+    coords, components, mean, ratio = pca(encode_frames(model, pixels).astype(np.float64))
+    keep = np.linspace(0, len(rows) - 1, min(points, len(rows))).round().astype(np.int64)
+    return {
+        "source": str(Path(data).resolve()),
+        "frames": int(len(rows)),
+        "mean": mean.tolist(),
+        "components": components.tolist(),
+        "explained_variance_ratio": ratio.tolist(),
+        "points": np.round(np.concatenate([coords[keep], proprio[keep]], axis=1), 4).tolist(),
+        "point_columns": ["pc1", "pc2", "agent_x", "agent_y"][: 2 + proprio.shape[1]],
+    }
+
+
+def resolve_pca(model: LeWM, source: Path, norm: Dict[str, Any], data: Optional[Union[str, os.PathLike]]) -> Dict[str, Any]:
+    """The latent PCA from ``data``, else the training file ``normalization.json`` records, else the checkpoint's
+    ``latent_pca.json``; ExportError when none is there."""
+    trained = norm.get("data", {}).get("path")
+    for candidate in (data, trained):
+        if candidate is not None and Path(candidate).is_file():
+            return latent_pca(model, candidate)
+    if data is not None:
+        raise ExportError(f"data={data} does not exist")
+    shipped = (source.parent if source.is_file() else source) / PCA_FILE
+    if shipped.is_file():
+        return json.loads(shipped.read_text())
+    raise ExportError(f"no training data for the latent PCA: {source} records {trained or 'no training file'}, which is "
+                      f"not here, and has no {PCA_FILE}; pass data=<episode file>")
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: Dict[str, Dict[int, str]]) -> None:
+    """torch.onnx.export by tracing (the model's shape checks run on the example inputs, their warnings silenced);
+    ExportError naming the file and the exporter's reason when it fails."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+                              opset_version=OPSET, dynamo=False)
+        except Exception as exc:  # the tracer / exporter, whatever it raises: one line for the user
+            raise ExportError(f"cannot export {path.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def export_graphs(model: LeWM, out: Path, history: int = 1, horizon: int = 5) -> None:
+    """Write ``encoder.onnx`` and ``planner.onnx`` for ``model`` into ``out`` (H = ``history`` context latents, T =
+    ``horizon`` blocks)."""
+    if not 1 <= history <= model.history_size:
+        raise ExportError(f"history must be in [1, {model.history_size}] (the model's window), got {history}")
+    if horizon < 1:
+        raise ExportError(f"horizon must be >= 1, got {horizon}")
+    size = model.encoder.config.image_size
+    d, a = model.latent_dim, model.action_dim
+    frames = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
+    _export(EncoderGraph(model).eval(), (frames,), out / ENCODER_FILE, ["frames"], ["latents"],
+            {"frames": {0: "batch"}, "latents": {0: "batch"}})
+    example = (torch.randn(history, d), torch.zeros(history - 1, a), torch.randn(4, horizon, a), torch.randn(d))
+    _export(PlannerGraph(model).eval(), example, out / PLANNER_FILE, ["context", "action_history", "candidates", "goal"],
+            ["costs", "latents"], {"candidates": {0: "samples"}, "costs": {0: "samples"}, "latents": {0: "samples"}})
+
+
+def build_manifest(model: LeWM, source: Path, norm: Dict[str, Any], out: Path, history: int, horizon: int,
+                   pca: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest of an export in ``out`` (see the module doc)."""
+    import lewm_fast
+    from ..evaluation.mpc import ActionCodec
+
+    env_name = str(norm["env"])
+    frameskip = int(norm["frameskip"])
+    codec = ActionCodec(norm["action"]["mean"], norm["action"]["std"], frameskip, model.action_dim // frameskip)
+    return {
+        "format": FORMAT,
+        "lewm_fast": lewm_fast.__version__,
+        "opset": OPSET,
+        "source": {"checkpoint": str(source), "sha256": checkpoint_hash(source)},
+        "model": {"image_size": model.encoder.config.image_size, "latent_dim": model.latent_dim,
+                  "action_block": model.action_dim, "env_action_dim": codec.action_dim, "frameskip": frameskip,
+                  "window": model.history_size, "history": history, "horizon": horizon},
+        "frames": {"layout": "uint8 (B, S, S, 3) RGB", "mean": [255 * m for m in IMAGENET_MEAN],
+                   "std": [255 * s for s in IMAGENET_STD], "note": "normalised inside encoder.onnx: (x - mean) / std"},
+        "action": {"mean": codec.mean.ravel().tolist(), "std": codec.std.ravel().tolist(),
+                   "note": "env action = block * std + mean, per block entry (frameskip x env action dim, row-major), "
+                           "clipped to [-1, 1]"},
+        "files": {name: {"sha256": file_sha256([out / name]), "bytes": (out / name).stat().st_size}
+                  for name in (ENCODER_FILE, PLANNER_FILE)},
+        "env": env_geometry(env_name) or {"name": env_name},
+        "pca": pca,
+    }
+
+
+def read_manifest(out: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """The manifest of an export folder, or None when there is none (or an unreadable one)."""
+    path = Path(out) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def export_onnx(checkpoint: Union[str, os.PathLike], out: Union[str, os.PathLike], history: int = 1, horizon: int = 5,
+                data: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
+    """Export ``checkpoint`` (a lewm-train run or checkpoint folder) to ``out``: encoder.onnx, planner.onnx,
+    manifest.json, latent_pca.json (see the module doc). -> the manifest. ExportError on what cannot be exported."""
+    require_onnx()
+    model, source, norm = load_for_export(checkpoint)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pca = resolve_pca(model, source, norm, data)
+    export_graphs(model, out, history, horizon)
+    manifest = build_manifest(model, source, norm, out, history, horizon, pca)
+    (out / PCA_FILE).write_text(json.dumps(pca))
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return manifest
