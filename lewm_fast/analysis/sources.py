@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..reference.lewm import LeWM
 from ..reference.vit import preprocess_frames
@@ -94,12 +93,9 @@ def load_episodes(path: str | os.PathLike, episodes: int | list[int] | None = No
 def to_model_input(frames: np.ndarray, image_size: int) -> torch.Tensor:
     """uint8 frames (N, S, S, 3) -> ImageNet-normalised (N, 3, image_size, image_size), resized as
     ``SequenceDataset`` resizes (antialiased bilinear, rounded to uint8 levels) when S differs."""
-    x = torch.from_numpy(np.ascontiguousarray(frames))
-    if x.shape[1] != image_size:
-        x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(image_size, image_size), mode="bilinear",
-                          antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    return preprocess_frames(x)
+    from ..data.dataset import resize_frames
+
+    return preprocess_frames(resize_frames(torch.from_numpy(np.ascontiguousarray(frames)), image_size))
 
 
 @torch.no_grad()

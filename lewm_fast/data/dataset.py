@@ -20,6 +20,16 @@ from .h5format import EpisodeReadError, Stats, open_h5
 from .layout import EpisodeLayout, read_layout, read_layout_stats, read_rows
 
 
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 frames (N, S, S, 3) -> uint8 (N, size, size, 3): antialiased bilinear, rounded to uint8 levels (unchanged
+    when S == size)."""
+    if frames.shape[1] == size:
+        return frames
+    x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", antialias=True,
+                      align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def _check_positive(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -137,13 +147,7 @@ class SequenceDataset(Dataset):
         return action * self._action_std.to(action) + self._action_mean.to(action)
 
     def _pixels(self, frames: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(frames)
-        if self.image_size != self.stored_image_size:
-            x = x.permute(0, 3, 1, 2).float()
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
-                              align_corners=False)
-            x = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        return preprocess_frames(x)
+        return preprocess_frames(resize_frames(torch.from_numpy(frames), self.image_size))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):
