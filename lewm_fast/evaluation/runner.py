@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..backends import BACKENDS
 from ..checkpoint import CheckpointError
 from ..reference.lewm import LeWM
-from ..training.checkpointing import NORMALIZATION, read_normalization, resolve_model_folder
+from ..training.checkpointing import NORMALIZATION, read_normalization, resolve_checkpoint
 from ..training.config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
 from ..training.trainer import resolve_device
 from .media import save_gif, save_strip
@@ -116,9 +116,7 @@ def load_checkpoint(path: str, device: torch.device) -> Tuple[LeWM, Path, Option
     """-> (model, where it came from, its normalization.json or None). ``path``: a lewm-train run directory or
     checkpoint folder, a stable-worldmodel folder (config.json + weights.pt; usually no normalization.json), or an
     object checkpoint file (``<run>_object.ckpt``)."""
-    source = Path(path)
-    if not source.is_file():
-        source = resolve_model_folder(source)
+    source = resolve_checkpoint(path)
     norm = read_normalization(source) if (source / NORMALIZATION).is_file() else None
     model = LeWM.from_pretrained(source, map_location=device)
     check_finite_weights(model, source)

@@ -172,6 +172,12 @@ def resolve_model_folder(path: Union[str, os.PathLike]) -> Path:
     return latest
 
 
+def resolve_checkpoint(path: Union[str, os.PathLike]) -> Path:
+    """An object checkpoint file as it is, else ``resolve_model_folder(path)``."""
+    p = Path(path)
+    return p if p.is_file() else resolve_model_folder(p)
+
+
 def read_normalization(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
     """The ``normalization.json`` the trainer wrote next to the model (action statistics, env, frameskip)."""
     path = Path(folder) / NORMALIZATION

@@ -58,11 +58,10 @@ def cache_folder(checkpoint: Union[str, os.PathLike]) -> Path:
 def source_hash(checkpoint: Union[str, os.PathLike]) -> str:
     """The SHA-256 the export records for ``checkpoint`` (a run, checkpoint folder or object file)."""
     from ..checkpoint import CheckpointError
-    from ..training.checkpointing import resolve_model_folder
+    from ..training.checkpointing import resolve_checkpoint
 
-    path = Path(checkpoint)
     try:
-        return checkpoint_hash(path if path.is_file() else resolve_model_folder(path))
+        return checkpoint_hash(resolve_checkpoint(checkpoint))
     except (CheckpointError, OSError) as exc:
         raise ExportError(f"cannot export {checkpoint}: {exc}") from exc
 
