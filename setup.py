@@ -46,6 +46,7 @@ if os.environ.get("LEWM_FAST_NO_EXT", "0") != "1":
         CppExtension(
             name="lewm_fast._C",
             sources=sorted(glob.glob(os.path.join("csrc", "*.cpp"))),
+            depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),  # rebuilt when they change; shipped in sdists
             extra_compile_args=["-O3", *openmp],  # no -std: BuildExtension adds the one torch's headers need
             extra_link_args=openmp,
         )

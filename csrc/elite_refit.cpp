@@ -9,6 +9,9 @@
 #include <numeric>
 #include <vector>
 
+#include "ops.h"
+
+namespace lewm_fast {
 namespace {
 
 template <typename scalar_t>
@@ -58,6 +61,8 @@ void refit_batch(const scalar_t* cand, const scalar_t* cost, int64_t b, int64_t 
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elite_refit_cpu(const at::Tensor& candidates,
                                                                            const at::Tensor& costs, int64_t topk) {
   TORCH_CHECK_VALUE(candidates.dim() == 4, "candidates must be (B, N, T, A), got ", candidates.sizes());
@@ -88,10 +93,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elite_refit_cpu(const
   return {mean, stdev, idx, elite_costs};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
-  m.def("elite_refit(Tensor candidates, Tensor costs, int topk) -> (Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) { m.impl("elite_refit", &elite_refit_cpu); }
+}  // namespace lewm_fast

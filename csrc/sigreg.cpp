@@ -14,7 +14,6 @@
 // One OpenMP region per pass: the forward runs over (frame, 16 projections), the backward over (frame, 32 batch rows).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +21,9 @@
 #include <memory>
 #include <vector>
 
+#include "ops.h"
+
+namespace lewm_fast {
 namespace {
 
 constexpr int64_t kLanes = 16;      // projections per chunk: one AVX-512 vector of float32
@@ -374,6 +376,8 @@ Problem<scalar_t> problem(const at::Tensor& z, int64_t M, const scalar_t* packed
           (M + kLanes - 1) / kLanes, packed, make_knots(t.const_data_ptr<scalar_t>(), t.size(0))};
 }
 
+}  // namespace
+
 at::Tensor sigreg_sums_cpu(const at::Tensor& z, const at::Tensor& A, const at::Tensor& t) {
   check_inputs(z, A, t);
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // stay in the compute dtype
@@ -415,6 +419,8 @@ at::Tensor sigreg_sums_backward_cpu(const at::Tensor& grad, const at::Tensor& z,
   return dz.to(z.scalar_type());
 }
 
+namespace {
+
 void check_loss_inputs(const at::Tensor& sums, const at::Tensor& count, const at::Tensor& phi,
                        const at::Tensor& weights) {
   TORCH_CHECK_VALUE(sums.dim() == 4 && sums.size(0) == 2, "sums must be (2, T, M, K), got ", sums.sizes());
@@ -450,6 +456,8 @@ void loss_gradient(const scalar_t* sums, int64_t TM, int64_t K, double n, const 
   }
 }
 
+}  // namespace
+
 at::Tensor sigreg_loss_cpu(const at::Tensor& sums, const at::Tensor& count, const at::Tensor& phi,
                            const at::Tensor& weights) {
   check_loss_inputs(sums, count, phi, weights);
@@ -478,18 +486,4 @@ at::Tensor sigreg_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& su
   return out;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
-  m.def("sigreg_sums(Tensor z, Tensor A, Tensor t) -> Tensor");
-  m.def("sigreg_sums_backward(Tensor grad, Tensor z, Tensor A, Tensor t) -> Tensor");
-  m.def("sigreg_loss(Tensor sums, Tensor count, Tensor phi, Tensor weights) -> Tensor");
-  m.def("sigreg_loss_backward(Tensor grad, Tensor sums, Tensor count, Tensor phi, Tensor weights) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) {
-  m.impl("sigreg_sums", &sigreg_sums_cpu);
-  m.impl("sigreg_sums_backward", &sigreg_sums_backward_cpu);
-  m.impl("sigreg_loss", &sigreg_loss_cpu);
-  m.impl("sigreg_loss_backward", &sigreg_loss_backward_cpu);
-}
+}  // namespace lewm_fast

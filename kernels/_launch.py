@@ -75,7 +75,7 @@ def launch(kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
         recorder = _RECORDER.get()
         if recorder is None:
             raise RuntimeError("Triton kernels cannot run on meta tensors; record their launches with "
-                               "lewm_fast.kernels._launch.record_launches()")
+                               "lewm_fast.ops.launches.record_launches()")
         recorder.append(Launch(kernel, grid, args, dict(kwargs)))
         return
     kernel[grid](*args, **kwargs)

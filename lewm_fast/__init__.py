@@ -5,14 +5,14 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from ._version import __version__
 from .backends import csrc_available, describe, resolve_backend
-from .checkpoint import CheckpointError, build_model, default_config
+from .io import CheckpointError, build_model, default_config
 from .ops.sigreg import SIGReg
 from .planning import CEMPlanner, ICEMPlanner, MPPIPlanner, RolloutEngine, accelerate
 from .precompile import WarmupReport, warmup
 from .reference import LeWM, preprocess_frames
 
-__version__ = "0.1.0"
 
 if not csrc_available():
     warnings.warn(

@@ -60,8 +60,8 @@ def _paper_model(action_dim: int) -> torch.nn.Module:
 
 
 def _tiny_model() -> torch.nn.Module:
-    """The test suite's tiny LeWM (``checkpoint.TINY_CONFIG``): depth 2, 4 heads of 8, latent 32, action dim 2."""
-    from .checkpoint import TINY_CONFIG, build_model, default_config
+    """The test suite's tiny LeWM (``io.TINY_CONFIG``): depth 2, 4 heads of 8, latent 32, action dim 2."""
+    from .io import TINY_CONFIG, build_model, default_config
 
     with torch.device("meta"):
         return build_model(default_config(**TINY_CONFIG)).eval()
@@ -387,7 +387,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError:
         parser.error("needs triton (pip install triton)")
     os.environ.pop("TRITON_INTERPRET", None)  # kernels must be real JIT functions here, not interpreted ones
-    already = [m for m in ("lewm_fast.kernels.sigreg", "lewm_fast.kernels.cem_refit") if m in sys.modules]
+    already = [m for m in ("lewm_fast.kernels.sigreg", "lewm_fast.kernels.elite_refit") if m in sys.modules]
     if already:
         raise RuntimeError(f"{already} were imported before the check; run it in a fresh process")
     report = run_check(args.arch, args.workers, args.only, progress=not args.quiet)

@@ -3,7 +3,8 @@
 Backends: ``"triton"`` (CUDA tensors; also CPU tensors under ``TRITON_INTERPRET=1``, for tests),
 ``"cpu"`` (the C++ extension ``lewm_fast._C``, CPU tensors), ``"reference"`` (plain PyTorch, anywhere). On meta
 tensors ``"triton"`` records its kernel launches instead of running them (ahead-of-time compile checks, warm-up).
-``"auto"`` picks Triton on CUDA, C++ on CPU, reference otherwise.
+``"auto"`` picks Triton on CUDA, C++ on CPU, reference otherwise. ``resolve_device`` maps the command lines'
+``device`` setting (auto, cpu, cuda) to a torch device.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def triton_interpreter() -> bool:
 
 def triton_available(device: torch.device) -> bool:
     """Whether Triton kernels can run on tensors living on ``device``. On the meta device nothing runs: kernel
-    launches are recorded (``lewm_fast.kernels._launch.record_launches``) for compile checks and warm-up."""
+    launches are recorded (``lewm_fast.ops.launches.record_launches``) for compile checks and warm-up."""
     if not triton_importable():
         return False
     if device.type == "cuda":
@@ -76,6 +77,15 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
         if not csrc_available():
             raise RuntimeError("backend='cpu' needs the C++ extension lewm_fast._C, which is not built; reinstall lewm_fast")
     return backend
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` -> a device; CUDA is the current one (``cuda:LOCAL_RANK`` under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
+    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
 def gpu_name_nvml() -> str | None:
@@ -115,7 +125,5 @@ def describe() -> Dict[str, object]:
 
         info["triton"] = triton.__version__
     if info["csrc"]:
-        from lewm_fast import _C
-
-        info["openmp_threads"] = _C.openmp_max_threads()
+        info["openmp_threads"] = importlib.import_module("lewm_fast._C").openmp_max_threads()
     return info

@@ -4,7 +4,9 @@ paths on meta tensors, and compiled on the GPU before the first call.
 Without it, the first plan of each new problem shape compiles every kernel it launches (see the README for what that
 costs). ``warmup`` moves that to a moment of the caller's choosing and changes no planner state (no launch runs, the
 noise stream and warm start are untouched). The ``record_*`` functions are also what the ahead-of-time compile checks
-(``lewm_fast.aot``) compile, so both see exactly the launches the code makes.
+(``lewm_fast.aot``) compile, so both see exactly the launches the code makes. ``record_aten_ops`` adds the other
+kernels (cuBLAS GEMMs, elementwise ops, copies) and ``record_plan_ops`` lists a plan's Triton and aten launches in order,
+by phase and iteration: the launch lists of the GPU cost model (``bench/gpu_model.py``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import copy
 import itertools
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
-from .kernels._launch import H100_SM_COUNT, Launch, record_launches
+from .ops.launches import H100_SM_COUNT, Launch, record_launches
 from .planning.base import PlannerBase
 
 PLANNERS = ("cem", "mppi", "icem")
@@ -50,6 +54,19 @@ def _window(model: nn.Module) -> int:
     return int(model.predictor.pos_embedding.shape[1])
 
 
+def _meta_planner(model: nn.Module, n_steps: int, n_envs: int = 1, history: Optional[int] = None, planner: str = "cem",
+                  num_samples: int = 300, topk: int = 30, horizon: int = 5, dtype: Optional[torch.dtype] = None,
+                  history_pairing: str = "executed"):
+    """A Triton-backend planner on a meta copy of ``model`` and a meta context (n_envs, history, D) to plan from."""
+    meta_model = meta_copy(model).eval()
+    history = _window(model) if history is None else history
+    fast = _planner_class(planner, history_pairing)(
+        meta_model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon, receding_horizon=horizon,
+        backend="triton", dtype=dtype, seed=0, cuda_graph=False,
+    )
+    return fast, torch.empty(n_envs, history, int(meta_model.predictor.pos_embedding.shape[-1]), device="meta")
+
+
 def record_plan_launches(
     model: nn.Module,
     n_envs: int = 1,
@@ -65,13 +82,8 @@ def record_plan_launches(
     """The Triton launches of one plan of ``planner`` over ``n_envs`` environments with ``history`` context frames
     (default: the predictor's window); ``history_pairing="swm"``: as ``lewm_fast.integrations.stable_worldmodel``'s
     solvers plan. Iterations after the second repeat the second's launches, so two are run."""
-    meta_model = meta_copy(model).eval()
-    history = _window(model) if history is None else history
-    fast = _planner_class(planner, history_pairing)(
-        meta_model, num_samples=num_samples, topk=topk, n_steps=2, horizon=horizon, receding_horizon=horizon,
-        backend="triton", dtype=dtype, seed=0, cuda_graph=False,
-    )
-    emb_ctx = torch.empty(n_envs, history, int(meta_model.predictor.pos_embedding.shape[-1]), device="meta")
+    fast, emb_ctx = _meta_planner(model, 2, n_envs=n_envs, history=history, planner=planner, num_samples=num_samples,
+                                  topk=topk, horizon=horizon, dtype=dtype, history_pairing=history_pairing)
     with torch.no_grad(), record_launches(sm_count) as launches:
         buf = fast._new_buffers(emb_ctx)
         fast._load_carry(buf, None)
@@ -101,16 +113,16 @@ def record_sigreg_launches(
 ) -> List[Launch]:
     """The Triton launches of SIGReg (forward, and backward when asked) on z (T, B, D) of ``dtype`` and M projections:
     ``shape`` = (T, B, D, M)."""
-    from .kernels.sigreg import sigreg_sums, sigreg_sums_backward
+    from .ops.sigreg import sigreg_sums_backward_triton, sigreg_sums_triton
 
     T, B, D, M = shape
     z = torch.empty(T, B, D, device="meta", dtype=dtype)
     A = torch.empty(D, M, device="meta")
     t = torch.empty(knots, device="meta")
     with record_launches(sm_count) as launches:
-        sigreg_sums(z, A, t)
+        sigreg_sums_triton(z, A, t)
         if backward:
-            sigreg_sums_backward(torch.empty(2, T, M, knots, device="meta"), z, A, t)
+            sigreg_sums_backward_triton(torch.empty(2, T, M, knots, device="meta"), z, A, t)
     return list(launches)
 
 
@@ -118,12 +130,224 @@ def record_refit_launches(
     shape: Tuple[int, int, int, int], topk: int, dtype: torch.dtype = torch.float32, sm_count: int = H100_SM_COUNT,
 ) -> List[Launch]:
     """The Triton launch of the ``elite_refit`` op on candidates (B, N, T, A) and costs (B, N) of ``dtype``."""
-    from .kernels.cem_refit import elite_refit_triton
+    from .ops.elite_refit import elite_refit
 
     b, n = shape[:2]
     with record_launches(sm_count) as launches:
-        elite_refit_triton(torch.empty(shape, device="meta", dtype=dtype), torch.empty(b, n, device="meta", dtype=dtype), topk)
+        elite_refit(torch.empty(shape, device="meta", dtype=dtype), torch.empty(b, n, device="meta", dtype=dtype), topk,
+                    backend="triton")
     return list(launches)
+
+
+# ---------------------------------------------------------------------------------------------------- aten ops
+# aten ops that launch no kernel on a CUDA device: views, allocation without fill, metadata
+NO_KERNEL_OPS = frozenset({
+    "view", "_unsafe_view", "reshape", "_reshape_alias", "unsqueeze", "unsqueeze_", "squeeze", "transpose", "t",
+    "permute", "expand", "as_strided", "slice", "select", "detach", "alias", "unflatten", "flatten", "split",
+    "split_with_sizes", "chunk", "unbind", "view_as", "empty", "empty_like", "new_empty", "empty_strided",
+    "new_empty_strided", "lift_fresh", "is_same_size", "sym_size", "sym_stride", "sym_numel", "dim", "size", "stride",
+    "_local_scalar_dense", "set_", "resize_", "_has_compatible_shallow_copy_type",
+})
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Shape, dtype and layout of one tensor argument or result of a recorded op."""
+
+    shape: Tuple[int, ...]
+    dtype: torch.dtype
+    contiguous: bool
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "TensorMeta":
+        return cls(tuple(t.shape), t.dtype, t.is_contiguous())
+
+
+@dataclass(frozen=True)
+class AtenOp:
+    """One aten op as dispatched: ``name`` is its overload packet (``"addmm"``, ``"gelu"``); ``scalars`` its
+    non-tensor positional arguments. ``triton_launches_before`` counts the Triton launches recorded by the enclosing
+    ``record_launches`` before it (None outside one), which orders the two lists (``interleave``). Two pseudo-ops
+    stand for what a CUDA device does in one piece: ``scaled_dot_product_attention`` (one fused attention kernel; the
+    meta device decomposes it) and ``device_to_host`` (a host read of a device tensor: ``item``, ``tolist``, ``cpu``,
+    ``bool``, ``numpy``: a copy and a host sync; the host sees ones)."""
+
+    name: str
+    inputs: Tuple[TensorMeta, ...]
+    outputs: Tuple[TensorMeta, ...]
+    scalars: Tuple[Any, ...] = ()
+    triton_launches_before: Optional[int] = None
+
+    @property
+    def launches_kernel(self) -> bool:
+        """Whether it launches a device kernel (views and allocations do not; ``device_to_host`` is a copy)."""
+        return self.name not in NO_KERNEL_OPS
+
+
+class AtenRecorder(List[AtenOp]):
+    """The aten ops recorded inside ``record_aten_ops``; ``paused()`` stops recording for a block."""
+
+    def __init__(self, launches: Optional[Sequence[Launch]] = None) -> None:
+        super().__init__()
+        self._paused = 0
+        self._launches = launches
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def add(self, name: str, args: Sequence[Any], outputs: Any) -> None:
+        def tensors(xs: Any) -> Tuple[TensorMeta, ...]:
+            flat = pytree.tree_leaves(xs)
+            return tuple(TensorMeta.of(x) for x in flat if isinstance(x, torch.Tensor))
+
+        scalars = tuple(a for a in args if isinstance(a, (bool, int, float, str)))
+        self.append(AtenOp(name, tensors(list(args)), tensors(outputs), scalars,
+                           None if self._launches is None else len(self._launches)))
+
+
+_HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__")
+
+
+def _aten_modes(recorder: AtenRecorder):
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    fused = {torch.nn.functional.scaled_dot_product_attention: "scaled_dot_product_attention"}
+    host_reads = {getattr(torch.Tensor, name): name for name in _HOST_READS}
+
+    class Functions(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if recorder._paused:
+                return func(*args, **kwargs)
+            if func in fused:
+                with recorder.paused():
+                    out = func(*args, **kwargs)
+                recorder.add(fused[func], list(args) + list(kwargs.values()), out)
+                return out
+            name = host_reads.get(func)
+            if name is not None and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta":
+                t = args[0]
+                recorder.add("device_to_host", [t], ())
+                with recorder.paused():
+                    host = torch.ones(t.shape, dtype=t.dtype)  # a stand-in value that passes finiteness checks
+                return host if name == "cpu" else getattr(host, name)()
+            return func(*args, **kwargs)
+
+    class Dispatch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            composite = torch._C.DispatchKey.CompositeImplicitAutograd
+            if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), composite):
+                # reached undecomposed (under torch.inference_mode()): run ATen's C++ decomposition, as a CUDA device
+                # does (the Python ones may differ: eval-mode dropout clones there, and is the identity in ATen)
+                run_composite = getattr(func, "_op_dk", None)
+                with self:
+                    if run_composite is not None:
+                        return run_composite(composite, *args, **kwargs)
+                    out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+            out = func(*args, **kwargs)
+            if not recorder._paused:
+                recorder.add(func.overloadpacket.__name__, list(args) + list(kwargs.values()), out)
+            return out
+
+    return Functions(), Dispatch()
+
+
+@contextmanager
+def record_aten_ops(launches: Optional[Sequence[Launch]] = None) -> Iterator[AtenRecorder]:
+    """Within this block every aten op that runs is appended to the yielded list (``AtenOp``: name, tensor shapes and
+    dtypes), whether or not it launches a kernel (``AtenOp.launches_kernel``). Meant for meta tensors, with
+    ``record_launches`` for the Triton side: together they list every kernel a code path would launch on a GPU; pass
+    its recorder as ``launches`` to order the two (``AtenOp.triton_launches_before``, ``interleave``)."""
+    recorder = AtenRecorder(launches)
+    functions, dispatch = _aten_modes(recorder)
+    with functions, dispatch:
+        yield recorder
+
+
+def interleave(launches: Sequence[Launch], ops: Sequence[AtenOp]) -> List[Union[Launch, AtenOp]]:
+    """Triton launches and aten ops recorded together, in the order they ran."""
+    out: List[Union[Launch, AtenOp]] = []
+    i = 0
+    for op in ops:
+        upto = len(launches) if op.triton_launches_before is None else op.triton_launches_before
+        out.extend(launches[i:upto])
+        i = max(i, upto)
+        out.append(op)
+    out.extend(launches[i:])
+    return out
+
+
+def record_plan_ops(
+    model: nn.Module, n_steps: int = 3, sm_count: int = H100_SM_COUNT, **plan: Any
+) -> List[Tuple[str, Union[Launch, AtenOp]]]:
+    """Every op of one plan's device work (what a captured CUDA graph holds), in order: Triton launches and aten ops,
+    each with its phase: ``"prepare"`` (the context-only part of the rollout), ``"init"`` (first sampling),
+    ``"iter<i>"`` (iteration i: its costs, then its refit / sampling of the next candidates) and ``"end"``. ``plan``:
+    the plan's settings as ``record_plan_launches`` takes them (n_envs, history, planner, num_samples, topk, horizon,
+    dtype, history_pairing); ``n_steps`` iterations (iterations after the first are alike but for the last, which
+    only refits). Buffer allocation before the plan is left out; so is the host side of ``plan`` (input checks and
+    copies, the divergence check)."""
+    fast, emb_ctx = _meta_planner(model, n_steps, **plan)
+    phases: List[Tuple[int, int, str]] = []  # (Triton launches, aten ops) recorded when each phase began
+    with torch.no_grad(), record_launches(sm_count) as launches:
+        buf = fast._new_buffers(emb_ctx)
+        fast._load_carry(buf, None)
+        with record_aten_ops(launches) as ops:
+
+            def mark(name: str) -> None:
+                phases.append((len(launches), len(ops), name))
+
+            def marked(name: Callable[[], str], fn: Callable) -> Callable:
+                def run(*args: Any, **kwargs: Any) -> Any:
+                    mark(name())
+                    return fn(*args, **kwargs)
+                return run
+
+            iteration = itertools.count()
+            prepare = fast.engine.prepare
+
+            def prepare_then_init(*args: Any, **kwargs: Any) -> Any:
+                out = prepare(*args, **kwargs)
+                mark("init")
+                return out
+
+            fast.engine.prepare = prepare_then_init
+            fast.loop_costs = marked(lambda: f"iter{next(iteration)}", fast.loop_costs)
+            fast.advance_noise_ = marked(lambda: "end", fast.advance_noise_)
+            mark("prepare")
+            fast._iterate(buf)
+    out: List[Tuple[str, Union[Launch, AtenOp]]] = []
+    bounds = phases + [(len(launches), len(ops), "")]
+    for (l0, o0, name), (l1, o1, _) in zip(bounds, bounds[1:]):
+        events = interleave(launches[l0:l1], [_shifted(op, -l0) for op in ops[o0:o1]])
+        out.extend((name, e) for e in events)
+    return out
+
+
+def _shifted(op: AtenOp, by: int) -> AtenOp:
+    if op.triton_launches_before is None:
+        return op
+    return AtenOp(op.name, op.inputs, op.outputs, op.scalars, op.triton_launches_before + by)
 
 
 @dataclass

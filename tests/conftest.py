@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from lewm_fast import build_model, default_config
-from lewm_fast.checkpoint import TINY_CONFIG
+from lewm_fast.io import TINY_CONFIG
 
 
 def tiny_config(**overrides) -> dict:

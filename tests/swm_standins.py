@@ -146,7 +146,7 @@ class LeWM(nn.Module):
 
 def build_standin(encoder: nn.Module, action_dim: int = 10, latent: int = 32, depth: int = 2, heads: int = 4,
                   dim_head: int = 8, mlp_dim: int = 64, proj_hidden: int = 48, frames: int = 3) -> LeWM:
-    """A stand-in LeWM of the test suite's tiny sizes (``checkpoint.TINY_CONFIG``) around a given ViT encoder."""
+    """A stand-in LeWM of the test suite's tiny sizes (``io.TINY_CONFIG``) around a given ViT encoder."""
     return LeWM(
         encoder,
         Predictor(num_frames=frames, depth=depth, heads=heads, mlp_dim=mlp_dim, input_dim=latent, hidden_dim=latent,

@@ -33,11 +33,12 @@ from lewm_fast.analysis import (
 )
 from lewm_fast.analysis.perturb import PERTURBATIONS, Perturbation, simulate
 from lewm_fast.analysis.report import write_json
-from lewm_fast.analysis.sources import encode_frames, load_episodes
+from lewm_fast.analysis.sources import load_episodes
 from lewm_fast.cli.analyze import main as analyze_main
-from lewm_fast.data import collect
-from lewm_fast.evaluation import ActionCodec, ExpertGoals, run_episode
-from lewm_fast.training.checkpointing import NORMALIZATION
+from lewm_fast.data import ActionCodec, collect
+from lewm_fast.data.latents import encode_frames, to_model_input
+from lewm_fast.evaluation import ExpertGoals, run_episode
+from lewm_fast.io import NORMALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 28  # frame side of the generated data and of the tiny model's input
@@ -143,8 +144,6 @@ def test_surprise_is_exact_except_at_a_planted_jump():
 
 def test_surprise_trace_matches_a_direct_window_prediction(data):
     model = build_model(tiny_config(image_size=SIZE, patch_size=14)).eval()
-    from lewm_fast.analysis.sources import to_model_input
-
     pixels, actions = to_model_input(load_episodes(data, 1).frames[0][::5], SIZE), torch.randn(9, 10)
     trace = surprise_trace(model, pixels, actions)
     with torch.no_grad():

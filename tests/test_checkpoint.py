@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lewm_fast import CheckpointError, LeWM, build_model
-from lewm_fast.checkpoint import read_weights
+from lewm_fast.io import read_weights
 
 from conftest import tiny_config
 

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, default_collate
 import lewm_fast
 from lewm_fast.cli.collect import main as collect_main
 from lewm_fast.data import (
-    EpisodeFileError, EpisodeWriter, SequenceDataset, collect, episode_seeds, load_episode, read_index, read_stats,
+    ActionCodec, EpisodeFileError, EpisodeWriter, SequenceDataset, collect, episode_seeds, load_episode, read_index,
+    read_stats,
 )
 from lewm_fast.envs import ENV_NAMES, make
 
@@ -260,6 +261,11 @@ def test_stats_come_from_the_file(tmp_path):
     np.testing.assert_allclose(ds.stats.proprio_mean, [t_all.mean()])
     x = torch.randn(3, 10)
     torch.testing.assert_close(ds.denormalize_action(ds.normalize_action(x)), x, rtol=0, atol=1e-4)
+    mean, std = (torch.tensor(np.tile(v, 5), dtype=torch.float32) for v in (ds.stats.action_mean, ds.stats.action_std))
+    assert torch.equal(ds.normalize_action(x), (x - mean) / std)  # in float32, with the file's statistics
+    actions = np.random.default_rng(0).normal(size=(5, 2))  # evaluation's codec: the same normalisation, in float64
+    codec = ActionCodec(ds.stats.action_mean, ds.stats.action_std, frameskip=5, action_dim=2)
+    assert torch.equal(codec.to_model(actions), ds.normalize_action(torch.from_numpy(actions.reshape(-1))).float())
 
 
 def test_dataset_resize_and_episode_subset(tmp_path):

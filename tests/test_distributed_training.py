@@ -20,7 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_training import TINY, FirstItems, Killed, run_until_killed, two_room_h5  # noqa: F401 (a fixture)
 
-from lewm_fast.training import Trainer, compose_train_config, epoch_batches, list_checkpoints
+from lewm_fast.io import list_checkpoints
+from lewm_fast.training import Trainer, compose_train_config, epoch_batches
 from lewm_fast.training.distributed import Ranks, SyncBatchNorm1d, local_batch_size
 from lewm_fast.training.trainer import EpochBatchSampler
 

@@ -14,8 +14,9 @@ from PIL import Image
 
 from lewm_fast import build_model
 from lewm_fast.cli.evaluate import main as eval_main
-from lewm_fast.evaluation import ActionCodec, ExpertGoals, render_state, run_episode, summarize
-from lewm_fast.training.checkpointing import NORMALIZATION
+from lewm_fast.data import ActionCodec
+from lewm_fast.evaluation import ExpertGoals, render_state, run_episode, summarize
+from lewm_fast.io import NORMALIZATION
 
 from conftest import tiny_config
 
@@ -165,7 +166,7 @@ def test_cli_evaluates_end_to_end_with_cem_planner(checkpoint, tmp_path, capsys)
 
 
 def test_run_directory_resolves_to_its_latest_checkpoint(checkpoint, tmp_path):
-    from lewm_fast.training import resolve_model_folder
+    from lewm_fast.io import resolve_model_folder
 
     run = tmp_path / "run"
     for step in (5, 10):

@@ -71,7 +71,7 @@ def test_every_launched_specialization_compiles_for_sm80_and_sm90_without_spills
 @pytest.mark.slow
 def test_report_covers_the_refit_kernel_and_every_sigreg_autotune_config(report):
     data, _ = report
-    refit = [r for r in data["kernels"] if r["kernel"] == "_cem_refit_sample_kernel" and r["constexprs"]["REFIT"]]
+    refit = [r for r in data["kernels"] if r["kernel"] == "_elite_refit_sample_kernel" and r["constexprs"]["REFIT"]]
     assert {r["arch"] for r in refit} == {80, 90}
     assert any(r["constexprs"]["SAMPLE"] for r in refit) and any(not r["constexprs"]["SAMPLE"] for r in refit)
     from lewm_fast.kernels import sigreg
@@ -114,9 +114,9 @@ def test_ptxas_log_parsing_and_problem_rules():
 def test_plan_launches_are_recorded_from_the_planner_loop(tiny_model):
     launches = record_plan_launches(tiny_model, n_envs=2, history=3, num_samples=16, topk=4, horizon=3)
     names = [x.name for x in launches]
-    assert set(names) == {"_cem_refit_sample_kernel", "_adaln_layernorm_kernel", "_window_attention_kernel",
+    assert set(names) == {"_elite_refit_sample_kernel", "_adaln_layernorm_kernel", "_window_attention_kernel",
                           "_gated_residual_kernel", "_goal_cost_kernel"}
-    refits = [x.kwargs for x in launches if x.name == "_cem_refit_sample_kernel"]
+    refits = [x.kwargs for x in launches if x.name == "_elite_refit_sample_kernel"]
     # first sampling, the fused refit + sampling of iteration 0, the final refit
     assert [(k["REFIT"], k["SAMPLE"]) for k in refits] == [(False, True), (True, True), (True, False)]
     assert all(isinstance(a, torch.Tensor) and a.device.type == "meta" for x in launches for a in x.args

@@ -1,6 +1,7 @@
 """Predictor rollout kernels against their plain-PyTorch references (``PredictorOps``), on small odd shapes:
 the Triton kernels of ``kernels/`` (under TRITON_INTERPRET=1 on CPU, or on CUDA) and the C++ CPU ops of
-``csrc/predictor_window.cpp``. Tolerances: fp32 1e-5 relative-ish; bf16 one to two bf16 ulps of the output scale."""
+``csrc/window_attention.cpp`` and ``csrc/window_blocks.cpp``. Tolerances: fp32 1e-5 relative-ish; bf16 one to two
+bf16 ulps of the output scale."""
 
 import os
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lewm_fast.backends import csrc_available, triton_available
-from lewm_fast.planning.fused_ops import CpuOps, PredictorOps, TritonOps
+from lewm_fast.ops.predictor import CpuOps, PredictorOps, TritonOps
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 needs_triton = pytest.mark.skipif(not triton_available(DEVICE), reason="needs triton with CUDA or TRITON_INTERPRET=1")

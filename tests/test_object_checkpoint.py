@@ -20,7 +20,7 @@ from conftest import randomize_
 from torch import nn
 
 from lewm_fast import CheckpointError, LeWM
-from lewm_fast.checkpoint import TINY_CONFIG
+from lewm_fast.io import TINY_CONFIG
 from lewm_fast.reference.vit import convert_vit_keys
 
 transformers = pytest.importorskip("transformers")

@@ -20,10 +20,10 @@ from lewm_fast.cli.collect import main as collect_main
 from lewm_fast.cli.info import main as cli_main
 from lewm_fast.envs import make
 from lewm_fast.export.onnx import PCA_FILE, checkpoint_hash, env_geometry
+from lewm_fast.io import NORMALIZATION
 from lewm_fast.reference import CEMSolver
 from lewm_fast.reference.cem import goal_mse_cost
 from lewm_fast.reference.vit import preprocess_frames
-from lewm_fast.training.checkpointing import NORMALIZATION
 
 from conftest import randomize_, tiny_config
 

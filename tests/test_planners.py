@@ -116,7 +116,7 @@ def test_fast_costs_select_the_reference_elites(tiny_model):
 @needs_triton
 def test_triton_cem_equals_step_by_step_replay(tiny_model):
     """The fused loop == sample (Philox key seed + i) -> reference costs -> reference refit, iteration by iteration."""
-    from lewm_fast.kernels.cem_refit import sample_candidates_triton
+    from lewm_fast.kernels.elite_refit import sample_candidates_triton
 
     ctx, goal = _problem(tiny_model)
     engine = RolloutEngine(tiny_model, backend="reference")

@@ -15,7 +15,7 @@ from torch import nn
 from lewm_fast import build_model
 from lewm_fast.backends import csrc_available, triton_available
 from lewm_fast.planning import AcceleratedLeWM, RolloutEngine, accelerate
-from lewm_fast.planning.fused_ops import PredictorOps
+from lewm_fast.ops.predictor import PredictorOps, make_ops
 from lewm_fast.planning.fused_predictor import FusedRollout
 from lewm_fast.reference import MLP, CEMSolver
 from conftest import randomize_, tiny_config
@@ -55,9 +55,9 @@ def _cpu_engines(model):
     engines = {"reference": RolloutEngine(model, backend="reference")}
     if csrc_available():
         engines["cpu"] = RolloutEngine(model, backend="cpu")
-    torch_path = RolloutEngine(model, backend="reference")
-    torch_path.fused = FusedRollout(model, PredictorOps())  # the plain-PyTorch fused schedule (the fallback)
-    engines["torch"] = torch_path
+    fused_reference = RolloutEngine(model, backend="reference")
+    fused_reference.fused = FusedRollout(model, PredictorOps())  # the fused schedule on the reference ops (fallback)
+    engines["fused_reference"] = fused_reference
     return engines
 
 
@@ -83,9 +83,23 @@ def test_auto_backend_on_cpu_is_the_cpp_path(tiny_model):
     assert RolloutEngine(tiny_model).fused.whole_step
 
 
+def test_auto_without_kernel_libraries_is_the_fused_schedule_on_the_reference_ops(tiny_model, monkeypatch):
+    monkeypatch.setattr("lewm_fast.backends.csrc_available", lambda: False)
+    engine = RolloutEngine(tiny_model)
+    assert engine.backend == "reference" and type(engine.fused.ops) is PredictorOps
+    assert RolloutEngine(tiny_model, backend="reference").fused is None  # asked for: the model's own rollout
+
+
+def test_torch_is_the_deprecated_name_of_the_reference_backend(tiny_model):
+    with pytest.warns(DeprecationWarning, match="use 'reference'"):
+        engine = RolloutEngine(tiny_model, backend="torch")
+    assert engine.backend == "reference" and engine.fused is None
+    assert type(make_ops("reference")) is PredictorOps
+
+
 @needs_csrc
 def test_cpu_path_without_the_window_blas_runs_op_by_op(tiny_model, monkeypatch):
-    from lewm_fast.planning.fused_ops import CpuOps
+    from lewm_fast.ops.predictor import CpuOps
 
     monkeypatch.setattr(CpuOps, "window_blocks_available", staticmethod(lambda: False))
     engine = RolloutEngine(tiny_model)

@@ -362,8 +362,7 @@ def lewm_to_swm_style(src: Path, dst: Path, keys: tuple[str, ...] = ROLES) -> Pa
 @pytest.mark.usefixtures("one_thread")
 def test_lewm_train_on_a_stable_worldmodel_file(tmp_path, collected, capsys):
     from lewm_fast.cli.train import main as train_main
-    from lewm_fast.training import list_checkpoints
-    from lewm_fast.training.checkpointing import read_normalization
+    from lewm_fast.io import list_checkpoints, read_normalization
 
     path = lewm_to_swm_style(collected, tmp_path / "swm.h5", keys=("pixels", "action", "proprio"))  # no state
     tiny = ["model.image_size=32", "model.patch_size=8", "model.hidden_size=32", "model.num_hidden_layers=1",

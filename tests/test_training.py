@@ -12,8 +12,8 @@ from PIL import Image
 
 from lewm_fast import LeWM
 from lewm_fast.cli.train import main as train_main
-from lewm_fast.training import Trainer, compose_train_config, list_checkpoints, warmup_cosine
-from lewm_fast.training.checkpointing import CHECKPOINT_DIR, read_normalization
+from lewm_fast.io import CHECKPOINT_DIR, list_checkpoints, read_normalization
+from lewm_fast.training import Trainer, compose_train_config, warmup_cosine
 from lewm_fast.training.trainer import epoch_batches
 
 # a model small enough for a few CPU steps per second; 32 px frames, 4x4 patches of 8 px
@@ -299,7 +299,7 @@ def test_dry_run_loader_reports_samples_per_second_and_writes_nothing(tmp_path, 
 
 def test_fused_flag_and_paper_preset_compose():
     from lewm_fast.cli.train import FLAGS
-    from lewm_fast.training.config import parse_cli
+    from lewm_fast.config import parse_cli
 
     overrides, _, _ = parse_cli(["--fused-sigreg", "preset=paper"], FLAGS)
     cfg = compose_train_config(overrides)
@@ -410,7 +410,7 @@ def test_opening_a_file_that_is_not_hdf5_names_it(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------------- held-out loss
 def test_episode_split_is_seeded_disjoint_and_keeps_training_data():
-    from lewm_fast.training import split_episodes
+    from lewm_fast.data import split_episodes
 
     train, val = split_episodes(20, 0.1, seed=3)
     assert len(val) == 2 and sorted(train + val) == list(range(20)) and not set(train) & set(val)

@@ -9,19 +9,11 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_positive_int
+from ..data.latents import encode_frames, pca
 from .quantities import read_quantities, resolve_quantities
-from .sources import ModelSource, encode_frames, load_inputs
+from .sources import ModelSource, load_inputs
 
 METHODS = ("auto", "pca", "umap")
-
-
-def pca(x: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """x (N, D) -> (coordinates (N, dims), components (dims, D), mean (D,), explained variance ratio (dims,))."""
-    mean = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    var = s**2
-    ratio = var[:dims] / var.sum() if var.sum() > 0 else np.zeros(dims)
-    return (x - mean) @ vt[:dims].T, vt[:dims], mean, ratio
 
 
 def embed(latents: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str, str]:

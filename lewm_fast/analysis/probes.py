@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from .._validation import check_positive_int
-from ..training.trainer import split_episodes
+from ..data import split_episodes
+from ..data.latents import encode_frames
 from .quantities import read_quantities, resolve_quantities
-from .sources import ModelSource, encode_frames, load_inputs, random_like
+from .sources import ModelSource, load_inputs, random_like
 
 RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .latent_map import pca
+from ..data.latents import pca
 from .quantities import PLANE
 
 

@@ -1,5 +1,5 @@
-"""What the analyses read: a model (a checkpoint path or a loaded LeWM), episodes of an episode file, and the frozen
-encoder's latents of their frames."""
+"""What the analyses read: a model (a checkpoint path or a loaded LeWM) and episodes of an episode file (the frozen
+encoder's latents of their frames: ``lewm_fast.data.latents``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io import build_model, load_model
 from ..reference.lewm import LeWM
-from ..reference.vit import preprocess_frames
 
 ModelSource = LeWM | str | os.PathLike
 
@@ -36,34 +36,14 @@ class Episodes:
         return int(self.frames[0].shape[1])
 
 
-def load_model(source: ModelSource, device: torch.device | str | None = None) -> tuple[LeWM, dict[str, Any] | None]:
-    """(model in eval mode, its normalization.json or None). ``source``: a LeWM, a lewm-train run directory or
-    checkpoint folder, a stable-worldmodel folder or an ``_object.ckpt`` file."""
-    if isinstance(source, LeWM):
-        model, norm = source, None
-    else:
-        from ..evaluation.runner import load_checkpoint
-
-        model, _, norm = load_checkpoint(str(source), torch.device(device or "cpu"))
-    if device is not None:
-        model = model.to(device)
-    return model.eval(), norm
-
-
 def random_like(model: LeWM, seed: int = 0) -> LeWM:
     """A freshly initialised LeWM of the same config (the untrained baseline), on the model's device, in eval mode."""
-    from ..checkpoint import build_model
-
     if model.config is None:
         raise ValueError("the model carries no config (model.config), so no same-size random baseline can be built")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         baseline = build_model(model.config)
     return baseline.to(next(model.parameters()).device).eval()
-
-
-def model_image_size(model: LeWM) -> int:
-    return int((model.config or {}).get("encoder", {}).get("image_size", 224))
 
 
 def load_episodes(path: str | os.PathLike, episodes: int | list[int] | None = None, env: str | None = None,
@@ -90,23 +70,6 @@ def load_episodes(path: str | os.PathLike, episodes: int | list[int] | None = No
                     action_stats=(np.asarray(stats.action_mean), np.asarray(stats.action_std)))
 
 
-def to_model_input(frames: np.ndarray, image_size: int) -> torch.Tensor:
-    """uint8 frames (N, S, S, 3) -> ImageNet-normalised (N, 3, image_size, image_size), resized as
-    ``SequenceDataset`` resizes (antialiased bilinear, rounded to uint8 levels) when S differs."""
-    from ..data.dataset import resize_frames
-
-    return preprocess_frames(resize_frames(torch.from_numpy(np.ascontiguousarray(frames)), image_size))
-
-
-@torch.no_grad()
-def encode_frames(model: LeWM, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Frozen-encoder latents of uint8 frames (N, S, S, 3) -> float32 (N, D)."""
-    device, size = next(model.parameters()).device, model_image_size(model)
-    out = [model.encode(to_model_input(frames[i:i + batch_size], size).unsqueeze(1).to(device))[:, 0].float().cpu()
-           for i in range(0, len(frames), batch_size)]
-    return torch.cat(out).numpy()
-
-
 @dataclass
 class Inputs:
     """What an analysis reads: the model (eval mode), its normalization.json (None for a LeWM object or a
@@ -120,8 +83,13 @@ class Inputs:
 
 def load_inputs(model: ModelSource, data: str | os.PathLike, episodes: int | list[int] | None, env: str | None,
                 device: str | None) -> Inputs:
-    """Load the model and the episodes; the env is the one the data records, else ``env``, else the checkpoint's."""
-    net, norm = load_model(model, device)
+    """Load the model (in eval mode; a LeWM is moved to ``device`` when given, a path loads there, else on the CPU) and
+    the episodes; the env is the one the data records, else ``env``, else the checkpoint's."""
+    if isinstance(model, LeWM):
+        net, norm = (model if device is None else model.to(device)).eval(), None
+    else:
+        net, run = load_model(model, device or "cpu")
+        norm = run.normalization
     eps = load_episodes(data, episodes, env=env)
     name = eps.env or env or (norm or {}).get("env")
     if name is None:

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..evaluation.mpc import ActionCodec
+from ..data import ActionCodec
+from ..data.latents import model_image_size, to_model_input
 from ..reference.lewm import LeWM
 from .perturb import KINDS, SKIPPED, perturbation, simulate
-from .sources import ModelSource, load_inputs, model_image_size, to_model_input
+from .sources import ModelSource, load_inputs
 
 
 @torch.no_grad()
@@ -63,8 +64,7 @@ def _block_actions(actions: np.ndarray, frames: int, codec: ActionCodec) -> torc
     blocks = np.full((frames * codec.frameskip, codec.action_dim), np.nan)
     n = min(len(actions), len(blocks))
     blocks[:n] = actions[:n]
-    blocks = (blocks.reshape(frames, codec.frameskip, codec.action_dim) - codec.mean) / codec.std
-    return torch.from_numpy(np.nan_to_num(blocks).reshape(frames, -1)).float()
+    return torch.nan_to_num(codec.normalize(torch.from_numpy(blocks.reshape(frames, -1)))).float()
 
 
 def surprise(model: ModelSource, data: str, *, env: str | None = None, episodes: int | list[int] | None = 8,

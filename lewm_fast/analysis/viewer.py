@@ -23,10 +23,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ..data.latents import encode_frames
 from ..reference.vit import IMAGENET_MEAN, IMAGENET_STD
 from .projection import LatentProjection
 from .quantities import QUANTITIES, read_quantities
-from .sources import encode_frames
 from .viewer_page import PAGE
 
 Y_DOWN = ("two_room", "pusht")  # envs whose plane coordinates grow downwards, as in their frames
@@ -180,6 +180,10 @@ class PlanRecorder:
                                 "elite": it["elite"].astype(int).tolist()} for it in r.iterations],
             } for r in log.replans],
         }
+
+    def write(self, path: str | os.PathLike, goal_state: np.ndarray | None = None) -> Path:
+        """``write_viewer(path, self.record(goal_state))``: the episode's HTML page; -> its path."""
+        return write_viewer(path, self.record(goal_state))
 
     def _goal_latent(self, model) -> np.ndarray:
         goal = self.log.goal

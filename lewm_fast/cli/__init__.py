@@ -1,1 +1,2 @@
-"""Console scripts: ``lewm-fast`` (info), ``lewm-collect``, ``lewm-train``, ``lewm-eval``."""
+"""Console scripts: ``lewm-fast`` (info, demo, aot, export-onnx, web), ``lewm-collect``, ``lewm-train``, ``lewm-eval``,
+``lewm-data``, ``lewm-analyze``."""

@@ -47,7 +47,9 @@ def command_help(command: str) -> str:
     """Usage, description, every key with its default and comment (the packaged YAML), examples."""
     from importlib import resources
 
-    keys = resources.files("lewm_fast.configs").joinpath(f"analyze_{command}.yaml").read_text()
+    from ..config import CONFIG_MODULE
+
+    keys = resources.files(CONFIG_MODULE).joinpath(f"analyze_{command}.yaml").read_text()
     return "\n".join([f"usage: {PROG} {command} [--cfg] [--help] [key=value ...]", "", DESCRIPTIONS[command], "",
                       f"keys and defaults (lewm_fast/configs/analyze_{command}.yaml):", keys, "examples:",
                       *(f"  {e}" for e in EXAMPLES[command])])
@@ -55,7 +57,8 @@ def command_help(command: str) -> str:
 
 def _common(cfg) -> dict[str, Any]:
     """Checked keys every command shares -> keyword arguments of the analysis functions."""
-    from ..training.config import DEVICES, require_choice, require_int, require_key
+    from ..backends import resolve_device
+    from ..config import DEVICES, require_choice, require_int, require_key
 
     for key in ("checkpoint", "data"):
         value = require_key(cfg, key)
@@ -66,8 +69,6 @@ def _common(cfg) -> dict[str, Any]:
     require_int(cfg, "episodes")
     require_int(cfg, "seed", 0)
     device = require_choice(cfg, "device", DEVICES)
-    from ..training.trainer import resolve_device
-
     return {"env": cfg.env, "episodes": int(cfg.episodes), "seed": int(cfg.seed), "device": str(resolve_device(device))}
 
 
@@ -86,7 +87,7 @@ Outcome = tuple[dict[str, Any], list[str]]
 def run_probe(cfg) -> Outcome:
     from ..analysis import probe
     from ..analysis.probes import summary_rows
-    from ..training.config import require_bool, require_int, require_key, require_number
+    from ..config import require_bool, require_int, require_key, require_number
 
     kwargs = _common(cfg)
     if require_key(cfg, "ridge") is not None:
@@ -101,7 +102,7 @@ def run_probe(cfg) -> Outcome:
 
 def run_surprise(cfg) -> Outcome:
     from ..analysis import surprise
-    from ..training.config import require_int
+    from ..config import require_int
 
     kwargs = _common(cfg)
     result = surprise(cfg.checkpoint, cfg.data, kinds=_names(cfg, "kinds") or [], after=require_int(cfg, "after"),
@@ -115,7 +116,7 @@ def run_surprise(cfg) -> Outcome:
 def run_latents(cfg) -> Outcome:
     from ..analysis import latent_map
     from ..analysis.latent_map import METHODS
-    from ..training.config import require_choice, require_int, require_key
+    from ..config import require_choice, require_int, require_key
 
     kwargs = _common(cfg)
     if require_key(cfg, "quantity") is not None and not isinstance(cfg.quantity, str):
@@ -151,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from ..checkpoint import CheckpointError
+    from ..config import compose_config, one_line, parse_cli
     from ..data import EpisodeFileError
-    from ..training.config import compose_config, one_line, parse_cli
+    from ..io import CheckpointError
 
     command, rest = argv[0], argv[1:]
     try:

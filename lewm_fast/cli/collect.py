@@ -30,7 +30,7 @@ keys and defaults (lewm_fast/configs/collect.yaml):
 
 
 def _error(message: str) -> int:
-    from ..training.config import one_line
+    from ..config import one_line
 
     print(f"lewm-collect: error: {one_line(message)}", file=sys.stderr)
     return 2
@@ -38,7 +38,7 @@ def _error(message: str) -> int:
 
 def load_config(overrides: Sequence[str]):
     """Compose ``configs/collect.yaml`` with hydra ``key=value`` overrides; new keys only under ``env_kwargs``."""
-    from ..training.config import compose_config
+    from ..config import compose_config
 
     return compose_config(CONFIG_NAME, overrides, open_keys=("env_kwargs",))
 

@@ -41,7 +41,7 @@ class UsageError(ValueError):
 
 
 def _error(message: str) -> int:
-    from ..training.config import one_line
+    from ..config import one_line
 
     print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
     return 2

@@ -7,7 +7,7 @@ plus ``--cfg`` (print the composed config) and ``--help``.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 PROG = "lewm-eval"
 GROUPS = {"planner": "eval/planner"}
@@ -28,13 +28,22 @@ EXAMPLES = (
 )
 
 
+def plan_viewer(planner: Any, env_name: str, probe: Optional[str]) -> Any:
+    """``viewer=true``'s ``ViewerFactory``: a ``lewm_fast.analysis.PlanRecorder`` of ``planner``, drawn in the plane
+    of ``probe`` (a probe.json) or, without one, of the latent PCA."""
+    from lewm_fast.analysis import LatentProjection, PlanRecorder
+
+    plane = LatentProjection.from_probe(probe) if probe else None
+    return PlanRecorder(planner, plane, env_name=env_name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lewm_fast.checkpoint import CheckpointError
-    from lewm_fast.training.config import compose_config, format_help, one_line, parse_cli
+    from lewm_fast.config import compose_config, format_help, one_line, parse_cli
+    from lewm_fast.io import CheckpointError
 
     try:
         overrides, wants_help, wants_cfg = parse_cli(argv, {})
@@ -49,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         from lewm_fast.evaluation.runner import Evaluation
 
-        evaluation = Evaluation(cfg)
+        evaluation = Evaluation(cfg, viewer=plan_viewer)
     except (ValueError, CheckpointError, HydraException, OmegaConfBaseException) as exc:
         print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -98,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return aot_main(argv[1:])
     if argv[:1] in (["export-onnx"], ["web"]):  # key=value arguments
-        from lewm_fast.export.cli import main as export_main
+        from lewm_fast.cli.export import main as export_main
 
         return export_main(argv[0], argv[1:])
     args = parser.parse_args(argv)

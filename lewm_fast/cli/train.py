@@ -42,9 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lewm_fast.training.config import (
-        compose_config, format_help, one_line, parse_cli, resume_config, validate_train_config,
-    )
+    from lewm_fast.config import compose_config, format_help, one_line, parse_cli
+    from lewm_fast.training.config import resume_config, validate_train_config
     from lewm_fast.training.distributed import process_group, torchrun_env
 
     launch = None
@@ -63,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _say(launch, OmegaConf.to_yaml(cfg), sys.stdout)
             return 0
         validate_train_config(cfg)
-        from lewm_fast.training.trainer import resolve_device
+        from lewm_fast.backends import resolve_device
 
         with process_group(resolve_device(cfg.device)):
             return _run(cfg, launch)
@@ -81,8 +80,8 @@ def _say(launch, text: str, stream=None) -> None:
 def _run(cfg, launch) -> int:
     """Train (or time the loader, ``dry_run=loader``) on this process; -> exit status."""
     from lewm_fast.data.h5format import EpisodeReadError
-    from lewm_fast.training.checkpointing import latest_checkpoint
-    from lewm_fast.training.config import one_line
+    from lewm_fast.config import one_line
+    from lewm_fast.io import latest_checkpoint
     from lewm_fast.training.trainer import Trainer, loader_throughput
 
     if cfg.dry_run == "loader":

@@ -1,6 +1,7 @@
-"""Episode collection, episode files (lewm_fast's layout and stable-worldmodel's), conversion between them, and the
-training-sequence dataset."""
+"""Episode collection, episode files (lewm_fast's layout and stable-worldmodel's), conversion between them, the
+training-sequence dataset, the action normalisation and episode splits."""
 
+from .actions import ActionCodec
 from .collect import DEFAULT_EPISODE_LEN, collect, episode_seeds, rollout
 from .convert import convert
 from .dataset import SequenceDataset
@@ -19,10 +20,11 @@ from .layout import (
     read_layout,
     read_layout_stats,
 )
+from .splits import split_episodes
 from .swm_format import SwmEpisodeWriter
 
 __all__ = [
-    "DEFAULT_EPISODE_LEN", "EpisodeFileError", "EpisodeLayout", "EpisodeReadError", "EpisodeWriter", "SequenceDataset",
-    "Stats", "SwmEpisodeWriter", "collect", "convert", "detect_layout", "episode_seeds", "load_episode", "read_index",
-    "read_layout", "read_layout_stats", "read_stats", "rollout",
+    "ActionCodec", "DEFAULT_EPISODE_LEN", "EpisodeFileError", "EpisodeLayout", "EpisodeReadError", "EpisodeWriter",
+    "SequenceDataset", "Stats", "SwmEpisodeWriter", "collect", "convert", "detect_layout", "episode_seeds",
+    "load_episode", "read_index", "read_layout", "read_layout_stats", "read_stats", "rollout", "split_episodes",
 ]

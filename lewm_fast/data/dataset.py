@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..envs.base import check_image_size
 from ..reference import preprocess_frames
+from .actions import ActionCodec
 from .h5format import EpisodeReadError, Stats, open_h5
 from .layout import EpisodeLayout, read_layout, read_layout_stats, read_rows
 
@@ -53,7 +54,8 @@ class SequenceDataset(Dataset):
 
     Normalisation uses the statistics of all the file's episodes (``stats``; lewm_fast files store them, for
     stable-worldmodel files they are streamed from the action and proprio columns): ``(x - mean) / std``, std floored
-    to 1 for constant dimensions. Windows never cross episodes and come episode by episode, start by start:
+    to 1 for constant dimensions; actions by ``action_codec``, the ``ActionCodec`` evaluation acts with. Windows never
+    cross episodes and come episode by episode, start by start:
 
     - lewm_fast files: every start with all T frames inside one episode. The last action block may run past the
       episode's final frame; those entries (and the file's NaN action after the final frame) are NaN, as in the LeWM
@@ -112,8 +114,8 @@ class SequenceDataset(Dataset):
         self._window_end = np.repeat(starts + lengths, counts)  # exclusive end of each window's episode
         # per used episode, for error messages: its index in the file, first step, and windows before it end
         self._episode_ids, self._episode_starts, self._episode_window_end = episode_ids, starts, np.cumsum(counts)
-        self._action_mean = torch.as_tensor(np.tile(self.stats.action_mean, self.frameskip), dtype=torch.float32)
-        self._action_std = torch.as_tensor(np.tile(self.stats.action_std, self.frameskip), dtype=torch.float32)
+        self.action_codec = ActionCodec(self.stats.action_mean, self.stats.action_std, self.frameskip,
+                                        self.env_action_dim)
         self._proprio_mean = torch.as_tensor(self.stats.proprio_mean, dtype=torch.float32)
         self._proprio_std = torch.as_tensor(self.stats.proprio_std, dtype=torch.float32)
         self._file: h5py.File | None = None
@@ -140,11 +142,11 @@ class SequenceDataset(Dataset):
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
         """Env actions concatenated per block (..., frameskip*A) -> normalised, as the model sees them."""
-        return (action - self._action_mean.to(action)) / self._action_std.to(action)
+        return self.action_codec.normalize(action)
 
     def denormalize_action(self, action: torch.Tensor) -> torch.Tensor:
         """Normalised action blocks (..., frameskip*A) -> env actions (..., frameskip*A), e.g. for a CEM plan."""
-        return action * self._action_std.to(action) + self._action_mean.to(action)
+        return self.action_codec.denormalize(action)
 
     def _pixels(self, frames: np.ndarray) -> torch.Tensor:
         return preprocess_frames(resize_frames(torch.from_numpy(frames), self.image_size))

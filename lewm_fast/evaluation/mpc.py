@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..data.actions import ActionCodec
 from ..reference.lewm import LeWM
 from ..reference.vit import preprocess_frames
 
@@ -41,38 +42,6 @@ class EpisodeResult:
         out.pop("frames")
         out.pop("goal_frame")
         return out
-
-
-class ActionCodec:
-    """Maps the model's normalised action blocks (frameskip*A,) to env actions (frameskip, A) and back.
-
-    ``mean``/``std`` are the training data's action statistics, per env action dimension (A,) or per block entry
-    (frameskip*A,); a block is ``frameskip`` consecutive env actions, flattened row-major.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], frameskip: int, action_dim: int):
-        width = frameskip * action_dim
-        mean_a, std_a = np.asarray(mean, dtype=np.float64).ravel(), np.asarray(std, dtype=np.float64).ravel()
-        if mean_a.shape != std_a.shape or mean_a.size not in (action_dim, width):
-            raise ValueError(
-                f"action statistics must have {action_dim} (per env action) or {width} (per block) entries, got mean "
-                f"{mean_a.size} and std {std_a.size}"
-            )
-        if not np.all(std_a > 0):
-            raise ValueError(f"action std must be > 0, got {std_a.tolist()}")
-        reps = frameskip if mean_a.size == action_dim else 1
-        self.mean = np.tile(mean_a, reps).reshape(frameskip, action_dim)
-        self.std = np.tile(std_a, reps).reshape(frameskip, action_dim)
-        self.frameskip, self.action_dim = frameskip, action_dim
-
-    def to_env(self, block: torch.Tensor | np.ndarray) -> np.ndarray:
-        """(frameskip*A,) normalised -> (frameskip, A) env actions."""
-        block = np.asarray(torch.as_tensor(block).detach().float().cpu(), dtype=np.float64)
-        return block.reshape(self.frameskip, self.action_dim) * self.std + self.mean
-
-    def to_model(self, actions: np.ndarray) -> torch.Tensor:
-        """(frameskip, A) env actions -> (frameskip*A,) normalised float32."""
-        return torch.from_numpy(((np.asarray(actions, dtype=np.float64) - self.mean) / self.std).reshape(-1)).float()
 
 
 class ExpertGoals:

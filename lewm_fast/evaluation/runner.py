@@ -1,6 +1,7 @@
 """``evaluate(cfg)``: load a checkpoint (lewm-train's, a stable-worldmodel folder or object checkpoint), build the
 env, the goal source (an episode file, or the env's scripted expert) and a ``CEMPlanner``, run the MPC episodes, write
-``results.json`` and pictures of the first episodes into the output directory."""
+``results.json`` and pictures of the first episodes into the output directory. ``viewer=true`` pages come from a
+``ViewerFactory`` the caller passes in (``lewm-eval``: the analysis planning viewer)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,19 @@ import multiprocessing
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ..backends import BACKENDS
-from ..checkpoint import CheckpointError
+from ..backends import BACKENDS, resolve_device
+from ..config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
+from ..data import ActionCodec
+from ..io import CheckpointError, load_model
 from ..reference.lewm import LeWM
-from ..training.checkpointing import NORMALIZATION, read_normalization, resolve_checkpoint
-from ..training.config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
-from ..training.trainer import resolve_device
 from .media import save_gif, save_strip
-from .mpc import ActionCodec, DatasetGoals, EpisodeResult, ExpertGoals, run_episode, summarize
+from .mpc import DatasetGoals, EpisodeResult, ExpertGoals, run_episode, summarize
 
 PLANNER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DATASET_EPISODES = ("held_out", "all")
@@ -88,17 +88,6 @@ def build_planner(model: LeWM, cfg: DictConfig):
     )
 
 
-def check_finite_weights(model: torch.nn.Module, folder: os.PathLike) -> None:
-    """CheckpointError naming the tensors of ``model`` that hold NaN or inf (a run that diverged before saving)."""
-    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise CheckpointError(
-            f"{folder} holds non-finite weights (NaN/inf) in {len(bad)} tensor(s), e.g. {', '.join(bad[:3])}: training "
-            "diverged before this checkpoint was saved; evaluate an earlier checkpoint of the run"
-        )
-
-
 def check_env_sizes(env, env_name: str, norm: Dict[str, Any], folder: os.PathLike) -> None:
     """CheckpointError when the env's action / proprioception sizes differ from those the checkpoint was trained with
     (``normalization.json``; checkpoints from before lewm_fast stored them are not checked)."""
@@ -110,17 +99,6 @@ def check_env_sizes(env, env_name: str, norm: Dict[str, Any], folder: os.PathLik
                 f"{folder} was trained with {key}={norm[key]}, but env {env_name!r} has {value}; "
                 "pass allow_env_mismatch=true to evaluate anyway"
             )
-
-
-def load_checkpoint(path: str, device: torch.device) -> Tuple[LeWM, Path, Optional[Dict[str, Any]]]:
-    """-> (model, where it came from, its normalization.json or None). ``path``: a lewm-train run directory or
-    checkpoint folder, a stable-worldmodel folder (config.json + weights.pt; usually no normalization.json), or an
-    object checkpoint file (``<run>_object.ckpt``)."""
-    source = resolve_checkpoint(path)
-    norm = read_normalization(source) if (source / NORMALIZATION).is_file() else None
-    model = LeWM.from_pretrained(source, map_location=device)
-    check_finite_weights(model, source)
-    return model, source, norm
 
 
 def held_out_episodes(dataset: Path, norm: Optional[Dict[str, Any]], which: str) -> Optional[List[int]]:
@@ -159,13 +137,30 @@ def goal_dataset(cfg: DictConfig, norm: Optional[Dict[str, Any]], source: Path) 
     return Path(trained)
 
 
+class EpisodeViewer(Protocol):
+    """Stands in for the planner during one saved episode (``reset``, ``act``), sees its env steps through
+    ``watch(env)``, then writes the episode's page."""
+
+    def watch(self, env: Any) -> Any: ...
+
+    def reset(self) -> None: ...
+
+    def act(self, obs: torch.Tensor, goal: torch.Tensor, action_history: torch.Tensor) -> torch.Tensor: ...
+
+    def write(self, path: Path, goal_state: Any) -> Any: ...
+
+
+ViewerFactory = Callable[[Any, str, Optional[str]], EpisodeViewer]
+"""``(planner, env name, cfg.viewer_probe) -> EpisodeViewer`` for ``viewer=true``; a module-level function, since
+``workers=N`` hands it to spawned processes."""
+
 _WORKER: Optional["Evaluation"] = None
 
 
-def _start_worker(cfg: DictConfig, threads: int, out: Path) -> None:
+def _start_worker(cfg: DictConfig, threads: int, out: Path, viewer: Optional[ViewerFactory]) -> None:
     global _WORKER
     torch.set_num_threads(threads)
-    _WORKER = Evaluation(cfg, out)
+    _WORKER = Evaluation(cfg, out, viewer)
 
 
 def _play_in_worker(episode: int) -> EpisodeResult:
@@ -182,21 +177,28 @@ def episode_results(evaluation: "Evaluation", episodes: int, workers: int) -> It
         return
     threads = max(1, torch.get_num_threads() // workers)
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_start_worker, initargs=(evaluation.cfg, threads, evaluation.out)) as pool:
+    initargs = (evaluation.cfg, threads, evaluation.out, evaluation.viewer)
+    with ctx.Pool(workers, initializer=_start_worker, initargs=initargs) as pool:
         yield pool.imap_unordered(_play_in_worker, range(episodes))
 
 
 class Evaluation:
     """``Evaluation(cfg).run() -> summary``: the constructor checks the config and loads checkpoint, env, goal source
-    and planner (raising ValueError/CheckpointError with a clear message); ``run`` plays the episodes."""
+    and planner (raising ValueError/CheckpointError with a clear message); ``run`` plays the episodes. ``viewer``
+    makes the ``viewer=true`` pages (required with it)."""
 
-    def __init__(self, cfg: DictConfig, out_dir: Optional[os.PathLike] = None):
+    def __init__(self, cfg: DictConfig, out_dir: Optional[os.PathLike] = None, viewer: Optional[ViewerFactory] = None):
         validate_eval_config(cfg)
+        if cfg.viewer and viewer is None:
+            raise ValueError("viewer=true needs a viewer factory: run lewm-eval, or pass "
+                             "viewer=lewm_fast.cli.evaluate.plan_viewer")
+        self.viewer = viewer
         from .. import envs
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.model, self.folder, norm = load_checkpoint(cfg.checkpoint, self.device)
+        self.model, run = load_model(cfg.checkpoint, self.device)
+        self.folder, norm = run.source, run.normalization
         if norm is None and (cfg.dataset is None or cfg.env is None):
             raise CheckpointError(
                 f"{self.folder} has no normalization.json (the action statistics needed to act in the environment; "
@@ -247,7 +249,7 @@ class Evaluation:
     def play(self, episode: int) -> EpisodeResult:
         """Episode ``episode``: env reset, goal draw and planner noise all seeded by ``seed + episode`` (so episodes
         give the same result in any order or process). With ``viewer=true`` the first ``save_episodes`` episodes also
-        write ``episode_<e>.html`` (``lewm_fast.analysis`` planning viewer)."""
+        write ``episode_<e>.html`` (made by the ``viewer`` factory)."""
         cfg = self.cfg
         seed = int(cfg.seed) + episode
         self.planner.reseed(seed)
@@ -255,10 +257,7 @@ class Evaluation:
         kwargs = dict(episode=episode, seed=seed, budget=int(cfg.budget), history_len=int(cfg.history_len), record=record)
         if not (record and cfg.viewer):
             return run_episode(self.env, self.goals, self.planner, self.model, self.codec, **kwargs)
-        from ..analysis import LatentProjection, PlanRecorder, write_viewer
-
-        plane = LatentProjection.from_probe(cfg.viewer_probe) if cfg.viewer_probe else None
-        recorder = PlanRecorder(self.planner, plane, env_name=self.env_name)
+        recorder = self.viewer(self.planner, self.env_name, cfg.viewer_probe)
         drawn: Dict[str, Any] = {}
 
         def goals(seed: int) -> Tuple[Any, Any]:
@@ -267,7 +266,7 @@ class Evaluation:
 
         result = run_episode(recorder.watch(self.env), goals, recorder, self.model, self.codec, **kwargs)
         if result.plan_latencies_s:  # an episode that starts at its goal plans nothing to show
-            write_viewer(self.out / f"episode_{episode:03d}.html", recorder.record(goal_state=drawn["goal"]))
+            recorder.write(self.out / f"episode_{episode:03d}.html", drawn["goal"])
         return result
 
     def run(self) -> Dict[str, Any]:
@@ -309,6 +308,7 @@ class Evaluation:
         return summary
 
 
-def evaluate(cfg: DictConfig, out_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
-    """``Evaluation(cfg, out_dir).run()``."""
-    return Evaluation(cfg, out_dir).run()
+def evaluate(cfg: DictConfig, out_dir: Optional[os.PathLike] = None,
+             viewer: Optional[ViewerFactory] = None) -> Dict[str, Any]:
+    """``Evaluation(cfg, out_dir, viewer).run()``."""
+    return Evaluation(cfg, out_dir, viewer).run()

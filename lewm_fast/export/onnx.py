@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io import CheckpointError, load_model, model_files
 from ..reference.cem import goal_mse_cost
 from ..reference.lewm import LeWM
 from ..reference.vit import IMAGENET_MEAN, IMAGENET_STD
@@ -95,25 +96,20 @@ def file_sha256(paths: Sequence[Union[str, os.PathLike]]) -> str:
 
 def checkpoint_hash(source: Path) -> str:
     """SHA-256 of a checkpoint: its config.json + weights.pt, or the object checkpoint file."""
-    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
-
-    return file_sha256([source] if source.is_file() else [source / CONFIG_NAME, source / WEIGHTS_NAME])
+    return file_sha256(model_files(source))
 
 
 def load_for_export(checkpoint: Union[str, os.PathLike]) -> tuple[LeWM, Path, Dict[str, Any]]:
     """-> (model in fp32 eval mode, its folder or file, its normalization.json); ExportError for what cannot be
     exported: no checkpoint there, unreadable or non-finite weights, no action statistics."""
-    from ..checkpoint import CheckpointError
-    from ..evaluation.runner import load_checkpoint
-
     try:
-        model, source, norm = load_checkpoint(str(checkpoint), torch.device("cpu"))
+        model, run = load_model(checkpoint)
     except (CheckpointError, OSError) as exc:
         raise ExportError(f"cannot export {checkpoint}: {exc}") from exc
-    if norm is None:
+    if run.normalization is None:
         raise ExportError(f"cannot export {checkpoint}: it has no normalization.json (the action statistics the planner "
                           "needs; lewm-train writes it next to every checkpoint)")
-    return model.float().eval(), source, norm
+    return model.float().eval(), run.source, run.normalization
 
 
 def env_geometry(env_name: str) -> Optional[Dict[str, Any]]:
@@ -139,9 +135,8 @@ def _sample_rows(lengths: np.ndarray, starts: np.ndarray, count: int) -> np.ndar
 def latent_pca(model: LeWM, data: Union[str, os.PathLike], frames: int = 2048, points: int = 600) -> Dict[str, Any]:
     """First two principal components of the latents of up to ``frames`` frames of an episode file, and ``points`` of
     them projected (with the agent's position from the proprio column, when there is one) for a background scatter."""
-    from ..analysis.latent_map import pca
-    from ..analysis.sources import encode_frames
     from ..data import read_layout
+    from ..data.latents import encode_frames, pca
     from ..data.h5format import open_h5
 
     with open_h5(data) as f:
@@ -214,15 +209,15 @@ def export_graphs(model: LeWM, out: Path, history: int = 1, horizon: int = 5) ->
 def build_manifest(model: LeWM, source: Path, norm: Dict[str, Any], out: Path, history: int, horizon: int,
                    pca: Dict[str, Any]) -> Dict[str, Any]:
     """The manifest of an export in ``out`` (see the module doc)."""
-    import lewm_fast
-    from ..evaluation.mpc import ActionCodec
+    from .._version import __version__
+    from ..data import ActionCodec
 
     env_name = str(norm["env"])
     frameskip = int(norm["frameskip"])
     codec = ActionCodec(norm["action"]["mean"], norm["action"]["std"], frameskip, model.action_dim // frameskip)
     return {
         "format": FORMAT,
-        "lewm_fast": lewm_fast.__version__,
+        "lewm_fast": __version__,
         "opset": OPSET,
         "source": {"checkpoint": str(source), "sha256": checkpoint_hash(source)},
         "model": {"image_size": model.encoder.config.image_size, "latent_dim": model.latent_dim,

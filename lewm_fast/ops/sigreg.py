@@ -67,11 +67,22 @@ if csrc_available():
     torch.library.register_autograd("lewm_fast::sigreg_loss", _loss_cpu_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("lewm_fast::sigreg_sums_triton", mutates_args=())
-def _sums_triton(z: torch.Tensor, A: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    from lewm_fast.kernels.sigreg import sigreg_sums
+def sigreg_sums_triton(z: torch.Tensor, A: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The Triton sums kernel called directly (no custom op, no autograd; on meta tensors inside
+    ``ops.launches.record_launches`` it records its launches): z (T,B,D), A (D,M), t (K) -> (2,T,M,K) float32."""
+    from ..kernels.sigreg import sigreg_sums
 
     return sigreg_sums(z, A, t)
+
+
+def sigreg_sums_backward_triton(grad: torch.Tensor, z: torch.Tensor, A: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The Triton backward of ``sigreg_sums_triton``, called directly: grad (2,T,M,K) -> dz (T,B,D) in z's dtype."""
+    from ..kernels.sigreg import sigreg_sums_backward
+
+    return sigreg_sums_backward(grad, z, A, t)
+
+
+_sums_triton = torch.library.custom_op("lewm_fast::sigreg_sums_triton", sigreg_sums_triton, mutates_args=())
 
 
 @_sums_triton.register_fake
@@ -79,11 +90,9 @@ def _sums_triton_fake(z, A, t):
     return z.new_empty((2, z.shape[0], A.shape[1], t.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("lewm_fast::sigreg_sums_backward_triton", mutates_args=())
-def _sums_backward_triton(grad: torch.Tensor, z: torch.Tensor, A: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    from lewm_fast.kernels.sigreg import sigreg_sums_backward
-
-    return sigreg_sums_backward(grad, z, A, t)
+_sums_backward_triton = torch.library.custom_op(
+    "lewm_fast::sigreg_sums_backward_triton", sigreg_sums_backward_triton, mutates_args=()
+)
 
 
 @_sums_backward_triton.register_fake

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from .._validation import check_tensor
+from ..backends import resolve_backend
 from ..reference.lewm import LeWM
-from .rollout import DTYPES, RolloutEngine, engine_backend
+from .rollout import DTYPES, RolloutEngine
 
 _PARTS = ("encoder", "predictor", "action_encoder", "pred_proj")
 
@@ -34,7 +35,7 @@ class AcceleratedLeWM(LeWM):
         self.train(model.training)
         self.backend = backend
         self.dtype = dtype
-        engine_backend(backend, next(model.predictor.parameters()).device)  # fail early on an impossible backend
+        resolve_backend(backend, next(model.predictor.parameters()).device)  # fail early on an impossible backend
         self._engine: Optional[RolloutEngine] = None
 
     @property

@@ -1,10 +1,10 @@
 """What every sampling planner on the rollout engine shares: argument checks, obs/goal encoding, the candidate noise
 streams, warm start and the MPC loop state.
 
-Backends (``resolve_backend`` on the model's device): ``"triton"`` samples with Philox in the fused kernels of
-``kernels/cem_refit.py`` and, on CUDA, captures the whole planning loop in a CUDA graph; ``"cpu"`` / ``"reference"``
-draw ``torch.randn(B, N, T, A, generator=g)`` per iteration exactly like the reference ``CEMSolver``, so seeded plans
-match it. The CEM distribution (mean, std, candidates) is always float32.
+Backends (``resolve_backend`` on the model's device): ``"triton"`` samples with Philox in the fused Triton kernels of
+the ``elite_refit`` op (``ops/elite_refit.py``) and, on CUDA, captures the whole planning loop in a CUDA graph;
+``"cpu"`` / ``"reference"`` draw ``torch.randn(B, N, T, A, generator=g)`` per iteration exactly like the reference
+``CEMSolver``, so seeded plans match it. The CEM distribution (mean, std, candidates) is always float32.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 from .._validation import check_positive_int, check_tensor
 from ..backends import resolve_backend
-from ..ops.elite_refit import elite_refit_resolved
-from ..reference.cem import CEMSolver, PlanDiagnostics, check_cem_settings
+from ..ops.elite_refit import EliteRefit, elite_refit_into, philox_normal_, sample_candidates_
+from ..reference.cem import PlanDiagnostics, check_action_inputs, check_cem_settings, prepare_inputs
 from ..reference.lewm import LeWM
 from .cuda_graph import GraphedLoop
 from .rollout import RolloutEngine
@@ -59,8 +59,6 @@ class PhiloxNoise:
             self.seed_buf = torch.tensor([seed], dtype=torch.long, device=device)
 
     def normal_(self, out: torch.Tensor, key_offset: int) -> torch.Tensor:
-        from ..kernels.cem_refit import philox_normal_
-
         return philox_normal_(out, self.seed_buf, key_offset)
 
 
@@ -154,13 +152,14 @@ class PlannerBase(abc.ABC):
     # ------------------------------------------------------------------ inputs
     def prepare(self, obs: torch.Tensor, goal: torch.Tensor, latent: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """Check and encode context and goal (the reference planner's rules): -> emb_ctx (B,H,D), goal_emb (B,D)."""
-        return CEMSolver.prepare(self, obs, goal, latent)  # type: ignore[arg-type]  # needs only .model
+        return prepare_inputs(self.model, obs, goal, latent)
 
     def _check_actions(
         self, b: int, h: int, action_history: Optional[torch.Tensor], init_mean: Optional[torch.Tensor]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """-> action_history (B,H-1,A), initial mean (B,horizon,A), both float32 (zeros by default)."""
-        hist, mean = CEMSolver.check_actions(self, b, h, action_history, init_mean, self.device, torch.float32)  # type: ignore[arg-type]
+        a = self.model.action_dim
+        hist, mean = check_action_inputs(a, self.horizon, b, h, action_history, init_mean, self.device, torch.float32)
         return hist.float(), mean.float()
 
     def costs(self, emb_ctx: torch.Tensor, action_history: torch.Tensor, goal_emb: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -175,9 +174,7 @@ class PlannerBase(abc.ABC):
     def sample_(self, out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, key_offset: int) -> torch.Tensor:
         """out (B,N,T,A) <- randn * std + mean with candidate 0 = mean (the reference ``sample_candidates``)."""
         if self.which == "triton":
-            from ..kernels.cem_refit import sample_candidates_triton
-
-            return sample_candidates_triton(mean, std, out, self.noise.seed_buf, key_offset)
+            return sample_candidates_(out, mean, std, self.noise.seed_buf, key_offset)
         self.noise.normal_(out, key_offset)
         out.mul_(std.unsqueeze(1)).add_(mean.unsqueeze(1))
         out[:, 0] = mean
@@ -186,16 +183,8 @@ class PlannerBase(abc.ABC):
     def refit_(self, buf: "LoopBuffers", cand: torch.Tensor, costs: torch.Tensor, mean_out: torch.Tensor, std_out: torch.Tensor, i: int) -> None:
         """Elite refit of iteration ``i`` into mean_out/std_out, buf.elite_idx and buf.elite_costs[i]. Triton flags a
         divergence in buf.bad (no sync); the CPU/reference refit raises ValueError at once, like the reference."""
-        if self.which == "triton":
-            from ..kernels.cem_refit import RefitBuffers, elite_refit_triton
-
-            elite_refit_triton(cand, costs, self.topk, out=RefitBuffers(mean_out, std_out, buf.elite_idx, buf.elite_costs[i], buf.bad))
-            return
-        refit = elite_refit_resolved(cand, costs, self.topk, self.which)
-        mean_out.copy_(refit.mean)
-        std_out.copy_(refit.std)
-        buf.elite_idx.copy_(refit.elite_idx)
-        buf.elite_costs[i].copy_(refit.elite_costs)
+        out = EliteRefit(mean_out, std_out, buf.elite_idx, buf.elite_costs[i])
+        elite_refit_into(cand, costs, self.topk, out, buf.bad, self.which)
 
     def advance_noise_(self) -> None:
         """After a plan: move the Philox key past the ``n_steps`` keys it used (a device op, captured in the graph)."""

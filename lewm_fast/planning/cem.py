@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..ops.elite_refit import EliteRefit, refit_and_sample_
 from .base import LoopBuffers, PlannerBase
 
 
@@ -15,8 +16,9 @@ class CEMPlanner(PlannerBase):
 
     On CPU (``backend`` "cpu"/"reference") seeded plans consume ``torch.randn(B, N, T, A, generator=g)`` per iteration
     like the reference, so they match it to floating-point tolerance. With ``backend="triton"`` each iteration after the
-    first is one fused elite-refit + Philox-sampling kernel (``kernels/cem_refit.py``) and, on CUDA, the whole
-    ``n_steps`` loop is one replayed CUDA graph; a divergence (fewer than ``topk`` finite costs) is raised after the plan.
+    first is one fused elite-refit + Philox-sampling kernel (``ops.elite_refit.refit_and_sample_``) and, on CUDA, the
+    whole ``n_steps`` loop is one replayed CUDA graph; a divergence (fewer than ``topk`` finite costs) is raised after
+    the plan.
     """
 
     def _loop(self, buf: LoopBuffers) -> None:
@@ -32,8 +34,6 @@ class CEMPlanner(PlannerBase):
 
     def _loop_fused(self, buf: LoopBuffers) -> None:
         """Triton: sample once, then per iteration costs + one refit-and-sample launch (no host sync)."""
-        from ..kernels.cem_refit import RefitBuffers, refit_and_sample_triton
-
         buf.bad.zero_()
         self.sample_(buf.cand[0], buf.init_mean, buf.init_std, 0)
         for i in range(self.n_steps):
@@ -42,6 +42,6 @@ class CEMPlanner(PlannerBase):
             if i + 1 == self.n_steps:
                 self.refit_(buf, cand, costs, buf.means[i], buf.stds[i], i)
                 break
-            out = RefitBuffers(buf.means[i], buf.stds[i], buf.elite_idx, buf.elite_costs[i], buf.bad)
-            refit_and_sample_triton(cand, costs, self.topk, out, buf.cand[(i + 1) % 2], self.noise.seed_buf, i + 1)
+            out = EliteRefit(buf.means[i], buf.stds[i], buf.elite_idx, buf.elite_costs[i])
+            refit_and_sample_(cand, costs, self.topk, out, buf.bad, buf.cand[(i + 1) % 2], self.noise.seed_buf, i + 1)
         self.advance_noise_()

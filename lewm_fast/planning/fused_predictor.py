@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_ops import CpuOps, PredictorOps
+from ..ops.predictor import CpuOps, PredictorOps
 from .state import persistent, version_of
 
 

@@ -1,9 +1,10 @@
 """``RolloutEngine``: candidate rollouts and CEM costs of a LeWM through the fused predictor paths.
 
 Backends (``backend=``): ``"triton"`` (Triton kernels + cuBLAS GEMMs; CUDA, or CPU under ``TRITON_INTERPRET=1``),
-``"cpu"`` (PyTorch + the C++ window attention of ``lewm_fast._C``), ``"reference"`` (the model's own ``rollout``, the
-oracle) and ``"auto"``: Triton on CUDA, the CPU path on CPU; where neither kernel library is available the same fused
-schedule runs on plain PyTorch ops.
+``"cpu"`` (PyTorch + the C++ window ops of ``lewm_fast._C``), ``"reference"`` (the model's own ``rollout``, the
+oracle) and ``"auto"``: Triton on CUDA, the CPU path on CPU; where neither kernel library is available it resolves to
+``"reference"`` too, but runs the fused schedule on the plain-PyTorch ops (``ops.predictor.PredictorOps``). The old
+name ``"torch"`` is taken as ``"reference"``, with a DeprecationWarning.
 """
 
 from __future__ import annotations
@@ -15,26 +16,13 @@ import torch
 from torch import nn
 
 from .._validation import check_tensor
-from ..backends import BACKENDS, resolve_backend
+from ..backends import resolve_backend
+from ..ops.predictor import make_ops
 from ..reference.cem import goal_mse_cost
 from ..reference.lewm import LeWM
-from .fused_ops import make_ops
 from .fused_predictor import FusedRollout, PlanContext
 
 DTYPES = (None, torch.float32, torch.bfloat16)
-
-
-def engine_backend(backend: str, device: torch.device) -> str:
-    """The engine path for a requested backend: ``"triton"``, ``"cpu"``, ``"torch"`` (fused schedule on plain PyTorch
-    ops: the fallback of ``"auto"``) or ``"reference"``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        resolved = resolve_backend("auto", device)
-        if resolved == "reference":
-            return "torch"
-        return resolved
-    return resolve_backend(backend, device)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -68,7 +56,11 @@ class RolloutEngine:
             getattr(model, "encoder", nn.Identity()), model.predictor, model.action_encoder, getattr(model, "projector", None),
             model.pred_proj)
         self.device = _model_device(model)
-        self.backend = engine_backend(backend, self.device)
+        if backend == "torch":  # the engine's old name of its plain-PyTorch path
+            warnings.warn("RolloutEngine backend 'torch' is deprecated: use 'reference'", DeprecationWarning,
+                          stacklevel=2)
+            backend = "reference"
+        self.backend = resolve_backend(backend, self.device)
         self.dtype = dtype or torch.float32
         if self.dtype == torch.bfloat16 and self.backend != "triton":
             raise ValueError(
@@ -81,7 +73,9 @@ class RolloutEngine:
                 "the model is in training mode; call model.eval() for the reference to match",
                 stacklevel=2,
             )
-        self.fused = None if self.backend == "reference" else FusedRollout(model, make_ops(self.backend), self.dtype)
+        # an explicit "reference" runs the oracle; "auto" falling back to "reference" runs the fused schedule on it
+        oracle = backend == "reference"
+        self.fused = None if oracle else FusedRollout(model, make_ops(self.backend), self.dtype)
 
     @property
     def latent_dim(self) -> int:

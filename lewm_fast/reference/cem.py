@@ -69,6 +69,48 @@ def check_cem_settings(num_samples: int, topk: int, n_steps: int, horizon: int, 
         raise ValueError(f"var_scale must be > 0, got {var_scale}")
 
 
+def prepare_inputs(model: LeWM, obs: torch.Tensor, goal: torch.Tensor,
+                   latent: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check and encode context and goal (shared by the reference and the fast planners): obs pixels (B,H,3,h,w) and
+    goal pixels (B,3,h,w), or with ``latent=True`` latents (B,H,D) and (B,D) -> emb_ctx (B,H,D), goal_emb (B,D)."""
+    if latent:
+        check_tensor(obs, "obs", ndim=3, last_dim=model.latent_dim, finite=True)
+        check_tensor(goal, "goal", ndim=2, last_dim=model.latent_dim, finite=True)
+        emb_ctx, goal_emb = obs, goal
+    else:
+        check_tensor(obs, "obs", ndim=5, finite=True)
+        check_tensor(goal, "goal", ndim=4, finite=True)
+        if goal.shape[0] != obs.shape[0] or goal.shape[1:] != obs.shape[2:]:
+            raise ValueError(f"goal (B,3,h,w) must match obs (B,H,3,h,w) in B and frame shape, got {tuple(goal.shape)} "
+                             f"vs {tuple(obs.shape)}")
+        emb_ctx = model.encode(obs)
+        goal_emb = model.encode(goal.unsqueeze(1))[:, 0]
+    if goal_emb.shape[0] != emb_ctx.shape[0]:
+        raise ValueError(f"goal batch {goal_emb.shape[0]} != obs batch {emb_ctx.shape[0]}")
+    if emb_ctx.shape[1] > model.history_size:
+        raise ValueError(f"obs holds {emb_ctx.shape[1]} frames but the model's window is {model.history_size}")
+    return emb_ctx, goal_emb
+
+
+def check_action_inputs(action_dim: int, horizon: int, b: int, h: int, action_history: Optional[torch.Tensor],
+                        init_mean: Optional[torch.Tensor], device: torch.device,
+                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a plan's action inputs (shared by the reference and the fast planners) -> action_history (B,H-1,A) and
+    the initial mean (B,horizon,A), zeros of ``device``/``dtype`` when None."""
+    a = action_dim
+    if action_history is None:
+        action_history = torch.zeros(b, h - 1, a, device=device, dtype=dtype)
+    check_tensor(action_history, "action_history", ndim=3, last_dim=a, finite=True, nonempty=False)
+    if tuple(action_history.shape[:2]) != (b, h - 1):
+        raise ValueError(f"action_history must have shape (B={b}, H-1={h - 1}, {a}), got {tuple(action_history.shape)}")
+    if init_mean is None:
+        init_mean = torch.zeros(b, horizon, a, device=device, dtype=dtype)
+    check_tensor(init_mean, "init_mean", ndim=3, last_dim=a, finite=True)
+    if tuple(init_mean.shape[:2]) != (b, horizon):
+        raise ValueError(f"init_mean must have shape (B={b}, horizon={horizon}, {a}), got {tuple(init_mean.shape)}")
+    return action_history, init_mean
+
+
 @dataclass
 class PlanDiagnostics:
     """Per-iteration history: elite costs (B,k), mean and std (B,T,A) after each refit."""
@@ -109,40 +151,12 @@ class CEMSolver:
         return next(self.model.parameters()).device
 
     def prepare(self, obs: torch.Tensor, goal: torch.Tensor, latent: bool = False):
-        """Encode context and goal: -> emb_ctx (B,H,D), goal_emb (B,D)."""
-        model = self.model
-        if latent:
-            check_tensor(obs, "obs", ndim=3, last_dim=model.latent_dim, finite=True)
-            check_tensor(goal, "goal", ndim=2, last_dim=model.latent_dim, finite=True)
-            emb_ctx, goal_emb = obs, goal
-        else:
-            check_tensor(obs, "obs", ndim=5, finite=True)
-            check_tensor(goal, "goal", ndim=4, finite=True)
-            if goal.shape[0] != obs.shape[0] or goal.shape[1:] != obs.shape[2:]:
-                raise ValueError(
-                    f"goal (B,3,h,w) must match obs (B,H,3,h,w) in B and frame shape, got {tuple(goal.shape)} vs {tuple(obs.shape)}"
-                )
-            emb_ctx = model.encode(obs)
-            goal_emb = model.encode(goal.unsqueeze(1))[:, 0]
-        if goal_emb.shape[0] != emb_ctx.shape[0]:
-            raise ValueError(f"goal batch {goal_emb.shape[0]} != obs batch {emb_ctx.shape[0]}")
-        if emb_ctx.shape[1] > model.history_size:
-            raise ValueError(f"obs holds {emb_ctx.shape[1]} frames but the model's window is {model.history_size}")
-        return emb_ctx, goal_emb
+        """Check and encode context and goal (``prepare_inputs``): -> emb_ctx (B,H,D), goal_emb (B,D)."""
+        return prepare_inputs(self.model, obs, goal, latent)
 
     def check_actions(self, b: int, h: int, action_history: Optional[torch.Tensor], init_mean: Optional[torch.Tensor], device, dtype):
-        a = self.model.action_dim
-        if action_history is None:
-            action_history = torch.zeros(b, h - 1, a, device=device, dtype=dtype)
-        check_tensor(action_history, "action_history", ndim=3, last_dim=a, finite=True, nonempty=False)
-        if tuple(action_history.shape[:2]) != (b, h - 1):
-            raise ValueError(f"action_history must have shape (B={b}, H-1={h - 1}, {a}), got {tuple(action_history.shape)}")
-        if init_mean is None:
-            init_mean = torch.zeros(b, self.horizon, a, device=device, dtype=dtype)
-        check_tensor(init_mean, "init_mean", ndim=3, last_dim=a, finite=True)
-        if tuple(init_mean.shape[:2]) != (b, self.horizon):
-            raise ValueError(f"init_mean must have shape (B={b}, horizon={self.horizon}, {a}), got {tuple(init_mean.shape)}")
-        return action_history, init_mean
+        """``check_action_inputs`` for this solver's model and horizon."""
+        return check_action_inputs(self.model.action_dim, self.horizon, b, h, action_history, init_mean, device, dtype)
 
     def costs(self, emb_ctx: torch.Tensor, action_history: torch.Tensor, goal_emb: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Costs (B,N) of candidates (B,N,T,A) from context emb_ctx (B,H,D)."""

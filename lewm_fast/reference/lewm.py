@@ -138,7 +138,7 @@ class LeWM(nn.Module):
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "LeWM":
         """Build from a stable-worldmodel-style config dict (``_target_`` entries)."""
-        from ..checkpoint import build_model
+        from ..io import build_model
 
         return build_model(config)
 
@@ -146,12 +146,12 @@ class LeWM(nn.Module):
     def from_pretrained(cls, path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu", allow_pickle: bool = False) -> "LeWM":
         """Load a stable-worldmodel checkpoint folder (``config.json`` + ``weights.pt``), strictly, or an object checkpoint
         file (``<run>_object.ckpt``, a pickled stable-worldmodel / le-wm LeWM) without running code from it."""
-        from ..checkpoint import load_pretrained
+        from ..io import load_pretrained
 
         return load_pretrained(path, map_location=map_location, allow_pickle=allow_pickle)
 
     def save_pretrained(self, path: Union[str, os.PathLike], encoder_layout: str = "5.x") -> None:
         """Write ``config.json`` + ``weights.pt`` (encoder keys in the transformers ``encoder_layout`` naming)."""
-        from ..checkpoint import save_pretrained
+        from ..io import save_pretrained
 
         save_pretrained(self, path, encoder_layout=encoder_layout)

@@ -30,16 +30,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..backends import resolve_backend
-from ..checkpoint import build_model, load_state_dict_strict, read_weights
+from ..backends import resolve_backend, resolve_device
+from ..io import (
+    WEIGHTS_NAME, build_model, latest_checkpoint, load_state_dict_strict, load_trainer_state, read_weights,
+    remove_partial_checkpoints, save_checkpoint,
+)
 from ..reference.lewm import LeWM
 from ..reference.loss import LossTerms, lewm_loss, prediction_loss
 from ..reference.sigreg import SIGReg as ReferenceSIGReg
 from ..reference.vit import IMAGENET_MEAN, IMAGENET_STD
-from . import checkpointing as ckpt
 from .config import check_data_path, model_config, validate_train_config
 from .distributed import Ranks, SharedProjectionSIGReg, local_batch_size, rank_seed, sync_batchnorm_
 from .report import epoch_means, plot_losses, write_log
+from .rng import rng_state, set_rng_state
 
 STATE_FORMAT = 1
 # settings a resumed run must share with the run that wrote the checkpoint
@@ -47,15 +50,6 @@ RESUME_KEYS = ("model", "data.env", "data.frameskip", "data.num_frames", "data.v
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
-def resolve_device(name: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` -> a device; CUDA is the current one (``cuda:LOCAL_RANK`` under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
-    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
-
-
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """bf16 autocast for ``bf16``, or ``auto`` on CUDA; None (fp32) otherwise."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -214,16 +208,6 @@ def normalization_info(dataset: Dataset, cfg: DictConfig, val_dataset: Optional[
     return out
 
 
-def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
-    """(training, held-out) episode indices: ``round(val_fraction * num_episodes)`` episodes (at least 1, and at least
-    1 left for training) drawn by a permutation seeded with ``seed``; none when val_fraction is 0."""
-    if val_fraction <= 0 or num_episodes < 2:
-        return list(range(num_episodes)), []
-    n_val = min(max(1, round(val_fraction * num_episodes)), num_episodes - 1)
-    perm = torch.randperm(num_episodes, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(perm[n_val:]), sorted(perm[:n_val])
-
-
 def open_datasets(cfg: DictConfig) -> Tuple[Dataset, Optional[Dataset]]:
     """``lewm_fast.data.SequenceDataset`` over ``data.path`` (the config's frames, frameskip and image size), split by
     episode into training and held-out sequences (``data.val_fraction``; held-out None when 0). ``data.path`` may be a
@@ -231,7 +215,7 @@ def open_datasets(cfg: DictConfig) -> Tuple[Dataset, Optional[Dataset]]:
     no environment (stable-worldmodel's) takes ``data.env`` as its environment. The held-out set shares the training
     set's statistics (those of the whole file)."""
     path = check_data_path(cfg)
-    from ..data import SequenceDataset, read_layout
+    from ..data import SequenceDataset, read_layout, split_episodes
     from ..data.h5format import open_h5
 
     columns = OmegaConf.to_container(cfg.data.columns) if "columns" in cfg.data else None
@@ -337,7 +321,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def trainer_state(self) -> Dict[str, Any]:
         """What a checkpoint stores besides the weights (collective: it gathers every rank's RNG state)."""
-        rngs = self.ranks.gather(ckpt.rng_state())
+        rngs = self.ranks.gather(rng_state())
         return {
             "format": STATE_FORMAT,
             "global_step": self.global_step,
@@ -361,11 +345,11 @@ class Trainer:
         state = self.trainer_state()
         if not self.ranks.is_main:
             return None
-        return ckpt.save_checkpoint(self.run_dir, self.model, state, self.normalization, keep=int(self.cfg.keep_checkpoints))
+        return save_checkpoint(self.run_dir, self.model, state, self.normalization, keep=int(self.cfg.keep_checkpoints))
 
     def _read_checkpoint(self, checkpoint: Path) -> Dict[str, Any]:
         """The trainer state and weights of a training checkpoint, checked against this run's settings and data."""
-        state = ckpt.load_trainer_state(checkpoint)
+        state = load_trainer_state(checkpoint)
         saved = OmegaConf.create(state["config"])
         for key in RESUME_KEYS:
             a, b = OmegaConf.select(saved, key), OmegaConf.select(self.cfg, key)
@@ -378,7 +362,7 @@ class Trainer:
                 f"cannot resume {checkpoint}: it was trained on a dataset of {state['dataset_sequences']} sequences, this "
                 f"run's dataset holds {len(self.dataset)}; resuming exactly needs the same data"
             )
-        return {"state": state, "weights": read_weights(checkpoint / "weights.pt")}
+        return {"state": state, "weights": read_weights(checkpoint / WEIGHTS_NAME)}
 
     def _load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Load model, optimizer, scheduler, counters, log and RNG states (from ``_read_checkpoint``). This rank takes
@@ -396,7 +380,7 @@ class Trainer:
         self.train_time_s = float(state["train_time_s"])
         rngs = [state["rng"], *state.get("rank_rng", [])]
         if len(rngs) == self.ranks.world_size or self.ranks.is_main:
-            ckpt.set_rng_state(rngs[self.ranks.rank])
+            set_rng_state(rngs[self.ranks.rank])
         else:
             torch.manual_seed(rank_seed(int(self.cfg.seed), self.ranks.rank, self.global_step))
         if "projection_rng" in state:
@@ -469,7 +453,7 @@ class Trainer:
         if not math.isfinite(last["loss"]):
             raise FloatingPointError(
                 f"the loss became {last['loss']} at step {last['step']}; lower optim.lr or check the data "
-                f"(last finite checkpoint: {ckpt.latest_checkpoint(self.run_dir)})"
+                f"(last finite checkpoint: {latest_checkpoint(self.run_dir)})"
             )
         return last
 
@@ -494,8 +478,8 @@ class Trainer:
 
     def _prepare_run_dir(self) -> Optional[Dict[str, Any]]:
         """-> the checkpoint to resume from (``_read_checkpoint``), or None."""
-        ckpt.remove_partial_checkpoints(self.run_dir)
-        latest = ckpt.latest_checkpoint(self.run_dir)
+        remove_partial_checkpoints(self.run_dir)
+        latest = latest_checkpoint(self.run_dir)
         checkpoint = None
         if self.cfg.resume:
             if latest is not None:
@@ -563,7 +547,7 @@ class Trainer:
     def finish(self) -> Dict[str, Any]:
         """Write train_log.json and loss_curves.png (rank 0); -> the summary."""
         self._flush()
-        latest = ckpt.latest_checkpoint(self.run_dir) if self.ranks.is_main else None
+        latest = latest_checkpoint(self.run_dir) if self.ranks.is_main else None
         summary = {
             "run_dir": str(self.run_dir),
             "checkpoint": str(latest) if latest else None,

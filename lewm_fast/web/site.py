@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from ..export.onnx import FORMAT, ExportError, checkpoint_hash, export_onnx, read_manifest
+from ..io import CheckpointError, resolve_checkpoint
 
 WEB = Path(__file__).resolve().parent
 STATIC = WEB / "static"
@@ -57,9 +58,6 @@ def cache_folder(checkpoint: Union[str, os.PathLike]) -> Path:
 
 def source_hash(checkpoint: Union[str, os.PathLike]) -> str:
     """The SHA-256 the export records for ``checkpoint`` (a run, checkpoint folder or object file)."""
-    from ..checkpoint import CheckpointError
-    from ..training.checkpointing import resolve_checkpoint
-
     try:
         return checkpoint_hash(resolve_checkpoint(checkpoint))
     except (CheckpointError, OSError) as exc:

@@ -77,7 +77,7 @@ def parse_int(settings: Dict[str, Optional[str]], key: str, low: int) -> int:
 
 
 def export_command(args: Sequence[str]) -> int:
-    from .onnx import export_onnx
+    from ..export import export_onnx
 
     s = parse_keys(args, {"checkpoint": None, "out": None, "history": "1", "horizon": "5", "data": None},
                    required=("checkpoint", "out"))
@@ -124,8 +124,8 @@ COMMANDS: Dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 def main(command: str, args: Sequence[str]) -> int:
     """Run ``lewm-fast <command> <args>``; user mistakes print one ``lewm-fast: error: ...`` line and return 2."""
-    from ..training.config import one_line
-    from .onnx import ExportError
+    from ..config import one_line
+    from ..export import ExportError
 
     run, usage = COMMANDS[command]
     if any(arg in ("-h", "--help", "help") for arg in args):

@@ -1,10 +1,4 @@
-// LeWM predictor over a short window of tokens on CPU (float32/float64):
-//
-// window_attention(qkv (M, S, 3*heads*dh), prefix_qkv (B, P, 3*heads*dh)?, heads, num_queries) -> (M, q, heads*dh)
-//   Causal multi-head attention read straight from the to_qkv output layout [q | k | v] (heads-major inside each),
-//   with an optional prefix of window tokens shared by each group of M / B consecutive rows (the part of a CEM
-//   window that is the same for every candidate). Own token i sits at window position P+i and sees positions <= P+i;
-//   the output holds own tokens S-q..S-1.
+// The LeWM predictor's blocks over a short window of tokens on CPU (float32/float64), a whole rollout step per call:
 //
 // window_blocks(x (M, S, D), mods (M, S, depth, 6, D) strided, prefix_qkv[depth] or [], weights[9*depth],
 //               eps[4*depth], heads, gelu_approximate, chunk_rows, head[4] or [], head_eps, head_approximate,
@@ -36,8 +30,6 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -48,194 +40,13 @@
 #include <utility>
 #include <vector>
 
+#include "blas.h"
+#include "ops.h"
+#include "vec.h"
+#include "window_attention.h"
+
+namespace lewm_fast {
 namespace {
-
-// ---------------------------------------------------------------------------------------------------------- attention
-// One query row against p shared-prefix keys and `own` own keys, for `heads` heads of width dh: o = softmax(q.k *
-// dh^-0.5) v. Key j starts at keys[j]; its value sits kv_off_pre (prefix keys) or kv_off_own (own keys) after it.
-// score: scratch of at least heads * (p + own) + 16 values.
-template <typename scalar_t>
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void attend_group_scalar(const scalar_t* q, const scalar_t* const* keys, int64_t p, int64_t own, int64_t heads,
-                         int64_t dh, int64_t kv_off_pre, int64_t kv_off_own, scalar_t* score, scalar_t* o) {
-  const int64_t visible = p + own;
-  const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(dh));
-  for (int64_t h = 0; h < heads; ++h) {
-    const int64_t off = h * dh;
-    scalar_t mx = -std::numeric_limits<scalar_t>::infinity();
-    for (int64_t j = 0; j < visible; ++j) {
-      const scalar_t* k = keys[j] + off;
-      scalar_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t e = 0; e < dh; ++e) acc += q[off + e] * k[e];
-      score[j] = acc * scale;
-      mx = std::max(mx, score[j]);
-    }
-    scalar_t total = 0;
-    for (int64_t j = 0; j < visible; ++j) {
-      score[j] = std::exp(score[j] - mx);
-      total += score[j];
-    }
-    const scalar_t inv = scalar_t(1) / total;
-    scalar_t* oh = o + off;
-    std::fill(oh, oh + dh, scalar_t(0));
-    for (int64_t j = 0; j < visible; ++j) {
-      const scalar_t* v = keys[j] + (j < p ? kv_off_pre : kv_off_own) + off;
-      const scalar_t pj = score[j] * inv;
-#pragma omp simd
-      for (int64_t e = 0; e < dh; ++e) oh[e] += pj * v[e];
-    }
-  }
-}
-
-// 16 floats as one value (GCC vector extension: one zmm register on AVX-512, split on narrower targets).
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-
-inline v16f load16(const float* x) {
-  v16f v;
-  std::memcpy(&v, x, sizeof v);
-  return v;
-}
-
-inline void store16(float* x, v16f v) { std::memcpy(x, &v, sizeof v); }
-
-inline float sum16(v16f v) {  // halves added pairwise (no __builtin_shufflevector: GCC < 12 lacks it)
-  v8f lo, hi;
-  std::memcpy(&lo, &v, sizeof lo);
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-  const v8f s8 = lo + hi;
-  v4f a, b;
-  std::memcpy(&a, &s8, sizeof a);
-  std::memcpy(&b, reinterpret_cast<const char*>(&s8) + sizeof a, sizeof b);
-  const v4f s4 = a + b;
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
-}
-
-// exp(x) for x <= 0 (softmax after subtracting the maximum), to about 1 ulp: 2^n * P(r), r = x - n ln2 in
-// [-ln2/2, ln2/2], P the degree-6 Taylor polynomial; x below -87 gives exp(-87) ~ 1.6e-38 instead of a denormal.
-inline v16f exp16_nonpositive(v16f x) {
-  const v16f lo = v16f{} - 87.0f;
-  x = x < lo ? lo : x;
-  const v16f magic = v16f{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const v16f n = (x * 1.44269504088896341f + magic) - magic;
-  const v16f r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 split in two for an exact n * ln2_hi
-  v16f poly = v16f{} + (1.0f / 720.0f);
-  poly = poly * r + (1.0f / 120.0f);
-  poly = poly * r + (1.0f / 24.0f);
-  poly = poly * r + (1.0f / 6.0f);
-  poly = poly * r + 0.5f;
-  poly = poly * r + 1.0f;
-  poly = poly * r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16f scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return poly * scale;
-}
-
-// attend_group_scalar for float32 and dh a multiple of 16: all (head, key) scores first, one vector exp pass over
-// them, then the weighted values; dot products and outputs run 16 lanes wide.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void attend_group_vec(const float* q, const float* const* keys, int64_t p, int64_t own, int64_t heads, int64_t dh,
-                      int64_t kv_off_pre, int64_t kv_off_own, float* score, float* o) {
-  const int64_t visible = p + own, n = heads * visible;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  for (int64_t h = 0; h < heads; ++h) {
-    const int64_t off = h * dh;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < visible; ++j) {
-      const float* k = keys[j] + off;
-      v16f acc = load16(q + off) * load16(k);
-      for (int64_t e = 16; e < dh; e += 16) acc += load16(q + off + e) * load16(k + e);
-      const float sj = sum16(acc) * scale;
-      score[h * visible + j] = sj;
-      mx = std::max(mx, sj);
-    }
-    for (int64_t j = 0; j < visible; ++j) score[h * visible + j] -= mx;
-  }
-  for (int64_t i = 0; i < n; i += 16) store16(score + i, exp16_nonpositive(load16(score + i)));
-  for (int64_t h = 0; h < heads; ++h) {
-    const int64_t off = h * dh;
-    const float* ph = score + h * visible;
-    float total = 0;
-    for (int64_t j = 0; j < visible; ++j) total += ph[j];
-    const float inv = 1.0f / total;
-    for (int64_t e = 0; e < dh; e += 16) {
-      v16f acc{};
-      for (int64_t j = 0; j < visible; ++j)
-        acc += ph[j] * load16(keys[j] + (j < p ? kv_off_pre : kv_off_own) + off + e);
-      store16(o + off + e, acc * inv);
-    }
-  }
-}
-
-template <typename scalar_t>
-void attend_group(const scalar_t* q, const scalar_t* const* keys, int64_t p, int64_t own, int64_t heads, int64_t dh,
-                  int64_t kv_off_pre, int64_t kv_off_own, scalar_t* score, scalar_t* o) {
-  if (p + own == 1) {  // a window's first token sees only itself: softmax of one score is exactly 1
-    const scalar_t* v = keys[0] + kv_off_own;
-    std::copy(v, v + heads * dh, o);
-    return;
-  }
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (dh % 16 == 0) return attend_group_vec(q, keys, p, own, heads, dh, kv_off_pre, kv_off_own, score, o);
-  }
-  attend_group_scalar<scalar_t>(q, keys, p, own, heads, dh, kv_off_pre, kv_off_own, score, o);
-}
-
-template <typename scalar_t>
-void attend(const scalar_t* qkv, const scalar_t* prefix, int64_t m, int64_t s, int64_t p, int64_t rows_per_prefix,
-            int64_t heads, int64_t dh, int64_t nq, scalar_t* out) {
-  const int64_t inner = heads * dh, width = 3 * inner;
-  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    std::vector<const scalar_t*> keys(p + s);
-    std::vector<scalar_t> score(heads * (p + s) + 16);
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* own = qkv + r * s * width;
-      for (int64_t j = 0; j < p; ++j) keys[j] = prefix + ((r / rows_per_prefix) * p + j) * width + inner;
-      for (int64_t j = 0; j < s; ++j) keys[p + j] = own + j * width + inner;
-      for (int64_t qi = 0; qi < nq; ++qi) {
-        const int64_t i = s - nq + qi;
-        attend_group<scalar_t>(own + i * width, keys.data(), p, i + 1, heads, dh, inner, inner, score.data(),
-                               out + (r * nq + qi) * inner);
-      }
-    }
-  });
-}
-
-void check_prefix(const at::Tensor& pre, const at::Tensor& qkv_like, int64_t m, int64_t width) {
-  TORCH_CHECK_VALUE(pre.dim() == 3 && pre.size(2) == width, "prefix_qkv must be (B, P, ", width, "), got ",
-                    pre.sizes());
-  TORCH_CHECK_VALUE(pre.size(0) >= 1 && m % pre.size(0) == 0, "prefix_qkv's B=", pre.size(0), " must divide M=", m);
-  TORCH_CHECK_VALUE(pre.scalar_type() == qkv_like.scalar_type(), "prefix_qkv must have dtype ",
-                    qkv_like.scalar_type(), ", got ", pre.scalar_type());
-}
-
-at::Tensor window_attention_cpu(const at::Tensor& qkv, const c10::optional<at::Tensor>& prefix_qkv, int64_t heads,
-                                int64_t num_queries) {
-  TORCH_CHECK_VALUE(qkv.dim() == 3, "qkv must be (M, S, 3*heads*dh), got ", qkv.sizes());
-  TORCH_CHECK_VALUE(heads >= 1 && qkv.size(2) % (3 * heads) == 0, "qkv's last dimension ", qkv.size(2),
-                    " is not 3*heads*dh for heads=", heads);
-  const int64_t m = qkv.size(0), s = qkv.size(1), inner = qkv.size(2) / 3, dh = inner / heads;
-  TORCH_CHECK_VALUE(num_queries >= 1 && num_queries <= s, "num_queries must be in [1, S=", s, "], got ", num_queries);
-  const auto q = qkv.contiguous();
-  at::Tensor pre;
-  int64_t p = 0, rows_per_prefix = 1;
-  if (prefix_qkv.has_value()) {
-    pre = prefix_qkv->contiguous();
-    check_prefix(pre, q, m, q.size(2));
-    p = pre.size(1);
-    rows_per_prefix = m / pre.size(0);
-  }
-  auto out = at::empty({m, num_queries, inner}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_cpu", [&] {
-    attend<scalar_t>(q.data_ptr<scalar_t>(), p ? pre.data_ptr<scalar_t>() : nullptr, m, s, p, rows_per_prefix, heads,
-                     dh, num_queries, out.data_ptr<scalar_t>());
-  });
-  return out;
-}
 
 // ---------------------------------------------------------------------------------------------------- whole window
 // LayerNorm statistics of x (d values), inlined into the callers below (so compiled for each of their targets).
@@ -347,128 +158,6 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void add_bias(scalar_t* x, const scalar_t* bias, int64_t d) {
 #pragma omp simd
   for (int64_t e = 0; e < d; ++e) x[e] += bias[e];
-}
-
-// ------------------------------------------------------------------------------------------------------------ GEMM
-// out (r, n; row stride ldo) = beta * out + in (r, k; row stride ldi) @ w^T, w (n, k; row stride ldw): an nn.Linear
-// weight or a block of one. Calls the BLAS gemm that torch's own CPU matmul uses (sgemm_/dgemm_, looked up at run
-// time), so the many small GEMMs of a chunk skip ATen's per-call tensor bookkeeping. window_blocks refuses to run
-// where torch exports no such symbol (window_blas_available() is false; the engine then runs op by op).
-template <typename scalar_t>
-using BlasGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const scalar_t*,
-                          const scalar_t*, const int*, const scalar_t*, const int*, const scalar_t*, scalar_t*,
-                          const int*);
-
-inline void* find_symbol(const char* name) {
-  void* sym = dlsym(RTLD_DEFAULT, name);
-  if (sym == nullptr) {
-    if (void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD)) sym = dlsym(lib, name);
-  }
-  return sym;
-}
-
-template <typename scalar_t>
-BlasGemm<scalar_t> blas_gemm() {
-  static const auto fn =
-      reinterpret_cast<BlasGemm<scalar_t>>(find_symbol(std::is_same_v<scalar_t, float> ? "sgemm_" : "dgemm_"));
-  return fn;
-}
-
-// Whether torch exports the BLAS gemm window_blocks calls (the rollout engine checks before choosing this path).
-bool window_blas_available() { return blas_gemm<float>() != nullptr && blas_gemm<double>() != nullptr; }
-
-// MKL's packed-GEMM API (float32 only; the Fortran symbols torch's MKL builds export). A GEMM packs both operands
-// into its kernel's panel layout on every call; window_blocks' GEMMs are small (K = 192...512), so that repacking is
-// about a tenth of a rollout step. With it, every weight block is packed once per weight set (window_pack) and each
-// activation that feeds several GEMMs once per chunk. MKL wants both operands of a GEMM packed with the same thread
-// count: all packing and computing runs with MKL single-threaded (window_blocks' threads are its own).
-using PackGetSize = size_t (*)(const char*, const int*, const int*, const int*);
-using PackFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-                        const int*, float*);
-using ComputeFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const int*,
-                           const float*, const int*, const float*, float*, const int*);
-using SetThreadsLocal = int (*)(int);
-
-struct PackApi {
-  PackGetSize get_size;
-  PackFn pack;
-  ComputeFn compute;
-  SetThreadsLocal threads_local;
-};
-
-const PackApi& pack_api() {
-  static const PackApi api{reinterpret_cast<PackGetSize>(find_symbol("sgemm_pack_get_size")),
-                           reinterpret_cast<PackFn>(find_symbol("sgemm_pack")),
-                           reinterpret_cast<ComputeFn>(find_symbol("sgemm_compute")),
-                           reinterpret_cast<SetThreadsLocal>(find_symbol("MKL_Set_Num_Threads_Local"))};
-  return api;
-}
-
-// Whether window_pack can run (torch's MKL builds); without it window_blocks runs on the plain gemm.
-bool window_packing_available() {
-  const PackApi& api = pack_api();
-  return api.get_size && api.pack && api.compute && api.threads_local;
-}
-
-// MKL single-threaded in this thread while alive (restores the thread's previous setting).
-class MklSingleThread {
- public:
-  MklSingleThread() : active_(window_packing_available()), previous_(active_ ? pack_api().threads_local(1) : 0) {}
-  ~MklSingleThread() {
-    if (active_) pack_api().threads_local(previous_);
-  }
-  MklSingleThread(const MklSingleThread&) = delete;
-  MklSingleThread& operator=(const MklSingleThread&) = delete;
-
- private:
-  bool active_;
-  int previous_;
-};
-
-// Bytes of one packed operand: 'A' a weight block (n, k) for GEMMs of about `rows` rows; 'B' `rows` activation rows
-// of width k for weight blocks of n rows. Rounded up to 64 so packed operands laid end to end stay aligned.
-inline int64_t packed_bytes(const char* which, int64_t n, int64_t rows, int64_t k) {
-  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
-  return (static_cast<int64_t>(pack_api().get_size(which, &m_, &n_, &k_)) + 63) / 64 * 64;
-}
-
-inline void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, int64_t rows, float* dest) {
-  const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k), ld = static_cast<int>(ldw);
-  const float one = 1;
-  pack_api().pack("A", "T", &m_, &n_, &k_, &one, w, &ld, dest);
-}
-
-// Packs rows (r, k; row stride ldi) as the activation operand of GEMMs against weight blocks of n rows.
-template <typename scalar_t>
-void pack_rows(int64_t r, int64_t k, const scalar_t* in, int64_t ldi, int64_t n, scalar_t* dest) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (r == 0) return;
-    const int m_ = static_cast<int>(n), n_ = static_cast<int>(r), k_ = static_cast<int>(k), ld = static_cast<int>(ldi);
-    const float one = 1;
-    pack_api().pack("B", "N", &m_, &n_, &k_, &one, in, &ld, dest);
-  }
-}
-
-// out (r, n; row stride ldo) = beta * out + in (r, k) @ w^T for w (n, k) with row stride ldw. w_packed: w's block
-// packed by window_pack (float32), else null; in_packed: these very rows packed by pack_rows, else null (then `in`
-// with row stride ldi is read).
-template <typename scalar_t>
-void linear_into(int64_t r, int64_t n, int64_t k, const scalar_t* in, int64_t ldi, const scalar_t* w, int64_t ldw,
-                 scalar_t beta, scalar_t* out, int64_t ldo, const scalar_t* w_packed = nullptr,
-                 const scalar_t* in_packed = nullptr) {
-  if (r == 0 || n == 0) return;
-  // column-major: out^T (n, r) = (w^T)^T (n, k) @ in^T (k, r)
-  const int m_ = static_cast<int>(n), n_ = static_cast<int>(r), k_ = static_cast<int>(k);
-  const int lda = static_cast<int>(ldw), ldb = static_cast<int>(ldi), ldc = static_cast<int>(ldo);
-  const scalar_t one = 1;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (w_packed != nullptr) {
-      pack_api().compute("P", in_packed ? "P" : "N", &m_, &n_, &k_, w_packed, &lda, in_packed ? in_packed : in, &ldb,
-                         &beta, out, &ldc);
-      return;
-    }
-  }
-  blas_gemm<scalar_t>()("T", "N", &m_, &n_, &k_, &one, w, &lda, in, &ldb, &beta, out, &ldc);
 }
 
 // Packed copies (window_pack) of the weight blocks an MLP's GEMMs read, per slice of its hidden units.
@@ -815,8 +504,10 @@ c10::optional<Head> parse_head(at::TensorList head_weights, double eps, c10::str
   return Head{w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), eps, approximate, at::Tensor(), 1};
 }
 
+}  // namespace
+
 at::Tensor window_pack_cpu(at::TensorList weights, int64_t heads, at::TensorList head_weights, int64_t rows) {
-  TORCH_CHECK(window_packing_available(), "window_pack needs MKL's sgemm_pack/sgemm_compute (torch's MKL builds)");
+  TORCH_CHECK(mkl_packing_available(), "window_pack needs MKL's sgemm_pack/sgemm_compute (torch's MKL builds)");
   TORCH_CHECK_VALUE(!weights.empty() && weights[0].dim() == 2, "weights must hold 9 tensors per block");
   TORCH_CHECK_VALUE(rows >= 1, "rows must be >= 1, got ", rows);
   const int64_t d = weights[0].size(1);
@@ -842,7 +533,7 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
                              c10::string_view gelu_approximate, int64_t chunk_rows, at::TensorList head_weights,
                              double head_eps, c10::string_view head_approximate, const c10::optional<at::Tensor>& goal,
                              const c10::optional<at::Tensor>& packed) {
-  TORCH_CHECK(window_blas_available(), "window_blocks needs the BLAS sgemm_/dgemm_ exported by torch's CPU library");
+  TORCH_CHECK(blas_gemm_available(), "window_blocks needs the BLAS sgemm_/dgemm_ exported by torch's CPU library");
   TORCH_CHECK_VALUE(x_in.dim() == 3, "x must be (M, S, D), got ", x_in.sizes());
   const int64_t m = x_in.size(0), s = x_in.size(1), d = x_in.size(2);
   TORCH_CHECK_VALUE(weights.size() % 9 == 0 && !weights.empty(), "weights must hold 9 tensors per block, got ",
@@ -903,21 +594,4 @@ at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at:
   return out;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
-  m.def("window_attention(Tensor qkv, Tensor? prefix_qkv, int heads, int num_queries) -> Tensor");
-  m.def(
-      "window_blocks(Tensor x, Tensor mods, Tensor[] prefix_qkv, Tensor[] weights, float[] eps, int heads, "
-      "str gelu_approximate, int chunk_rows, Tensor[] head, float head_eps, str head_approximate, Tensor? goal, "
-      "Tensor? packed=None) -> Tensor");
-  m.def("window_pack(Tensor[] weights, int heads, Tensor[] head, int rows) -> Tensor");
-  m.def("window_blas_available() -> bool", &window_blas_available);
-  m.def("window_packing_available() -> bool", &window_packing_available);
-}
-
-TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) {
-  m.impl("window_attention", &window_attention_cpu);
-  m.impl("window_blocks", &window_blocks_cpu);
-  m.impl("window_pack", &window_pack_cpu);
-}
+}  // namespace lewm_fast

@@ -1,4 +1,4 @@
-"""Triton CEM refit + Philox sampling kernel (kernels/cem_refit.py) under the Triton interpreter, on small shapes.
+"""Triton CEM refit + Philox sampling kernel (kernels/elite_refit.py) under the Triton interpreter, on small shapes.
 
 The refit is checked exactly against ``elite_refit_reference`` given the same candidates/costs; Philox normals cannot
 match ``torch.randn`` bitwise, so sampling is checked for determinism, candidate 0 = mean, and distribution statistics
@@ -23,7 +23,7 @@ from lewm_fast.reference.cem import elite_refit_reference
 if not triton_available(torch.device("cpu")) and not torch.cuda.is_available():
     pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from lewm_fast.kernels.cem_refit import (  # noqa: E402
+from lewm_fast.kernels.elite_refit import (  # noqa: E402
     elite_refit_triton,
     new_refit_buffers,
     philox_normal_,

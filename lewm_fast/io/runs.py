@@ -1,4 +1,5 @@
-"""Training checkpoints: a stable-worldmodel model folder plus everything needed to resume exactly.
+"""Run directories: training checkpoints (a stable-worldmodel model folder plus everything needed to resume exactly),
+their ``normalization.json``, and resolving a run, checkpoint folder or object file to the checkpoint it means.
 
 Layout of a run directory::
 
@@ -16,17 +17,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import numpy as np
 import torch
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from ..reference.lewm import LeWM
+from .build import CheckpointError
+from .swm_folder import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
@@ -62,28 +62,6 @@ def remove_partial_checkpoints(run_dir: Union[str, os.PathLike]) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def rng_state() -> Dict[str, Any]:
-    """Python, numpy and torch (CPU and every CUDA device) generator states."""
-    np_state = np.random.get_state()
-    state: Dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(
     run_dir: Union[str, os.PathLike],
     model: LeWM,
@@ -100,7 +78,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp)
+        save_pretrained(model, tmp)
         (tmp / NORMALIZATION).write_text(json.dumps(normalization, indent=2))
         torch.save(trainer_state, tmp / TRAINER_STATE)
         if final.exists():  # the same step saved twice (e.g. a resumed run re-saving): replace it
@@ -176,6 +154,11 @@ def resolve_checkpoint(path: Union[str, os.PathLike]) -> Path:
     """An object checkpoint file as it is, else ``resolve_model_folder(path)``."""
     p = Path(path)
     return p if p.is_file() else resolve_model_folder(p)
+
+
+def model_files(checkpoint: Path) -> List[Path]:
+    """The files holding a resolved checkpoint's model: the object checkpoint file, else config.json + weights.pt."""
+    return [checkpoint] if checkpoint.is_file() else [checkpoint / CONFIG_NAME, checkpoint / WEIGHTS_NAME]
 
 
 def read_normalization(folder: Union[str, os.PathLike]) -> Dict[str, Any]:

@@ -67,7 +67,7 @@ def _elite_refit_tile(
 
 
 @triton.jit(do_not_specialize=["key_offset"])
-def _cem_refit_sample_kernel(
+def _elite_refit_sample_kernel(
     cand_ptr, costs_ptr, mean_ptr, std_ptr, idx_ptr, ecost_ptr, bad_ptr, out_ptr, seed_ptr, key_offset,
     N, W, K,
     stride_cb, stride_cn, stride_cw, stride_kb, stride_kn,
@@ -177,7 +177,7 @@ def _launch(
     grid = (b, triton.cdiv(n, _ROWS_PER_PROGRAM) if do_sample else 1)
     block_w = triton.next_power_of_2(w)
     launch(
-        _cem_refit_sample_kernel, grid,
+        _elite_refit_sample_kernel, grid,
         cand3, costs, mean, std, idx, ecost, bad,
         out if do_sample else candidates, seed_buf if do_sample else candidates, key_offset,
         n, w, topk,

@@ -24,15 +24,10 @@ import torch
 from torch import nn
 from typing_extensions import Self
 
-from .checkpoint import (
-    _SAVE_TARGETS,
-    CheckpointError,
-    build_model,
-    load_state_dict_strict,
-)
-from .reference.lewm import LeWM
-from .reference.modules import MLP, Embedder, Predictor
-from .reference.vit import VIT_SIZES, vit_hf
+from ..reference.lewm import LeWM
+from ..reference.modules import MLP, Embedder, Predictor
+from ..reference.vit import VIT_SIZES, vit_hf
+from .build import _SAVE_TARGETS, CheckpointError, build_model, load_state_dict_strict
 
 # where LeWM's module classes live: stable-worldmodel's package (lewm/lewm.py + lewm/module.py, earlier
 # lewm/module_lewm.py, earliest one lewm.py file), its SIGReg, and the le-wm repo's top-level scripts jepa.py + module.py

@@ -1,10 +1,11 @@
-"""The four fused ops of the predictor rollout, one dispatch point for all of them.
+"""The fused ops of the predictor rollout, one dispatch point for all of them.
 
-``PredictorOps`` holds the plain-PyTorch implementations (any device; the oracle the kernels are tested against),
-``CpuOps`` swaps in the C++ window attention (``csrc/window_attention.cpp``) and ``TritonOps`` the Triton kernels of
-``kernels/``. The rollout schedule (``fused_predictor.FusedRollout``) only ever calls these methods, so the fast paths
-swap ops without forking the model. Shapes: rows are ``(M, S)`` = (candidate, window token); strided views allowed
-on the first two axes, the feature axis must be contiguous.
+``PredictorOps`` holds the plain-PyTorch implementations (the ``"reference"`` backend: any device; the oracle the
+kernels are tested against), ``CpuOps`` (``"cpu"``) swaps in the C++ window attention (``csrc/window_attention.cpp``)
+and the whole-window blocks (``csrc/window_blocks.cpp``), ``TritonOps`` (``"triton"``) the Triton kernels of
+``kernels/``. The rollout schedule (``planning.fused_predictor.FusedRollout``) only ever calls these methods, so the
+fast paths swap ops without forking the model. Shapes: rows are ``(M, S)`` = (candidate, window token); strided views
+allowed on the first two axes, the feature axis must be contiguous.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class CpuOps(PredictorOps):
         packed: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x (M, S, D), mods (M, S, depth, 6, D); weights / eps: 9 tensors / 4 floats per block (see
-        ``csrc/predictor_window.cpp``). Without ``head``: the residual stream of the last token after all blocks
+        ``csrc/window_blocks.cpp``). Without ``head``: the residual stream of the last token after all blocks
         (M, 1, D). With ``head``: the predicted latents (M, D'), or with ``goal`` (B, D') the costs (M,).
         ``packed``: ``window_pack(weights, heads, head)`` of these weights and head, or None."""
         head_weights, head_eps, head_approximate = ([], 0.0, "none") if head is None else (list(head[:4]), *head[4:])
@@ -167,26 +168,26 @@ class TritonOps(PredictorOps):
     cuBLAS via ``PredictorOps.linear``."""
 
     def adaln_layernorm(self, x, shift, mul, eps1, eps2, out_dtype, weight=None, bias=None):
-        from lewm_fast.kernels.adaln_layernorm import adaln_layernorm
+        from ..kernels.adaln_layernorm import adaln_layernorm
 
         return adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype=out_dtype, weight=weight, bias=bias)
 
     def window_attention(self, qkv, heads, prefix_qkv=None, num_queries=None):
-        from lewm_fast.kernels.window_attention import window_attention
+        from ..kernels.window_attention import window_attention
 
         return window_attention(qkv, heads, prefix_qkv=prefix_qkv, num_queries=num_queries)
 
     def gated_residual(self, x, a, weight, bias, gate):
-        from lewm_fast.kernels.gated_residual import gated_residual
+        from ..kernels.gated_residual import gated_residual
 
         return gated_residual(x, a, weight, bias, gate)
 
     def goal_cost(self, hidden, weight, bias, goal):
-        from lewm_fast.kernels.goal_cost import goal_cost
+        from ..kernels.goal_cost import goal_cost
 
         return goal_cost(hidden, weight, bias, goal)
 
 
 def make_ops(backend: str) -> PredictorOps:
-    """Ops for a resolved engine backend: ``"triton"``, ``"cpu"`` (C++ attention) or ``"torch"``."""
-    return {"triton": TritonOps, "cpu": CpuOps, "torch": PredictorOps}[backend]()
+    """Ops for a resolved backend: ``"triton"``, ``"cpu"`` or ``"reference"`` (plain PyTorch)."""
+    return {"triton": TritonOps, "cpu": CpuOps, "reference": PredictorOps}[backend]()
