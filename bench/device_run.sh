@@ -11,7 +11,8 @@
 # Writes: info.json, install.log, aot.log + triton-aot-<triton>-device.json (compile check of the paper-shape
 # specializations with this machine's triton), tests-gpu.log, tests-rest.log, first-plan-{cold,warmup}.txt (first plan
 # on an empty Triton cache, without / with lewm_fast.warmup), bench-*.log, <gpu>-<date>-<suite>.json
-# (pytest-benchmark), profile-*.txt.
+# (pytest-benchmark), profile-*.txt, gpu-model.json + gpu-model.txt (bench/gpu_model.py: the cost model's ESTIMATE for
+# this GPU, traced on the CPU while the test phases run) and gpu-model-vs-measured.txt (estimate beside measurement).
 set -uo pipefail
 
 out=${1:-${OUT:-bench/results/device}}
@@ -23,6 +24,7 @@ rest_test_s=${REST_TEST_S:-40}
 first_plan_s=${FIRST_PLAN_S:-40}
 declare -A bench_s=([sigreg]=${BENCH_SIGREG_S:-50} [rollout]=${BENCH_ROLLOUT_S:-75} [plan]=${BENCH_PLAN_S:-110})
 profile_s=${PROFILE_S:-20}
+model_s=${MODEL_S:-150}  # runs on the CPU in the background during the AOT and test phases (not a GPU phase)
 
 if compgen -G ".wheels/*.whl" > /dev/null; then
   pip install -q --no-index --find-links .wheels .wheels/*.whl > "$out/install.log" 2>&1 || echo "extra wheels: see install.log"
@@ -35,6 +37,12 @@ gpu=$(python -c "from lewm_fast.backends import gpu_name_nvml; print((gpu_name_n
 stamp=$(date +%F)
 echo "device: $gpu  ($stamp)"
 
+# the cost model's estimate for this GPU (device picked from the NVML name), at the shapes the benchmarks measure; CPU
+# only, so it runs beside the phases that time nothing and is waited for before the timed ones
+timeout "$model_s" python bench/gpu_model.py --device auto --envs 1 50 --history 3 --sensitivity \
+  --json "$out/gpu-model.json" > "$out/gpu-model.txt" 2>&1 &
+model_pid=$!
+
 # the compile check needs no GPU (CI runs it for sm_80/sm_90); here it records this machine's triton on the paper shapes
 triton_version=$(python -c "import triton; print(triton.__version__)")
 timeout "$aot_s" python -m lewm_fast.aot --arch 90 --only paper --quiet --out "$out/triton-aot-$triton_version-device.json" \
@@ -42,13 +50,16 @@ timeout "$aot_s" python -m lewm_fast.aot --arch 90 --only paper --quiet --out "$
 echo "aot compile check (triton $triton_version, sm_90): rc=$? $(tail -n 1 "$out/aot.log")"
 
 # the suites with CUDA cases (CI runs the whole suite on CPU); test_training needs hydra-core/omegaconf (.wheels/)
-gpu_tests="tests/test_kernels_predictor.py tests/test_kernels_cem_refit.py tests/test_sigreg_fused.py
+gpu_tests="tests/test_kernels_predictor.py tests/test_kernels_elite_refit.py tests/test_sigreg_op.py
   tests/test_rollout_engine.py tests/test_planners.py tests/test_elite_refit_op.py"
 timeout "$gpu_test_s" python -m pytest $gpu_tests -q -rs -p no:cacheprovider > "$out/tests-gpu.log" 2>&1
 echo "CUDA suites: rc=$? $(tail -n 1 "$out/tests-gpu.log")"
 timeout "$rest_test_s" python -m pytest tests/test_training.py tests/test_backends.py -q -rs -p no:cacheprovider \
   > "$out/tests-rest.log" 2>&1
 echo "training/backends: rc=$? $(tail -n 1 "$out/tests-rest.log")"
+
+wait "$model_pid"
+echo "gpu cost model (estimate): rc=$? $(grep -m1 -E '^model:' "$out/gpu-model.txt" | cut -c1-100)"
 
 # the first plan on an empty Triton cache: compiling on demand vs lewm_fast.warmup first (fresh process each)
 for variant in cold warmup; do
@@ -69,3 +80,7 @@ timeout "$profile_s" python bench/profile_plan.py --envs 1 > "$out/profile-1env.
 timeout "$profile_s" python bench/profile_plan.py --envs 50 --plans 1 > "$out/profile-50env.txt" 2>&1
 grep -h -E "^(device|plan):" "$out"/profile-*.txt
 grep -h -E "^test_" "$out"/bench-*.log | head -n 40
+
+# estimate beside measurement: the first GPU run calibrates bench/gpu_devices.py
+python bench/gpu_model_compare.py "$out" > "$out/gpu-model-vs-measured.txt" 2>&1
+cat "$out/gpu-model-vs-measured.txt"
