@@ -158,16 +158,18 @@ class CostModel:
 
     # ------------------------------------------------------------------ Triton tiled GEMMs
     def tile_gemm(self, launch: Any, R: int, N: int, K: int, dtype: torch.dtype, flops: float, extra_bytes: float,
-                  a_reread: bool, a_passes: int = 1) -> Cost:
+                  a_reread: bool, a_passes: float = 1, n_tiles: int = 1) -> Cost:
         """A Triton GEMM with a fused prologue / epilogue: R x N outputs over K, BLOCK_M x BLOCK_N (or BLOCK_D) tiles.
         ``a_reread``: the grid walks rows first, so A streams from DRAM once per column block when it does not stay
-        in L2; ``a_passes``: A-tile loads per K slice (a prologue recomputing from several inputs)."""
+        in L2; ``a_passes``: A-tile loads per K slice (a prologue recomputing from several inputs); ``n_tiles``:
+        output tiles each program computes one after the other (a loop over column slices)."""
         kw = launch.variants()[0][1]
         prec = kw.get("PRECISION")
         if prec is None and "IEEE" in kw:
             prec = "ieee" if kw["IEEE"] else "tf32"
         fp32_ieee = dtype == torch.float32 and prec in (None, "ieee")
-        bm, bn, bk, warps = kw["BLOCK_M"], kw.get("BLOCK_N", kw.get("BLOCK_D")), kw["BLOCK_K"], kw.get("num_warps", 4)
+        bm, bn, warps = kw["BLOCK_M"], kw.get("BLOCK_N", kw.get("BLOCK_D")), kw.get("num_warps", 4)
+        bk = kw.get("BLOCK_K", kw.get("BLOCK_D"))  # attention_residual: K slices of one head (BLOCK_D)
         grid = _grid(launch)
         programs = math.prod(grid)
         regs, smem, dot, note = self._aot(launch)
@@ -178,7 +180,7 @@ class CostModel:
         k_eff = min(k, math.ceil(programs / dev.sms))
         waves = math.ceil(programs / (dev.sms * k))
         k_pad = math.ceil(K / bk) * bk
-        tile_fma = bm * bn * k_pad
+        tile_fma = bm * bn * k_pad * n_tiles
         if dot is None:
             rate = dev.fp32_fma_per_clk_per_sm * dev.clock_hz * a.fma_eff[min(k_eff, 3) - 1]
             unit = "FMA"
@@ -192,7 +194,8 @@ class CostModel:
             unit = dot
         t_comp = waves * k_eff * tile_fma / rate
         elt = _elt(dtype)
-        t_l2 = waves * k_eff * (bm * a_passes + bn) * k_pad * elt / (dev.l2_bytes_per_clk_per_sm * dev.clock_hz)
+        l2_feed = dev.l2_bytes_per_clk_per_sm * dev.clock_hz
+        t_l2 = waves * k_eff * n_tiles * (bm * a_passes + bn) * k_pad * elt / l2_feed
         a_bytes = R * K * elt
         col_blocks = math.ceil(N / bn)
         hbm = a_bytes * (col_blocks if a_reread and a_bytes > dev.l2_bytes * 0.4 else 1) + N * K * elt + extra_bytes
@@ -216,19 +219,36 @@ class CostModel:
             R, K = a2.shape
             N = w.shape[0]
             extra = gate.numel() * gate.element_size() + 2 * _nbytes(x)
-            return self.tile_gemm(launch, R, N, K, a2.dtype, 2.0 * R * N * K, extra, a_reread=True)
+            # the kernel with a PRECISION constexpr walks the columns fastest (its A panel is read once); before, rows
+            rows_first = "PRECISION" not in kw
+            return self.tile_gemm(launch, R, N, K, a2.dtype, 2.0 * R * N * K, extra, a_reread=rows_first)
         if name == "_goal_cost_kernel":
             h, w, _, goal, out = args[:5]
             M, K = h.shape
             D = w.shape[0]
+            n_tiles = math.ceil(D / kw["BLOCK_D"])  # 1 when one BLOCK_D covers the latent; else a loop over slices
             return self.tile_gemm(launch, M, kw["BLOCK_D"], K, h.dtype, 2.0 * M * D * K, _nbytes(goal) + _nbytes(out),
-                                  a_reread=False)
+                                  a_reread=False, n_tiles=n_tiles)
+        if name == "_attention_residual_kernel":
+            qkv, pre, w, _, gate, x = args[:6]
+            R, N, K = int(args[6]), w.shape[0], w.shape[1]
+            keys = kw["P"] + kw["S"]
+            col_blocks = math.ceil(N / kw["BLOCK_N"])
+            # attention recomputed by each column block: q.k and p.v over `keys` window tokens, every head
+            att_flops = 4.0 * R * keys * K * col_blocks
+            extra = _nbytes(qkv) + (_nbytes(pre) if kw["P"] > 0 else 0) + gate.numel() * gate.element_size() \
+                + 2 * R * N * 4 - R * K * _elt(w.dtype)
+            return self.tile_gemm(launch, R, N, K, w.dtype, 2.0 * R * N * K + att_flops, extra, a_reread=False,
+                                  a_passes=1 + 2 * keys)
         if name == "_adaln_linear_kernel":
             x, shift, mul, w, _, out = args[:6]
             R, N, D = int(args[6]), w.shape[0], w.shape[1]
             extra = _nbytes(shift) + _nbytes(mul) + _nbytes(out) - R * D * _elt(w.dtype)
+            n_tiles = kw.get("N_TILES", 1)
+            # the float32 row panel (x, and mul / shift when modulated) is loaded once per program for N_TILES tiles
+            panel = (3 if kw.get("MODULATE", True) else 1) * 4 / _elt(w.dtype) / n_tiles
             return self.tile_gemm(launch, R, N, D, w.dtype, 2.0 * R * N * D, _nbytes(x) + extra, a_reread=False,
-                                  a_passes=self.a.adaln_linear_a_passes)
+                                  a_passes=panel, n_tiles=n_tiles)
         if name in ("_elite_refit_sample_kernel", "_cem_refit_sample_kernel"):
             t_fixed = self.a.refit_s[0] if kw.get("REFIT") else self.a.refit_s[1]
             nbytes = sum(_nbytes(t) for t in _tensors(args[:8]))

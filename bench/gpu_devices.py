@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
-MODEL_VERSION = "gpu_model 1.0 (2026-12-07)"
+# 1.1: rules for the fused rollout kernels (adaln_linear panels, attention_residual, column-first grids)
+MODEL_VERSION = "gpu_model 1.1 (2026-12-07)"
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,6 @@ class Assumptions:
     plan_host_s: float = 0.15e-3  # lewm_fast plan(): input checks (~5 syncs), input copies, divergence sync, clone
     default_regs: int = 128  # registers / thread for a Triton launch missing from the AOT report
     default_smem: int = 32 * 1024  # shared memory / CTA for a Triton launch missing from the AOT report
-    adaln_linear_a_passes: int = 11  # A-tile loads per K slice in kernels/adaln_linear.py (x 5, mul 3, shift 3)
 
 
 NOMINAL = Assumptions()

@@ -201,15 +201,22 @@ def without_encoder(trace: GT.Trace) -> GT.Trace:
 
 
 # ---------------------------------------------------------------------------------------------------- the run
-def trace_all(envs: Sequence[int], dtypes: Sequence[torch.dtype], histories: Sequence[int],
+MODES = {"float32": (torch.float32, "ieee"), "tf32": (torch.float32, "tf32"), "tf32x3": (torch.float32, "tf32x3"),
+         "bfloat16": (torch.bfloat16, "ieee")}
+"""Rollout numerics: (dtype, precision of float32 dots) of ``RolloutEngine``."""
+
+
+def trace_all(envs: Sequence[int], modes: Sequence[str], histories: Sequence[int],
               config: Optional[Dict[str, Any]] = None, reference: bool = True) -> List[GT.Trace]:
-    """lewm_fast's plans (each envs x history x dtype), the stable-worldmodel adapter's at history 3 (each dtype),
-    stable-worldmodel's eager loop (float32; with and without per-iteration encoding) and the eager reference."""
+    """lewm_fast's plans (each envs x history x mode of ``MODES``), the stable-worldmodel adapter's at history 3
+    (float32 / bfloat16), stable-worldmodel's eager loop (float32; with and without per-iteration encoding) and the
+    eager reference."""
     traces: List[GT.Trace] = []
     for n in envs:
         for h in histories:
-            traces += [GT.trace_plan(n, h, dt, config=config) for dt in dtypes]
-        traces += [GT.trace_plan(n, 3, dt, history_pairing="swm", config=config) for dt in dtypes]
+            traces += [GT.trace_plan(n, h, *MODES[m][:1], config=config, precision=MODES[m][1]) for m in modes]
+        traces += [GT.trace_plan(n, 3, MODES[m][0], history_pairing="swm", config=config) for m in modes
+                   if MODES[m][1] == "ieee"]
         if reference:
             traces += [GT.trace_reference(n, h, config=config) for h in histories]
     for h in histories:  # one env per solve: stable-worldmodel's CEM breaks at batch_size > 1 (see gpu_trace.trace_swm)
@@ -267,12 +274,12 @@ def git_state(traced_commit: Optional[str] = None) -> Dict[str, Any]:
             "lewm_fast_from": str(source)}
 
 
-def run(devices: Sequence[str], envs: Sequence[int], dtypes: Sequence[torch.dtype], histories: Sequence[int],
+def run(devices: Sequence[str], envs: Sequence[int], modes: Sequence[str], histories: Sequence[int],
         sensitivity: bool = False, top: int = 10, config: Optional[Dict[str, Any]] = None,
         report_path: Optional[Path] = None, reference: bool = True, traced_commit: Optional[str] = None) -> Dict[str, Any]:
     """Trace, estimate and collect everything the printout and the JSON hold."""
     report = AotReport(report_path or default_report_path())
-    traces = trace_all(envs, dtypes, histories, config, reference)
+    traces = trace_all(envs, modes, histories, config, reference)
     sets = GD.SENSITIVITY if sensitivity else {"nominal": GD.NOMINAL}
     results: Dict[str, Any] = {}
     for key in devices:
@@ -406,7 +413,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", nargs="+", default=["h100"], choices=[*GD.DEVICES, "auto"])
     parser.add_argument("--envs", nargs="+", type=int, default=[1, 50])
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=list(MODES),
+                        help="rollout numerics: float32 (exact dots), tf32 / tf32x3 (float32 on tensor cores), bfloat16")
     parser.add_argument("--history", nargs="+", type=int, default=[1, 3])
     parser.add_argument("--sensitivity", action="store_true", help="also the fast / slow assumption sets (ranges)")
     parser.add_argument("--top", type=int, default=8, help="kernels listed per plan (0: none)")
@@ -420,10 +428,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the commit of an exported tree lewm_fast is imported from (PYTHONPATH), for the record")
     args = parser.parse_args(argv)
     devices = list(dict.fromkeys(auto_device() if d == "auto" else d for d in args.device))
-    dtypes = [getattr(torch, d) for d in args.dtype]
     config = GT.tiny_config_overrides() if args.config == "tiny" else None
     kept = args.top if not args.json else 0 if args.json_top == 0 else max(args.top, args.json_top)
-    res = run(devices, args.envs, dtypes, args.history, args.sensitivity, top=kept, config=config,
+    res = run(devices, args.envs, args.dtype, args.history, args.sensitivity, top=kept, config=config,
               report_path=args.aot_report, reference=not args.no_reference, traced_commit=args.traced_commit)
     res["config"] = args.config
     if args.json:

@@ -155,32 +155,31 @@ def _meta_model(overrides: Tuple[Tuple[str, Any], ...]) -> torch.nn.Module:
         return lewm_fast.build_model(lewm_fast.default_config(**dict(overrides))).eval()
 
 
-def _dtype_name(dtype: Optional[torch.dtype]) -> str:
-    return str(dtype or torch.float32).replace("torch.", "")
+def _dtype_name(dtype: Optional[torch.dtype], precision: str = "ieee") -> str:
+    """"float32", "bfloat16", or "tf32" / "tf32x3" for float32 with those tensor-core dots."""
+    name = str(dtype or torch.float32).replace("torch.", "")
+    return precision if (name == "float32" and precision != "ieee") else name
 
 
 def trace_plan(
     n_envs: int = 1, history: int = 1, dtype: Optional[torch.dtype] = torch.float32, history_pairing: str = "executed",
     config: Optional[Dict[str, Any]] = None, num_samples: int = PLAN["num_samples"], topk: int = PLAN["topk"],
-    horizon: int = PLAN["horizon"], n_steps: int = PLAN["n_steps"], sm_count: int = 132,
+    horizon: int = PLAN["horizon"], n_steps: int = PLAN["n_steps"], sm_count: int = 132, precision: str = "ieee",
 ) -> Trace:
     """lewm_fast's CEM plan (``CEMPlanner``; ``history_pairing="swm"``: the stable-worldmodel adapter's planner) over
     ``n_envs`` envs with ``history`` context frames, on the model of ``default_config(**config)`` (the paper model by
-    default). ``sm_count`` sets the split-reduction kernels' grids (132: H100)."""
+    default). ``sm_count`` sets the split-reduction kernels' grids (132: H100); ``precision``: of float32 dots."""
     config = {"action_dim": 2, **(config or {})}
     model = _meta_model(tuple(sorted(config.items())))
     ops = record_plan_ops(model, TRACED_STEPS, sm_count, n_envs=n_envs, history=history, planner="cem",
                           num_samples=num_samples, topk=topk, horizon=horizon, dtype=dtype,
-                          history_pairing=history_pairing)
+                          history_pairing=history_pairing, precision=precision)
     swm = history_pairing == "swm"
-    # the adapter plans with H > 1 context frames eagerly (integrations/stable_worldmodel.py, _capturable)
-    captured = not (swm and history > 1)
+    captured = True  # every lewm_fast plan, the adapter's at any history too, replays one CUDA graph on CUDA
     impl = "lewm_fast swm-adapter" if swm else "lewm_fast"
-    label = f"{impl} envs={n_envs} H={history} {_dtype_name(dtype)}"
-    trace = Trace(label, impl, n_envs, history, _dtype_name(dtype), captured, _events_of(ops), n_steps)
-    if not captured:
-        trace.notes.append("not captured in a CUDA graph (the adapter plans H > 1 eagerly)")
-    return trace
+    mode = _dtype_name(dtype, precision)
+    label = f"{impl} envs={n_envs} H={history} {mode}"
+    return Trace(label, impl, n_envs, history, mode, captured, _events_of(ops), n_steps)
 
 
 # ---------------------------------------------------------------------------------------------------- stable-worldmodel

@@ -1,19 +1,31 @@
 """Shared Triton building block (not an op of its own): one output tile of ``a @ w^T + bias`` accumulated in fp32,
 for the kernels that fuse an epilogue into a projection GEMM (``gated_residual``, ``goal_cost``)."""
 
+import torch
 import triton
 import triton.language as tl
+
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+def dot_precision(dtype: torch.dtype, precision: str) -> str:
+    """The ``PRECISION`` constexpr for operands of ``dtype``: the requested one for float32, Triton's default for
+    bf16/fp16 (tensor cores either way). Raises on an unknown precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision if dtype == torch.float32 else "tf32"
 
 
 @triton.jit
 def tile_matmul_bias(
     a_ptr, w_ptr, bias_ptr, rm, rn, mmask, nmask, K, s_am, s_wn,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Rows ``rm`` of a (row stride s_am) times rows ``rn`` of w (row stride s_wn), both contiguous along K, plus
-    bias[rn] -> fp32 (BLOCK_M, BLOCK_N). IEEE: exact fp32 ``tl.dot``; UPCAST: multiply in fp32 (the Triton 3.x
-    interpreter mis-handles bf16 ``tl.dot`` operands)."""
+    bias[rn] -> fp32 (BLOCK_M, BLOCK_N). PRECISION: ``tl.dot``'s input precision for fp32 operands ("ieee" exact on
+    the FMA units, "tf32" / "tf32x3" on tensor cores); UPCAST: multiply in exact fp32 (the Triton 3.x interpreter
+    mis-handles bf16 ``tl.dot`` operands)."""
     rk = tl.arange(0, BLOCK_K)
     a_rows = a_ptr + rm.to(tl.int64)[:, None] * s_am
     w_cols = w_ptr + rn.to(tl.int64)[None, :] * s_wn
@@ -24,12 +36,9 @@ def tile_matmul_bias(
         a = tl.load(a_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
         w = tl.load(w_cols + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
         if UPCAST:
-            a = a.to(tl.float32)
-            w = w.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(a, w, acc, input_precision="ieee")
+            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, w, acc)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     return acc

@@ -2,9 +2,14 @@
 ``x += gate * (a @ weight^T + bias)`` in place, for the predictor's ``attn.to_out`` and ``mlp.net.4`` Linears.
 
 a (M, S, K) contiguous, weight (N, K), bias (N,) float32, x (M, S, N) float32 residual stream and gate (M, S, N)
-(strided views allowed on M, S: e.g. x[:, -1:] and a slice of the modulation buffer). fp32 inputs use IEEE fp32
-``tl.dot`` (parity with the reference); bf16 inputs run on tensor cores with fp32 accumulation. The output tile never
-leaves registers before it is gated and added to x, saving the GEMM output's round trip through memory.
+(strided views allowed on M, S: e.g. x[:, -1:] and a slice of the modulation buffer). fp32 inputs use the
+``precision`` asked for (``"ieee"``: exact fp32 ``tl.dot``, parity with the reference; ``"tf32"`` / ``"tf32x3"``: tensor
+cores); bf16 inputs run on tensor cores with fp32 accumulation. The output tile never leaves registers before it is
+gated and added to x, saving the GEMM output's round trip through memory.
+
+Tiles follow the row count: a one-env plan has 300-900 rows and N = 192 columns, so 16 x 32 tiles give 57-171
+programs on 132 SMs (64 x 64 tiles gave 15-45); above 4096 rows 64 x 64 tiles keep the throughput. The grid walks
+the columns fastest: the programs that read one A panel run together and share it through L2.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreted, launch
-from ._tile_matmul import tile_matmul_bias
+from ._tile_matmul import dot_precision, tile_matmul_bias
 
 
 @triton.jit
@@ -24,16 +29,16 @@ def _gated_residual_kernel(
     a_ptr, w_ptr, bias_ptr, gate_ptr, x_ptr,
     R, N, K, rows_inner,
     s_am, s_wn, s_gm, s_gs, s_xm, s_xs,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask = rm < R
     nmask = rn < N
     acc = tile_matmul_bias(
         a_ptr, w_ptr, bias_ptr, rm, rn, mmask, nmask, K, s_am, s_wn,
-        HAS_BIAS, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K,
+        HAS_BIAS, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K,
     )
     m = (rm // rows_inner).to(tl.int64)
     s = (rm % rows_inner).to(tl.int64)
@@ -48,12 +53,25 @@ def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
+def tiles(rows: int, n: int, k: int, dtype: torch.dtype) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) for a (rows, k) @ (k, n) product (see the module docstring). float32 operands take
+    K slices of 32: IEEE dots on the FMA units hold every K slice of a thread's rows / columns in registers, and
+    3xTF32 splits each operand in two (64 x 64 x 64 fp32 tiles spill on sm_80 either way)."""
+    small = rows <= 4096
+    block_m = 16 if small else _block(rows, 64)
+    block_n = _block(n, 32 if small else 64)
+    block_k = _block(k, 32 if dtype == torch.float32 else 64)
+    return block_m, block_n, block_k
+
+
 def gated_residual(
-    x: torch.Tensor, a: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], gate: torch.Tensor
+    x: torch.Tensor, a: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], gate: torch.Tensor,
+    precision: str = "ieee",
 ) -> torch.Tensor:
     """In place ``x += gate * (a @ weight^T + bias)`` and return x; x, gate (M, S, N), a (M, S, K), weight (N, K).
 
-    ``weight`` None (an Identity projection) gives ``x += gate * a``. Inference only (no autograd).
+    ``weight`` None (an Identity projection) gives ``x += gate * a``. precision: of fp32 dots (module docstring).
+    Inference only (no autograd).
     """
     for name, t in (("x", x), ("a", a), ("gate", gate)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
@@ -82,18 +100,16 @@ def gated_residual(
     r = m * s
     if r == 0:
         return x
-    upcast = a.dtype != torch.float32 and interpreted(a.device)  # CPU tensors: the Triton interpreter
-    ieee = a.dtype == torch.float32 or upcast
-    # fp32 IEEE dots run on FMA units with every K slice of a thread's rows / columns in registers: 64x64x64 spills
-    # on sm_80, so fp32 takes K slices of 32
-    block_m, block_n, block_k = _block(r, 64), _block(n, 64), _block(k, 32 if ieee else 64)
-    grid = (triton.cdiv(r, block_m), triton.cdiv(n, block_n))
+    upcast = interpreted(a.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
+    dot = dot_precision(a.dtype, precision)
+    block_m, block_n, block_k = tiles(r, n, k, torch.float32 if upcast else a.dtype)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
     launch(
         _gated_residual_kernel, grid,
         a2, weight, bias if bias is not None else weight, gate, x,
         r, n, k, s,
         a2.stride(0), weight.stride(0), gate.stride(0), gate.stride(1), x.stride(0), x.stride(1),
-        HAS_BIAS=bias is not None, IEEE=ieee, UPCAST=upcast,
+        HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
     )
     return x

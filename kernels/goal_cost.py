@@ -2,8 +2,10 @@
 ``cost[m] = sum_d (hidden[m] @ weight[d]^T + bias[d] - goal[m // (M // B), d])^2``.
 
 hidden (M, K) is the activation of ``pred_proj`` (after its first Linear, folded BatchNorm and GELU), weight (D, K)
-its last Linear: each program owns BLOCK_M candidates and the whole latent row (BLOCK_D >= D), so the predicted
-latent is reduced against the goal in registers and never written. fp32 inputs use IEEE fp32 ``tl.dot``; bf16 inputs
+its last Linear: each program owns BLOCK_M candidates and walks the latent row in BLOCK_D-wide slices (D = 192 is
+three slices of 64, no padded columns), so the predicted latent is reduced against the goal in registers and never
+written. 16-row programs: a one-env plan's 300 candidates make 19 programs (32-row tiles over 256 columns made 10).
+fp32 inputs use the ``precision`` asked for (``"ieee"`` exact, ``"tf32"`` / ``"tf32x3"`` on tensor cores); bf16 inputs
 tensor cores with fp32 accumulation; the cost is float32.
 """
 
@@ -16,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreted, launch
-from ._tile_matmul import tile_matmul_bias
+from ._tile_matmul import dot_precision, tile_matmul_bias
 
 
 @triton.jit
@@ -24,30 +26,34 @@ def _goal_cost_kernel(
     h_ptr, w_ptr, bias_ptr, goal_ptr, out_ptr,
     M, D, K, rows_per_goal,
     s_hm, s_wd, s_gb,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rd = tl.arange(0, BLOCK_D)
     mmask = rm < M
-    dmask = rd < D
-    acc = tile_matmul_bias(
-        h_ptr, w_ptr, bias_ptr, rm, rd, mmask, dmask, K, s_hm, s_wd,
-        HAS_BIAS, IEEE, UPCAST, BLOCK_M, BLOCK_D, BLOCK_K,
-    )
-    mask = mmask[:, None] & dmask[None, :]
     env = (rm // rows_per_goal).to(tl.int64)
-    goal = tl.load(goal_ptr + env[:, None] * s_gb + rd[None, :], mask=mask, other=0.0).to(tl.float32)
-    diff = tl.where(mask, acc - goal, 0.0)
-    tl.store(out_ptr + rm, tl.sum(diff * diff, axis=1), mask=mmask)
+    cost = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        rd = d0 + tl.arange(0, BLOCK_D)
+        dmask = rd < D
+        acc = tile_matmul_bias(
+            h_ptr, w_ptr, bias_ptr, rm, rd, mmask, dmask, K, s_hm, s_wd,
+            HAS_BIAS, PRECISION, UPCAST, BLOCK_M, BLOCK_D, BLOCK_K,
+        )
+        mask = mmask[:, None] & dmask[None, :]
+        goal = tl.load(goal_ptr + env[:, None] * s_gb + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+        diff = tl.where(mask, acc - goal, 0.0)
+        cost += tl.sum(diff * diff, axis=1)
+    tl.store(out_ptr + rm, cost, mask=mmask)
 
 
 def goal_cost(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], goal: torch.Tensor
+    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], goal: torch.Tensor,
+    precision: str = "ieee",
 ) -> torch.Tensor:
     """hidden (M, K), weight (D, K), bias (D,) or None, goal (B, D) with B dividing M -> costs (M,) float32.
 
-    Row m is scored against ``goal[m // (M // B)]``. Inference only (no autograd).
+    Row m is scored against ``goal[m // (M // B)]``. precision: of fp32 dots (module docstring). Inference only.
     """
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a (M, K) tensor, got {getattr(hidden, 'shape', type(hidden).__name__)}")
@@ -73,16 +79,18 @@ def goal_cost(
     out = torch.empty(m, device=hidden.device, dtype=torch.float32)
     if m == 0:
         return out
-    upcast = hidden.dtype != torch.float32 and interpreted(hidden.device)  # CPU tensors: the Triton interpreter
-    block_d = max(16, triton.next_power_of_2(d))
-    block_m = max(16, min(32, triton.next_power_of_2(m)))
-    block_k = max(16, min(64 if block_d <= 128 else 32, triton.next_power_of_2(k)))
+    upcast = interpreted(hidden.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
+    dot = dot_precision(hidden.dtype, precision)
+    block_d = max(16, min(64, triton.next_power_of_2(d)))
+    fp32 = upcast or hidden.dtype == torch.float32  # fp32 operands (FMA dots, 3xTF32 splits) spill at 64-wide K
+    block_m = 16 if (m <= 4096 or fp32) else 32  # and at 32-row tiles with triton 3.6 (sm_90)
+    block_k = max(16, min(32 if fp32 else 64, triton.next_power_of_2(k)))
     launch(
         _goal_cost_kernel, (triton.cdiv(m, block_m),),
         hidden, weight, bias if bias is not None else weight, goal, out,
         m, d, k, m // b,
         hidden.stride(0), weight.stride(0), goal.stride(0),
-        HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32 or upcast, UPCAST=upcast,
-        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=8 if block_d >= 256 else 4, num_stages=3,
+        HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
+        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=4, num_stages=3,
     )
     return out

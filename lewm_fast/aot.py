@@ -59,17 +59,17 @@ def _paper_model(action_dim: int) -> torch.nn.Module:
         return build_lewm(action_dim=action_dim).eval()
 
 
-def _tiny_model() -> torch.nn.Module:
-    """The test suite's tiny LeWM (``io.TINY_CONFIG``): depth 2, 4 heads of 8, latent 32, action dim 2."""
+def _tiny_model(**overrides: Any) -> torch.nn.Module:
+    """The test suite's tiny LeWM (``io.TINY_CONFIG``, with ``overrides``): depth 2, 4 heads of 8, latent 32."""
     from .io import TINY_CONFIG, build_model, default_config
 
     with torch.device("meta"):
-        return build_model(default_config(**TINY_CONFIG)).eval()
+        return build_model(default_config(**{**TINY_CONFIG, **overrides})).eval()
 
 
 def paper_launches(sm_count: int) -> List[Labelled]:
     """Launches at the paper's shapes: planners (300 samples, top 30, horizon 5) over 1 and 50 envs (also as the
-    stable-worldmodel adapter plans at history 3), SIGReg at the training shape T=4 x B=128 x D=192, M=1024 (and
+    stable-worldmodel adapter plans at history 3; CEM also with TF32 / 3xTF32 float32 dots), SIGReg at the training shape T=4 x B=128 x D=192, M=1024 (and
     B=8192, M=512), the refit op, ``predict``."""
     from .precompile import PLANNERS, record_plan_launches, record_predict_launches, record_refit_launches, \
         record_sigreg_launches
@@ -84,6 +84,12 @@ def paper_launches(sm_count: int) -> List[Labelled]:
                         label = f"paper {planner} a={action_dim} envs={n_envs} history={history} {_dt(dtype)}"
                         out += [(label, x) for x in record_plan_launches(model, n_envs, history, planner, dtype=dtype,
                                                                          sm_count=sm_count)]
+                if planner == "cem":  # the rollout's float32 tensor-core variants (every planner shares the rollout)
+                    for history in (1, 3):
+                        for precision in ("tf32", "tf32x3"):
+                            label = f"paper cem a={action_dim} envs={n_envs} history={history} fp32 {precision}"
+                            out += [(label, x) for x in record_plan_launches(model, n_envs, history, "cem",
+                                                                             sm_count=sm_count, precision=precision)]
                 label = f"paper {planner} a={action_dim} envs={n_envs} history=3 fp32 swm-paired"
                 out += [(label, x) for x in record_plan_launches(model, n_envs, 3, planner, sm_count=sm_count,
                                                                  history_pairing="swm")]
@@ -114,6 +120,10 @@ def test_shape_launches(sm_count: int) -> List[Labelled]:
                 out += [(f"tests {planner} tiny history={history} {_dt(dtype)}", x)
                         for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4,
                                                       horizon=3, dtype=dtype, sm_count=sm_count)]
+            if planner == "cem":
+                out += [(f"tests cem tiny history={history} fp32 tf32", x)
+                        for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4, horizon=3,
+                                                      sm_count=sm_count, precision="tf32")]
             if history > 1:
                 out += [(f"tests {planner} tiny history={history} fp32 swm-paired", x)
                         for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4, horizon=3,
@@ -121,6 +131,11 @@ def test_shape_launches(sm_count: int) -> List[Labelled]:
     for frames in (1, 2, 3):
         out += [(f"tests predict tiny frames={frames}", x)
                 for x in record_predict_launches(model, 4, frames, sm_count=sm_count)]
+    # one head as wide as the model: to_out is an Identity, so attention runs as its own kernel
+    single_head = _tiny_model(heads=1, dim_head=32)  # TINY_CONFIG's latent_dim
+    out += [("tests cem tiny single-head history=3", x)
+            for x in record_plan_launches(single_head, 2, 3, "cem", num_samples=16, topk=4, horizon=3,
+                                          sm_count=sm_count)]
     for shape in ((2, 33, 40, 70), (1, 17, 24, 20), (2, 5, 7, 3), (2, 21, 8, 12)):
         for knots in ((17, 5, 4, 1) if shape == (2, 21, 8, 12) else (17,)):
             out += [(f"tests sigreg {shape} K={knots}", x)

@@ -23,7 +23,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from .ops.launches import H100_SM_COUNT, Launch, record_launches
-from .planning.base import PlannerBase
+from .planning.base import PlannerBase, default_planning_dtype
 
 PLANNERS = ("cem", "mppi", "icem")
 
@@ -56,13 +56,13 @@ def _window(model: nn.Module) -> int:
 
 def _meta_planner(model: nn.Module, n_steps: int, n_envs: int = 1, history: Optional[int] = None, planner: str = "cem",
                   num_samples: int = 300, topk: int = 30, horizon: int = 5, dtype: Optional[torch.dtype] = None,
-                  history_pairing: str = "executed"):
+                  history_pairing: str = "executed", precision: str = "ieee"):
     """A Triton-backend planner on a meta copy of ``model`` and a meta context (n_envs, history, D) to plan from."""
     meta_model = meta_copy(model).eval()
     history = _window(model) if history is None else history
     fast = _planner_class(planner, history_pairing)(
         meta_model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon, receding_horizon=horizon,
-        backend="triton", dtype=dtype, seed=0, cuda_graph=False,
+        backend="triton", dtype=dtype, seed=0, cuda_graph=False, precision=precision,
     )
     return fast, torch.empty(n_envs, history, int(meta_model.predictor.pos_embedding.shape[-1]), device="meta")
 
@@ -78,12 +78,15 @@ def record_plan_launches(
     dtype: Optional[torch.dtype] = None,
     sm_count: int = H100_SM_COUNT,
     history_pairing: str = "executed",
+    precision: str = "ieee",
 ) -> List[Launch]:
     """The Triton launches of one plan of ``planner`` over ``n_envs`` environments with ``history`` context frames
     (default: the predictor's window); ``history_pairing="swm"``: as ``lewm_fast.integrations.stable_worldmodel``'s
-    solvers plan. Iterations after the second repeat the second's launches, so two are run."""
+    solvers plan; ``precision``: of float32 GEMMs (``RolloutEngine``). Iterations after the second repeat the second's
+    launches, so two are run."""
     fast, emb_ctx = _meta_planner(model, 2, n_envs=n_envs, history=history, planner=planner, num_samples=num_samples,
-                                  topk=topk, horizon=horizon, dtype=dtype, history_pairing=history_pairing)
+                                  topk=topk, horizon=horizon, dtype=dtype, history_pairing=history_pairing,
+                                  precision=precision)
     with torch.no_grad(), record_launches(sm_count) as launches:
         buf = fast._new_buffers(emb_ctx)
         fast._load_carry(buf, None)
@@ -304,9 +307,9 @@ def record_plan_ops(
     each with its phase: ``"prepare"`` (the context-only part of the rollout), ``"init"`` (first sampling),
     ``"iter<i>"`` (iteration i: its costs, then its refit / sampling of the next candidates) and ``"end"``. ``plan``:
     the plan's settings as ``record_plan_launches`` takes them (n_envs, history, planner, num_samples, topk, horizon,
-    dtype, history_pairing); ``n_steps`` iterations (iterations after the first are alike but for the last, which
-    only refits). Buffer allocation before the plan is left out; so is the host side of ``plan`` (input checks and
-    copies, the divergence check)."""
+    dtype, history_pairing, precision); ``n_steps`` iterations (iterations after the first are alike but for the last,
+    which only refits). Buffer allocation before the plan is left out; so is the host side of ``plan`` (input checks
+    and copies, the divergence check)."""
     fast, emb_ctx = _meta_planner(model, n_steps, **plan)
     phases: List[Tuple[int, int, str]] = []  # (Triton launches, aten ops) recorded when each phase began
     with torch.no_grad(), record_launches(sm_count) as launches:
@@ -324,14 +327,7 @@ def record_plan_ops(
                 return run
 
             iteration = itertools.count()
-            prepare = fast.engine.prepare
-
-            def prepare_then_init(*args: Any, **kwargs: Any) -> Any:
-                out = prepare(*args, **kwargs)
-                mark("init")
-                return out
-
-            fast.engine.prepare = prepare_then_init
+            fast._loop = marked(lambda: "init", fast._loop)  # after the plan's context work (if any), in _iterate
             fast.loop_costs = marked(lambda: f"iter{next(iteration)}", fast.loop_costs)
             fast.advance_noise_ = marked(lambda: "end", fast.advance_noise_)
             mark("prepare")
@@ -385,11 +381,11 @@ def warmup(
     """Compile, before the first plan, the Triton kernels that plans over ``n_envs`` environments (an int or several)
     with ``history`` context frames will launch.
 
-    ``target``: a planner (its model, class, ``num_samples``, ``topk``, ``horizon`` and rollout dtype are used; the
-    planner of a ``lewm_fast.integrations.stable_worldmodel`` solver is ``solver.planner``) or a
-    LeWM (then ``planner_settings`` may give ``planner`` ("cem" | "mppi" | "icem"), ``num_samples``, ``topk``,
-    ``horizon``, ``dtype``; defaults: CEM, 300, 30, 5, float32). ``sigreg``: (T, B, D, M) shapes of SIGReg training
-    steps to compile too (forward and backward, float32 and bfloat16 inputs). Nothing runs on the device and no
+    ``target``: a planner (its model, class, ``num_samples``, ``topk``, ``horizon``, rollout dtype and precision are
+    used; the planner of a ``lewm_fast.integrations.stable_worldmodel`` solver is ``solver.planner``) or a LeWM (then
+    ``planner_settings`` may give ``planner`` ("cem" | "mppi" | "icem"), ``num_samples``, ``topk``, ``horizon``,
+    ``dtype``, ``precision``; defaults: CEM, 300, 30, 5, a planner's default dtype (bf16 on CUDA), "ieee"). ``sigreg``: (T, B, D, M) shapes of SIGReg
+    training steps to compile too (forward and backward, float32 and bfloat16 inputs). Nothing runs on the device and no
     planner state changes. On a CPU model nothing needs compiling and the report says 0.
     """
     if isinstance(target, PlannerBase):
@@ -401,10 +397,11 @@ def warmup(
             raise TypeError(f"warmup knows the planners {PLANNERS}, got {type(target).__name__}")
         model = target.model
         planner_settings = dict(planner=kind[0], history_pairing=kind[1], num_samples=target.num_samples,
-                                topk=target.topk, horizon=target.horizon, dtype=target.engine.dtype)
+                                topk=target.topk, horizon=target.horizon, dtype=target.engine.dtype,
+                                precision=target.engine.precision)
     elif isinstance(target, nn.Module):
         model = target
-        unknown = set(planner_settings) - {"planner", "num_samples", "topk", "horizon", "dtype"}
+        unknown = set(planner_settings) - {"planner", "num_samples", "topk", "horizon", "dtype", "precision"}
         if unknown:
             raise TypeError(f"unknown planner settings {sorted(unknown)}")
     else:
@@ -413,6 +410,8 @@ def warmup(
     device = next(model.parameters()).device
     if device.type != "cuda":
         return WarmupReport(0, 0.0, str(device))
+    if planner_settings.get("dtype") is None:  # what a planner built with these settings would roll out in
+        planner_settings["dtype"] = default_planning_dtype(device, "triton", planner_settings.get("precision", "ieee"))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     launches: List[Launch] = []
     for n in envs:

@@ -1,7 +1,7 @@
 """Predictor rollout kernels against their plain-PyTorch references (``PredictorOps``), on small odd shapes:
 the Triton kernels of ``kernels/`` (under TRITON_INTERPRET=1 on CPU, or on CUDA) and the C++ CPU ops of
 ``csrc/window_attention.cpp`` and ``csrc/window_blocks.cpp``. Tolerances: fp32 1e-5 relative-ish; bf16 one to two
-bf16 ulps of the output scale."""
+bf16 ulps of the output scale; fp32 with TF32 dots 5e-3 (CUDA only: the interpreter multiplies exact fp32)."""
 
 import os
 
@@ -46,44 +46,60 @@ def _attention_naive(qkv, heads, prefix=None, nq=None):
     return out
 
 
-# ------------------------------------------------------------------------------------------------- adaln_layernorm
+# ---------------------------------------------------------------------------------------------------- adaln_linear
+# float32 inputs with TF32 tensor-core dots (CUDA only; the interpreter multiplies exact fp32): 10-bit mantissas
+TOL_TF32 = dict(rtol=5e-3, atol=5e-3)
+
+
+def _tol(dtype, precision="ieee"):
+    return TOL_TF32 if (dtype == torch.float32 and precision == "tf32") else TOL[dtype]
+
+
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("affine", [False, True])
-def test_adaln_layernorm_matches_torch(dtype, affine):
-    from lewm_fast.kernels.adaln_layernorm import adaln_layernorm
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32"),
+                                              (torch.float32, "tf32x3"), (torch.bfloat16, "ieee")])
+@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("modulate", [True, False])
+def test_adaln_linear_matches_torch(dtype, precision, activation, modulate):
+    from lewm_fast.kernels.adaln_linear import adaln_linear
 
     g = torch.Generator().manual_seed(0)
-    m, t, d = 7, 5, 37
+    m, t, d, n = 7, 5, 37, 45
     x = _randn(m, t, d, gen=g, scale=3.0) + 1.0
     mods = _randn(m, t, 4, d, gen=g)  # strided views of a bigger buffer, as in the engine
-    shift, mul = mods[:, 1:4, 0], mods[:, 1:4, 2] + 1.0
+    shift, mul = (mods[:, 1:4, 0], mods[:, 1:4, 2] + 1.0) if modulate else (None, None)
     xs = x[:, 1:4]
-    w, b = (_randn(d, gen=g), _randn(d, gen=g)) if affine else (None, None)
-    got = adaln_layernorm(xs, shift, mul, 1e-6, 1e-5, out_dtype=dtype, weight=w, bias=b)
-    want = F.layer_norm(F.layer_norm(xs, (d,), eps=1e-6) * mul + shift, (d,), w, b, eps=1e-5)
-    assert got.dtype == dtype and got.shape == (m, 3, d) and got.is_contiguous()
-    torch.testing.assert_close(got.float(), want, **TOL[dtype])
-    torch.testing.assert_close(got, REF.adaln_layernorm(xs, shift, mul, 1e-6, 1e-5, dtype, w, b), **TOL[dtype])
-    # 2-d input (M, D)
-    x2, sh2, mu2 = x[:, 0], shift[:, 0], mul[:, 0]
-    want2 = F.layer_norm(F.layer_norm(x2, (d,), eps=1e-6) * mu2 + sh2, (d,), w, b, eps=1e-5)
-    torch.testing.assert_close(adaln_layernorm(x2, sh2, mu2, 1e-6, 1e-5, weight=w, bias=b), want2, **TOL[torch.float32])
+    w = _randn(n, d, gen=g, dtype=dtype, scale=d ** -0.5)
+    b = _randn(n, gen=g, dtype=dtype)
+    got = adaln_linear(xs, shift, mul, 1e-6, 1e-5, w, b, activation, precision)
+    h = F.layer_norm(xs, (d,), eps=1e-6)
+    if modulate:
+        h = F.layer_norm(h * mul + shift, (d,), eps=1e-5)
+    y = h.to(dtype).float() @ w.float().t() + b.float()
+    want = y if activation == "none" else F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+    assert got.dtype == dtype and got.shape == (m, 3, n) and got.is_contiguous()
+    torch.testing.assert_close(got.float(), want, **_tol(dtype, precision))
+    torch.testing.assert_close(got, REF.adaln_linear(xs, shift, mul, 1e-6, 1e-5, w, b, activation), **_tol(dtype, precision))
 
 
 @needs_triton
-def test_adaln_layernorm_bad_inputs():
-    from lewm_fast.kernels.adaln_layernorm import adaln_layernorm
+def test_adaln_linear_bad_inputs():
+    from lewm_fast.kernels.adaln_linear import adaln_linear
 
     x = torch.randn(3, 2, 8, device=DEVICE)
-    with pytest.raises(ValueError, match="shift must have shape"):
-        adaln_layernorm(x, x[:, :1], x, 1e-6, 1e-5)
-    with pytest.raises(ValueError, match="contiguous along its last"):
-        adaln_layernorm(x, x, x.transpose(1, 2).contiguous().transpose(1, 2), 1e-6, 1e-5)
+    w = torch.randn(5, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="share a"):
+        adaln_linear(x, x[:, :1], x, 1e-6, 1e-5, w, None)
     with pytest.raises(ValueError, match="together"):
-        adaln_layernorm(x, x, x, 1e-6, 1e-5, weight=torch.ones(8, device=DEVICE))
-    with pytest.raises(ValueError, match=r"\(M, S, D\) or \(M, D\)"):
-        adaln_layernorm(x[0, 0], x[0, 0], x[0, 0], 1e-6, 1e-5)
+        adaln_linear(x, x, None, 1e-6, 1e-5, w, None)
+    with pytest.raises(ValueError, match="contiguous along its last"):
+        adaln_linear(x, x, x.transpose(1, 2).contiguous().transpose(1, 2), 1e-6, 1e-5, w, None)
+    with pytest.raises(ValueError, match=r"weight must be \(N, 8\)"):
+        adaln_linear(x, x, x, 1e-6, 1e-5, w[:, :4], None)
+    with pytest.raises(ValueError, match="activation must be"):
+        adaln_linear(x, x, x, 1e-6, 1e-5, w, None, "relu")
+    with pytest.raises(ValueError, match="precision must be"):
+        adaln_linear(x, x, x, 1e-6, 1e-5, w, None, "none", "fp16")
 
 
 # ------------------------------------------------------------------------------------------------ window_attention
@@ -166,11 +182,58 @@ def test_window_attention_cpp_bad_inputs():
         torch.ops.lewm_fast.window_attention(torch.randn(4, 3, 48), torch.randn(3, 1, 48), 2, 1)
 
 
+# ---------------------------------------------------------------------------------------------- attention_residual
+@needs_triton
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee")])
+def test_attention_residual_matches_torch(case, dtype, precision):
+    """Attention + to_out + gated residual in one kernel, against the reference ops and the naive attention, on
+    strided x / gate (the engine passes x[:, -NQ:] and a slice of the modulation buffer)."""
+    from lewm_fast.kernels.attention_residual import attention_residual
+
+    m, s, b, p, nq, heads, dh = case
+    qkv, prefix = _attention_inputs(m, s, b, p, heads, dh, dtype)
+    g = torch.Generator().manual_seed(3)
+    n = 24
+    w = _randn(n, heads * dh, gen=g, dtype=dtype, scale=(heads * dh) ** -0.5)
+    bias = _randn(n, gen=g)
+    x_full = _randn(m, s, n, gen=g)
+    gate = _randn(m, s, 6, n, gen=g)[:, s - nq:, 2]
+    x = x_full[:, s - nq:]
+    att = _attention_naive(qkv, heads, prefix, nq).to(DEVICE)
+    want = x.double() + gate.double() * (att.to(dtype).double() @ w.double().t() + bias.double())
+    ref = x.clone()
+    REF.attention_residual(ref, qkv, heads, w, bias, gate, prefix)
+    out = attention_residual(x, qkv, heads, w, bias, gate, prefix, precision)
+    assert out.data_ptr() == x_full[:, s - nq:].data_ptr()
+    tol = _tol(dtype, precision)
+    torch.testing.assert_close(x_full[:, s - nq:].double(), want, rtol=tol["rtol"], atol=tol["atol"] * 2)
+    torch.testing.assert_close(x_full[:, s - nq:], ref, rtol=tol["rtol"], atol=tol["atol"] * 2)
+    assert torch.equal(x_full[:, :s - nq], x_full[:, :s - nq])  # untouched rows stay as they were
+
+
+@needs_triton
+def test_attention_residual_bad_inputs():
+    from lewm_fast.kernels.attention_residual import attention_residual
+
+    qkv = torch.zeros(4, 3, 48, device=DEVICE)
+    x = torch.zeros(4, 3, 8, device=DEVICE)
+    w = torch.zeros(8, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="heads must be"):
+        attention_residual(x, qkv, 5, w, None, x)
+    with pytest.raises(ValueError, match="x and gate must be"):
+        attention_residual(torch.zeros(4, 4, 8, device=DEVICE), qkv, 2, w, None, torch.zeros(4, 4, 8, device=DEVICE))
+    with pytest.raises(ValueError, match="weight must be"):
+        attention_residual(x, qkv, 2, w[:, :8], None, x)
+    with pytest.raises(ValueError, match="with B dividing M"):
+        attention_residual(x, qkv, 2, w, None, x, torch.zeros(3, 1, 48, device=DEVICE))
+
+
 # -------------------------------------------------------------------------------------------------- gated_residual
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(7, 3, 37, 29), (5, 1, 16, 70), (3, 2, 20, 16)])
-def test_gated_residual_matches_torch(dtype, shape):
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee")])
+@pytest.mark.parametrize("shape", [(7, 3, 37, 29), (5, 1, 16, 70), (3, 2, 20, 16), (700, 2, 24, 40)])
+def test_gated_residual_matches_torch(dtype, precision, shape):
     from lewm_fast.kernels.gated_residual import gated_residual
 
     m, s, n, k = shape
@@ -182,10 +245,10 @@ def test_gated_residual_matches_torch(dtype, shape):
     bias = _randn(n, gen=g)
     x = x_full[:, 1:]  # strided view, updated in place
     want = x.clone() + gate * (a.float() @ w.float().t() + bias)
-    out = gated_residual(x, a, w, bias, gate)
+    out = gated_residual(x, a, w, bias, gate, precision)
     assert out.data_ptr() == x.data_ptr()
-    torch.testing.assert_close(x_full[:, 1:], want, **TOL[dtype])
-    if dtype == torch.float32:
+    torch.testing.assert_close(x_full[:, 1:], want, **_tol(dtype, precision))
+    if dtype == torch.float32 and precision == "ieee":
         x_ref = x.clone() - gate * (a @ w.t() + bias)  # undo, then the torch op must reproduce it
         REF.gated_residual(x_ref, a, w, bias, gate)
         torch.testing.assert_close(x_ref, x, **TOL[dtype])
@@ -210,9 +273,9 @@ def test_gated_residual_bad_inputs():
 
 # ------------------------------------------------------------------------------------------------------- goal_cost
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(7, 1, 48, 32), (12, 3, 70, 19), (40, 2, 16, 200)])
-def test_goal_cost_matches_torch(dtype, shape):
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32x3"), (torch.bfloat16, "ieee")])
+@pytest.mark.parametrize("shape", [(7, 1, 48, 32), (12, 3, 70, 19), (40, 2, 16, 200), (600, 2, 24, 192)])
+def test_goal_cost_matches_torch(dtype, precision, shape):
     from lewm_fast.kernels.goal_cost import goal_cost
 
     m, b, k, d = shape
@@ -221,7 +284,7 @@ def test_goal_cost_matches_torch(dtype, shape):
     w = _randn(d, k, gen=g, dtype=dtype, scale=k ** -0.5)
     bias = _randn(d, gen=g)
     goal = _randn(b, d, gen=g)
-    got = goal_cost(hidden, w, bias, goal)
+    got = goal_cost(hidden, w, bias, goal, precision)
     y = hidden.double() @ w.double().t() + bias.double()
     want = (y.view(b, -1, d) - goal.double().unsqueeze(1)).square().sum(-1).reshape(-1)
     assert got.dtype == torch.float32 and got.shape == (m,)
@@ -321,8 +384,9 @@ def test_window_blocks_cpp_gelu_over_a_wide_range(approximate, tiny_model):
     engine, fast = FusedRollout(model, PredictorOps()), FusedRollout(model, CpuOps())
     pk = engine.packed
     x, mods = torch.randn(9, 3, model.latent_dim), torch.randn(9, 3, pk.depth, 6, model.latent_dim)
-    h = fast.ops.adaln_layernorm(x, mods[:, :, 0, 3], mods[:, :, 0, 4], pk.blocks[0].eps2, pk.blocks[0].eps_mlp, torch.float32)
-    assert fast.ops.linear(h, pk.blocks[0].fc1_w, pk.blocks[0].fc1_b).abs().max() > 20  # the range is exercised
+    blk = pk.blocks[0]
+    h = fast.ops.adaln_linear(x, mods[:, :, 0, 3], mods[:, :, 0, 4], blk.eps2, blk.eps_mlp, blk.fc1_w, blk.fc1_b)
+    assert h.abs().max() > 20  # the range is exercised
     want = engine.blocks(x.clone(), mods, None, "last")[0]
     torch.testing.assert_close(fast.last_token(x, mods, None), want, rtol=1e-5, atol=1e-5)
 
@@ -439,3 +503,23 @@ def test_window_blocks_cpp_bad_inputs(tiny_model):
         _window_blocks(x, mods, w, head, torch.zeros(3, 3))
     with pytest.raises(ValueError, match="goal needs the head"):
         _window_blocks(x, mods, w, [], torch.zeros(1, 3))
+
+
+@needs_triton
+def test_triton_ops_adaln_linear_above_the_fused_size_runs_apart():
+    """Above MAX_ROWS rows (many environments) TritonOps runs the pre-norm kernel, the GEMM and the GELU apart: the
+    same values, no fused launch."""
+    from lewm_fast.kernels import adaln_linear as fused
+    from lewm_fast.ops.launches import record_launches
+    from lewm_fast.ops.predictor import TritonOps
+
+    g = torch.Generator().manual_seed(5)
+    rows, d, n = fused.MAX_ROWS + 3, 24, 20
+    x, shift, mul = (_randn(rows, 1, d, gen=g) for _ in range(3))
+    w, b = _randn(n, d, gen=g, scale=d ** -0.5), _randn(n, gen=g)
+    got = TritonOps().adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu")
+    torch.testing.assert_close(got, REF.adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu"), **TOL[torch.float32])
+    meta = [t.to("meta") for t in (x, shift, mul, w, b)]
+    with record_launches() as launches:
+        TritonOps().adaln_linear(meta[0], meta[1], meta[2], 1e-6, 1e-5, meta[3], meta[4], "gelu")
+    assert [x.name for x in launches] == ["_adaln_layernorm_kernel"]

@@ -186,6 +186,37 @@ def test_triton_costs_match_reference(tiny_model, h, t):
 
 
 @needs_triton
+def test_triton_unusual_structures_match_reference():
+    """to_out = Identity (the separate window-attention kernel and gated residual without a GEMM) and a pred_proj
+    run as a module, on the Triton ops."""
+    torch.manual_seed(1)
+    model = build_model(tiny_config(heads=1, dim_head=32))
+    model.pred_proj = MLP(32, 40, 32, norm_fn=nn.LayerNorm)
+    model = randomize_(model, seed=1).eval().to(DEVICE)
+    ctx, hist, goal, cand = _problem(model, t=3, device=DEVICE)
+    engine = RolloutEngine(model, backend="triton")
+    _close_costs(engine.costs(ctx, hist, goal, cand), _reference_costs(model, ctx, hist, goal, cand))
+
+
+@needs_triton
+@pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
+def test_triton_tensor_core_precisions_within_tolerance(tiny_model, precision):
+    """float32 with TF32 / 3xTF32 dots (on CUDA; the interpreter multiplies exact fp32): costs within TF32 rounding."""
+    model = tiny_model.to(DEVICE)
+    ctx, hist, goal, cand = _problem(model, t=3, device=DEVICE)
+    engine = RolloutEngine(model, backend="triton", precision=precision)
+    assert engine.precision == precision and engine.fused.ops.precision == precision
+    _close_costs(engine.costs(ctx, hist, goal, cand), _reference_costs(model, ctx, hist, goal, cand), rtol=1e-2, atol=1e-2)
+
+
+def test_precision_needs_the_triton_backend(tiny_model):
+    with pytest.raises(ValueError, match="needs the Triton backend"):
+        RolloutEngine(tiny_model, backend="cpu", precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        RolloutEngine(tiny_model, backend="cpu", precision="fp16")
+
+
+@needs_triton
 def test_triton_bf16_within_tolerance(tiny_model):
     model = tiny_model.to(DEVICE)
     ctx, hist, goal, cand = _problem(model, t=3, device=DEVICE)

@@ -1,11 +1,20 @@
 """lewm_fast.integrations.stable_worldmodel: our planners behind stable-worldmodel's Solver protocol, checked against
 stand-ins of its LeWM cost, solvers and WorldModelPolicy (tests/swm_solver_standins.py), not against lewm_fast."""
 
+import collections
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the Triton path then runs on CPU
+
 import pytest
 import torch
 
 from lewm_fast import CEMPlanner, build_model
+from lewm_fast.backends import triton_available
 from lewm_fast.integrations.stable_worldmodel import CEMSolver, ICEMSolver, MPPISolver
+from lewm_fast.ops.predictor import PredictorOps
+from lewm_fast.planning import PlannerBase, RolloutEngine
+from lewm_fast.planning.fused_predictor import FusedRollout
 
 import swm_solver_standins as swm
 import swm_standins
@@ -68,6 +77,85 @@ def test_plans_match_stable_worldmodel_solvers_draw_for_draw(model, history, kin
     torch.testing.assert_close(got["var"][0], want["var"][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(got["costs"]), torch.tensor(want["costs"]), rtol=1e-4, atol=1e-6)
     assert got["actions"].device.type == "cpu" and got["actions"].shape == (2, 5, ENV_A * BLOCK)
+
+
+@pytest.mark.parametrize("history, horizon", [(1, 3), (2, 4), (3, 5), (3, 3)])
+@pytest.mark.parametrize("backend", ["cpu", "reference", "fused_reference", "triton"])
+def test_paired_costs_equal_get_cost_on_every_backend(model, backend, history, horizon):
+    """``RolloutEngine.paired_costs`` (what the adapter's loop calls) on each backend, down to T = H (one prediction);
+    "fused_reference": the fused schedule on the plain-PyTorch ops (the fallback without kernel libraries)."""
+    if backend == "triton" and not triton_available(torch.device("cpu")):
+        pytest.skip("needs triton with TRITON_INTERPRET=1")
+    solver = _configured(CEMSolver(model, backend="cpu" if backend == "fused_reference" else backend, **SOLVER), b=2,
+                         horizon=horizon)
+    if backend == "fused_reference":
+        solver.planner.engine.fused = FusedRollout(model, PredictorOps())
+    info = _info(b=2, history=history)
+    cand = torch.randn(2, 6, horizon, ENV_A * BLOCK, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():  # its criterion takes one env at a time (see bench/gpu_trace.py, trace_swm)
+        theirs = torch.cat([model.get_cost({k: v[i:i + 1].unsqueeze(1).expand(1, 6, *v.shape[1:]) for k, v in
+                                            info.items()}, cand[i:i + 1]) for i in range(2)])
+    torch.testing.assert_close(solver.get_cost(info, cand), theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_paired_costs_need_a_horizon_of_at_least_the_history(model):
+    engine = RolloutEngine(model, backend="cpu")
+    d, a = engine.latent_dim, engine.action_dim
+    with pytest.raises(ValueError, match=r"candidates must have shape \(B=1, N, T>=3"):
+        engine.paired_costs(torch.zeros(1, 3, d), torch.zeros(1, d), torch.zeros(1, 4, 2, a))
+    with pytest.raises(ValueError, match=r"candidates must have shape \(B=1"):
+        engine.paired_costs(torch.zeros(1, 3, d), torch.zeros(1, d), torch.zeros(2, 4, 3, a))
+
+
+@pytest.mark.parametrize("cls", [CEMSolver, MPPISolver, ICEMSolver])
+def test_adapter_captures_its_plans_at_any_history(model, cls, monkeypatch):
+    """Where the planner captures (Triton on CUDA), plans at history 3 are one CUDA graph like the plain planners'."""
+    planner = _configured(cls(model, **SOLVER)).planner
+    monkeypatch.setattr(PlannerBase, "captures", property(lambda self: True))  # as on a CUDA device
+    for h in (1, 3):
+        emb_ctx = torch.zeros(2, h, planner.engine.latent_dim)
+        assert planner._capturable(emb_ctx)
+        assert planner._new_buffers(emb_ctx).runner.capture
+
+
+@pytest.mark.parametrize("planner", ["cem", "mppi", "icem"])
+def test_adapter_loop_at_history_3_is_no_more_work_than_the_plain_planners(planner):
+    """Structural (ops recorded on meta tensors, Triton backend): at history 3 the adapter's iteration runs no op the
+    plain planner's does not (no per-candidate context copies, no host sync), each at most as often, the same ops
+    every iteration (static shapes), and nothing before its first sampling (no context precompute it would not use)."""
+    pytest.importorskip("triton")
+    from lewm_fast.precompile import record_plan_ops
+
+    settings = dict(planner=planner, history=3, num_samples=24, topk=5, horizon=5)
+    ours = build_model(tiny_config()).eval()
+    ops = {pairing: record_plan_ops(ours, 3, history_pairing=pairing, **settings) for pairing in ("swm", "executed")}
+
+    def iteration(pairing, i=1):
+        return collections.Counter(getattr(e, "name", "triton") for phase, e in ops[pairing] if phase == f"iter{i}")
+
+    swm, plain = iteration("swm"), iteration("executed")
+    assert swm and not swm - plain, f"ops the plain planner does not run as often: {dict(swm - plain)}"
+    assert sum(swm.values()) < sum(plain.values())  # T - H + 1 = 3 steps of 3 own tokens instead of 5 steps
+    assert "device_to_host" not in swm
+    assert iteration("swm", 0) == swm
+    assert not [e for phase, e in ops["swm"] if phase == "prepare"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls", [CEMSolver, MPPISolver])
+def test_cuda_graph_replays_at_history_3_equal_eager_plans(model, cls):
+    cuda_model = swm.CostableLeWM(*[getattr(model, n) for n in ("encoder", "predictor", "action_encoder", "projector",
+                                                                "pred_proj")])
+    cuda_model.load_state_dict(model.state_dict())
+    cuda_model = cuda_model.eval().cuda()
+    solvers = [_configured(cls(cuda_model, device="cuda", batch_size=2, **SOLVER)) for _ in range(2)]
+    solvers[1].planner.cuda_graph = False
+    assert solvers[0].planner.captures and not solvers[1].planner.captures
+    info = {k: v.cuda() for k, v in _info(history=3).items()}
+    for _ in range(3):  # capture, then replays
+        got, want = (s.solve(info)["actions"] for s in solvers)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert all(buf.runner.graph is not None for buf in solvers[0].planner._buffers.values())
 
 
 def test_swaps_into_world_model_policy(model):

@@ -21,6 +21,7 @@ from ..backends import BACKENDS, resolve_device
 from ..config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
 from ..data import ActionCodec
 from ..io import CheckpointError, load_model
+from ..ops.predictor import PRECISIONS
 from ..reference.lewm import LeWM
 from .media import save_gif, save_strip
 from .mpc import DatasetGoals, EpisodeResult, ExpertGoals, run_episode, summarize
@@ -62,6 +63,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
         require_int(cfg, f"planner.{key}")
     require_number(cfg, "planner.var_scale", 0.0, open_low=True)
     require_choice(cfg, "planner.backend", BACKENDS)
+    require_choice(cfg, "planner.precision", PRECISIONS)
     if require_key(cfg, "planner.dtype") is not None:
         require_choice(cfg, "planner.dtype", tuple(PLANNER_DTYPES))
 
@@ -85,6 +87,7 @@ def build_planner(model: LeWM, cfg: DictConfig):
         model, num_samples=int(p.num_samples), topk=int(p.topk), n_steps=int(p.n_steps), horizon=int(p.horizon),
         receding_horizon=int(p.receding_horizon), var_scale=float(p.var_scale), backend=str(p.backend),
         dtype=PLANNER_DTYPES[p.dtype] if p.dtype is not None else None, seed=int(cfg.seed),
+        precision=str(p.precision),
     )
 
 

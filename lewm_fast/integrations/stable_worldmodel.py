@@ -48,29 +48,22 @@ HISTORY_PAIRINGS = ("swm", "executed")
 def paired_costs(engine: RolloutEngine, emb_ctx: torch.Tensor, goal_emb: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """stable-worldmodel's ``get_cost`` pairing: emb_ctx (B,H,D), goal_emb (B,D), candidates (B,N,T,A), T >= H ->
     costs (B,N). Blocks 0..H-2 of each candidate ride with context frames 0..H-2, blocks H-1.. are rolled out
-    (T - H + 1 predictions). At H = 1 this is ``engine.costs`` with no action history."""
-    b, h, d = emb_ctx.shape
-    n, t, a = cand.shape[1:]
-    if h == 1:
-        return engine.costs(emb_ctx, cand[:, 0, :0], goal_emb, cand)
-    ctx = emb_ctx.unsqueeze(1).expand(b, n, h, d).reshape(b * n, h, d)
-    goal = goal_emb.unsqueeze(1).expand(b, n, d).reshape(b * n, d)
-    hist = cand[:, :, : h - 1].reshape(b * n, h - 1, a)
-    future = cand[:, :, h - 1 :].reshape(b * n, 1, t - h + 1, a)
-    return engine.costs(ctx, hist, goal, future).view(b, n)
+    (T - H + 1 predictions): ``RolloutEngine.paired_costs``. At H = 1 this is ``engine.costs`` with no action history."""
+    return engine.paired_costs(emb_ctx, goal_emb, cand)
 
 
 class _CandidateHistory:
-    """Planner mixin for ``history_pairing="swm"`` (``paired_costs``). Plans with H > 1 context frames are not
-    captured in a CUDA graph (each iteration rolls out B*N contexts)."""
+    """Planner mixin for ``history_pairing="swm"`` (``paired_costs``). Every candidate's window holds its own blocks
+    0..H-1, so no window token is shared by all candidates: nothing is precomputed per plan, and each iteration is
+    the plain planners' rollout of the candidates' windows (static shapes, no host work), captured in a CUDA graph
+    like theirs at any H."""
 
     def loop_costs(self, buf: LoopBuffers, cand: torch.Tensor) -> torch.Tensor:
-        if buf.emb_ctx.shape[1] == 1:
-            return super().loop_costs(buf, cand)  # type: ignore[misc]
-        return paired_costs(self.engine, buf.emb_ctx, buf.goal_emb, cand)  # type: ignore[attr-defined]
+        return self.engine.paired_costs(buf.emb_ctx, buf.goal_emb, cand)  # type: ignore[attr-defined]
 
-    def _capturable(self, emb_ctx: torch.Tensor) -> bool:
-        return super()._capturable(emb_ctx) and emb_ctx.shape[1] == 1  # type: ignore[misc]
+    def _iterate(self, buf: LoopBuffers) -> None:
+        buf.context = None  # the action history prefix ``RolloutEngine.prepare`` computes is not used by this pairing
+        self._loop(buf)  # type: ignore[attr-defined]
 
 
 class _SwmCEM(_CandidateHistory, CEMPlanner):

@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 
+ACTIVATIONS = ("none", "gelu", "gelu_tanh")
+"""The activations ``adaln_linear`` fuses: none, GELU (erf) and GELU's tanh approximation."""
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+"""Input precisions of float32 GEMM operands on the Triton backend (``TritonOps``)."""
+
 WindowHead = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, str]
 """The folded prediction head for ``CpuOps.window_blocks``: (w1 (F, D), b1, w2 (D', F), b2, LN eps, GELU approximate)."""
 
@@ -56,6 +61,27 @@ class PredictorOps:
         else:
             y = torch.mm(x2, weight.t(), out=y)
         return y.view(*x.shape[:-1], weight.shape[0])
+
+    def adaln_linear(
+        self,
+        x: torch.Tensor,
+        shift: Optional[torch.Tensor],
+        mul: Optional[torch.Tensor],
+        eps1: float,
+        eps2: float,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        activation: str = "none",
+    ) -> torch.Tensor:
+        """The pre-norm and the Linear after it: ``act(LN2(LN1(x) * mul + shift) @ weight^T + bias)``, or with shift /
+        mul None ``act(LN1(x) @ weight^T + bias)``. x (M, S, D) -> (M, S, N) in weight's dtype; activation one of
+        ``ACTIVATIONS``."""
+        if shift is None:
+            h = F.layer_norm(x, (x.shape[-1],), eps=eps1).to(weight.dtype)
+        else:
+            h = self.adaln_layernorm(x, shift, mul, eps1, eps2, weight.dtype)
+        y = self.linear(h, weight, bias)
+        return y if activation == "none" else F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
 
     def window_attention(
         self, qkv: torch.Tensor, heads: int, prefix_qkv: Optional[torch.Tensor] = None, num_queries: Optional[int] = None
@@ -99,6 +125,20 @@ class PredictorOps:
         """In place ``x += gate * (a @ weight^T + bias)`` (``weight`` None: ``x += gate * a``). x, gate (M, S, D)."""
         y = a if weight is None else self.linear(a, weight, bias)
         return x.addcmul_(gate, y.to(x.dtype))
+
+    def attention_residual(
+        self,
+        x: torch.Tensor,
+        qkv: torch.Tensor,
+        heads: int,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        gate: torch.Tensor,
+        prefix_qkv: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Attention and ``attn.to_out`` with the gated residual: in place ``x += gate * (window_attention(qkv, heads,
+        prefix_qkv, NQ) @ weight^T + bias)`` for x, gate (M, NQ, D), the last NQ own tokens of qkv (M, S, ·)."""
+        return self.gated_residual(x, self.window_attention(qkv, heads, prefix_qkv, x.shape[1]), weight, bias, gate)
 
     def goal_cost(
         self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], goal: torch.Tensor
@@ -164,30 +204,56 @@ class CpuOps(PredictorOps):
 
 
 class TritonOps(PredictorOps):
-    """Triton kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``); GEMMs without a fusable epilogue stay on
+    """Triton kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``): each pre-norm fused into the GEMM after it
+    (with the MLP's GELU) at one environment's sizes, attention fused into ``to_out`` with its gated residual, the gated residual into ``mlp``'s
+    last GEMM, the goal cost into the head's last GEMM. ``precision``: the ``tl.dot`` input precision of float32
+    operands, ``"ieee"`` (exact, the parity mode), ``"tf32"`` or ``"tf32x3"`` (tensor cores); bf16 operands always
+    use tensor cores. The remaining GEMMs (action encoder, modulations, the head's first Linear without GELU) stay on
     cuBLAS via ``PredictorOps.linear``."""
+
+    def __init__(self, precision: str = "ieee"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
 
     def adaln_layernorm(self, x, shift, mul, eps1, eps2, out_dtype, weight=None, bias=None):
         from ..kernels.adaln_layernorm import adaln_layernorm
 
         return adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype=out_dtype, weight=weight, bias=bias)
 
+    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none"):
+        """One fused kernel up to ``kernels.adaln_linear.MAX_ROWS`` rows (the latency case); above, the pre-norm
+        kernel, a cuBLAS GEMM and the activation (cuBLAS' large tiles read the weight far fewer times)."""
+        from ..kernels import adaln_linear as fused
+
+        if x.shape[0] * x.shape[1] <= fused.MAX_ROWS and x.shape[-1] <= fused.MAX_WIDTH:
+            return fused.adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, self.precision)
+        return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation)
+
     def window_attention(self, qkv, heads, prefix_qkv=None, num_queries=None):
         from ..kernels.window_attention import window_attention
 
         return window_attention(qkv, heads, prefix_qkv=prefix_qkv, num_queries=num_queries)
 
+    def attention_residual(self, x, qkv, heads, weight, bias, gate, prefix_qkv=None):
+        from ..kernels.attention_residual import attention_residual
+
+        return attention_residual(x, qkv, heads, weight, bias, gate, prefix_qkv, self.precision)
+
     def gated_residual(self, x, a, weight, bias, gate):
         from ..kernels.gated_residual import gated_residual
 
-        return gated_residual(x, a, weight, bias, gate)
+        return gated_residual(x, a, weight, bias, gate, self.precision)
 
     def goal_cost(self, hidden, weight, bias, goal):
         from ..kernels.goal_cost import goal_cost
 
-        return goal_cost(hidden, weight, bias, goal)
+        return goal_cost(hidden, weight, bias, goal, self.precision)
 
 
-def make_ops(backend: str) -> PredictorOps:
-    """Ops for a resolved backend: ``"triton"``, ``"cpu"`` or ``"reference"`` (plain PyTorch)."""
-    return {"triton": TritonOps, "cpu": CpuOps, "reference": PredictorOps}[backend]()
+def make_ops(backend: str, precision: str = "ieee") -> PredictorOps:
+    """Ops for a resolved backend: ``"triton"`` (with ``precision``), ``"cpu"`` or ``"reference"`` (plain PyTorch;
+    both exact float32)."""
+    if backend == "triton":
+        return TritonOps(precision)
+    return {"cpu": CpuOps, "reference": PredictorOps}[backend]()

@@ -11,8 +11,10 @@ class CEMPlanner(PlannerBase):
 
     Per iteration: ``num_samples`` candidates ~ N(mean, std) with candidate 0 = mean, costs from the rollout engine,
     mean/std <- the ``topk`` lowest-cost elites (unbiased std). Same arguments and ``plan`` signature as the reference
-    ``CEMSolver`` plus ``backend``, ``dtype`` (rollout precision, e.g. torch.bfloat16; default fp32), ``engine`` (a
-    shared ``RolloutEngine``) and ``cuda_graph``.
+    ``CEMSolver`` plus ``backend``, ``dtype`` (rollout dtype; default ``default_planning_dtype``: bfloat16 on CUDA,
+    float32 elsewhere; torch.float32 with precision "ieee" is the exact parity mode), ``precision``
+    (how float32 GEMMs multiply on the Triton backend: "ieee" exact, "tf32", "tf32x3"; see ``RolloutEngine``),
+    ``engine`` (a shared ``RolloutEngine``) and ``cuda_graph``.
 
     On CPU (``backend`` "cpu"/"reference") seeded plans consume ``torch.randn(B, N, T, A, generator=g)`` per iteration
     like the reference, so they match it to floating-point tolerance. With ``backend="triton"`` each iteration after the

@@ -248,6 +248,14 @@ class PackedLeWM:
                 "head_w2": self._cast(w2), "head_b2": self._cast(b2, f32), "head_module": None}
 
 
+def _fused_activation(act: nn.Module) -> Optional[str]:
+    """The ``ops.adaln_linear`` activation computing ``act``: "gelu" / "gelu_tanh" for nn.GELU; None for any other
+    module (then applied on its own after the GEMM)."""
+    if isinstance(act, nn.GELU):
+        return "gelu_tanh" if act.approximate == "tanh" else "gelu"
+    return None
+
+
 class FusedRollout:
     """The rollout schedule over ``PredictorOps``; inference only (dropout off, BatchNorm running statistics)."""
 
@@ -307,22 +315,26 @@ class FusedRollout:
         "kv": stop after the last block's to_qkv (a prefix pass). Returns (rows of x that are final, per-block qkv).
         """
         p, ops = self.packed, self.ops
+        act = _fused_activation(p.mlp_act)
         qkvs: List[torch.Tensor] = []
         for i, w in enumerate(p.blocks):
             last = i == p.depth - 1
             m = mods[:, :, i]
-            h = ops.adaln_layernorm(x, m[:, :, 0], m[:, :, 1], w.eps1, w.eps_attn, self.dtype)
-            qkv = ops.linear(h, w.qkv_w, w.qkv_b)
+            qkv = ops.adaln_linear(x, m[:, :, 0], m[:, :, 1], w.eps1, w.eps_attn, w.qkv_w, w.qkv_b)
             if mode == "kv":
                 qkvs.append(qkv)
                 if last:
                     break
             nq = 1 if (last and mode == "last") else x.shape[1]
-            attn = ops.window_attention(qkv, p.heads, None if prefix_qkv is None else prefix_qkv[i], nq)
+            prefix = None if prefix_qkv is None else prefix_qkv[i]
             xs, ms = x[:, x.shape[1] - nq:], m[:, x.shape[1] - nq:]
-            ops.gated_residual(xs, attn, w.out_w, w.out_b, ms[:, :, 2])
-            h = ops.adaln_layernorm(xs, ms[:, :, 3], ms[:, :, 4], w.eps2, w.eps_mlp, self.dtype)
-            f = p.mlp_act(ops.linear(h, w.fc1_w, w.fc1_b))
+            if w.out_w is None:  # to_out is an Identity
+                ops.gated_residual(xs, ops.window_attention(qkv, p.heads, prefix, nq), None, None, ms[:, :, 2])
+            else:
+                ops.attention_residual(xs, qkv, p.heads, w.out_w, w.out_b, ms[:, :, 2], prefix)
+            f = ops.adaln_linear(xs, ms[:, :, 3], ms[:, :, 4], w.eps2, w.eps_mlp, w.fc1_w, w.fc1_b, act or "none")
+            if act is None:
+                f = p.mlp_act(f)
             ops.gated_residual(xs, f, w.fc2_w, w.fc2_b, ms[:, :, 5])
             if last:
                 return xs, qkvs
@@ -384,6 +396,9 @@ class FusedRollout:
         """Final norm + folded pred_proj up to its activation: x (M, S, Dh) -> (M, S, hidden) or, for a pred_proj
         without the MLP structure, its full output."""
         p = self.packed
+        act = None if p.head_module is not None else _fused_activation(p.head_act)
+        if act is not None:
+            return self.ops.adaln_linear(x, None, None, p.final_eps, 0.0, p.head_w, p.head_b, act)
         n = F.layer_norm(x, (x.shape[-1],), eps=p.final_eps).to(p.head_w.dtype)
         y = self.ops.linear(n, p.head_w, p.head_b)
         if p.head_module is not None:
@@ -445,42 +460,54 @@ class FusedRollout:
         candidates: torch.Tensor,
         goal: Optional[torch.Tensor] = None,
         context: Optional["PlanContext"] = None,
+        paired: bool = False,
     ) -> torch.Tensor:
         """emb_ctx (B,H,D), action_history (B,H-1,A), candidates (B,N,T,A) shared context per environment.
 
         goal None: the latents (B, N, H+T, D). goal (B, D): the costs (B, N) of the last latent. ``context``: from
         ``self.context(emb_ctx, action_history)`` (computed here when None).
+
+        paired: stable-worldmodel's pairing (``RolloutEngine.paired_costs``): candidate blocks 0..H-1 ride with the H
+        context frames (action_history and context are unused: no window token is shared by all candidates) and
+        T - H + 1 latents are predicted: (B, N, T+1, D) latents, or the costs of the last.
         """
         p = self.packed
-        if context is not None:
-            context.check(emb_ctx, action_history)
+        if paired:
             p.refresh_if_stale()
-        if context is None or context.weights_signature != p.signature:
-            context = self.context(emb_ctx, action_history)
+            prefixes: List[List[torch.Tensor]] = []
+        else:
+            if context is not None:
+                context.check(emb_ctx, action_history)
+                p.refresh_if_stale()
+            if context is None or context.weights_signature != p.signature:
+                context = self.context(emb_ctx, action_history)
+            prefixes = context.prefixes
         b, n, t_hor, _ = candidates.shape
         h_ctx = emb_ctx.shape[1]
+        lag = 0 if paired else h_ctx - 1  # window token j rides with candidate block j - lag
+        steps = t_hor - (h_ctx - 1 - lag)  # latents to predict
         m = b * n
         w = p.num_frames
         mods_c = self.modulations(self.embed_actions(candidates.reshape(m, t_hor, -1)), reuse=True)  # (M, T, depth, 6, Dh)
-        lat = emb_ctx.new_empty(b, n, h_ctx + t_hor, emb_ctx.shape[-1], dtype=torch.float32)
+        lat = emb_ctx.new_empty(b, n, h_ctx + steps, emb_ctx.shape[-1], dtype=torch.float32)
         lat[:, :, :h_ctx] = emb_ctx.unsqueeze(1)
-        lat = lat.view(m, h_ctx + t_hor, -1)
+        lat = lat.view(m, h_ctx + steps, -1)
         cost = None
-        for t in range(t_hor):
+        for t in range(steps):
             end = h_ctx + t  # latents 0..end-1 exist; predict latent `end`
-            prefix = context.prefixes[t] if t < len(context.prefixes) else None
+            prefix = prefixes[t] if t < len(prefixes) else None
             shared = 0 if prefix is None else prefix[0].shape[1]
-            first = max(end - w, 0) + shared  # first per-candidate token; its action is candidate first - (h_ctx - 1)
-            c0 = first - (h_ctx - 1)
+            first = max(end - w, 0) + shared  # first per-candidate token; its action is candidate first - lag
+            c0 = first - lag
             x = self.tokens(lat[:, first:end], shared)
             mods = mods_c[:, c0:c0 + end - first]
-            if goal is not None and t == t_hor - 1:
+            if goal is not None and t == steps - 1:
                 cost = self.step(x, mods, prefix, goal.float())
             else:
                 lat[:, end] = self.step(x, mods, prefix)
         if goal is not None:
             return cost.view(b, n)
-        return lat.view(b, n, h_ctx + t_hor, -1)
+        return lat.view(b, n, h_ctx + steps, -1)
 
 
 @dataclass

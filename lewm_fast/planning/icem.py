@@ -62,6 +62,7 @@ class ICEMPlanner(PlannerBase):
         seed: Optional[int] = None,
         engine: Optional[RolloutEngine] = None,
         cuda_graph: bool = True,
+        precision: str = "ieee",
     ):
         if not noise_beta >= 0:
             raise ValueError(f"noise_beta must be >= 0, got {noise_beta}")
@@ -72,7 +73,7 @@ class ICEMPlanner(PlannerBase):
         super().__init__(
             model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon,
             receding_horizon=receding_horizon, var_scale=var_scale, backend=backend, dtype=dtype, seed=seed,
-            engine=engine, cuda_graph=cuda_graph,
+            engine=engine, cuda_graph=cuda_graph, precision=precision,
         )
         self.noise_beta, self.momentum = float(noise_beta), float(momentum)
         self.n_keep = min(int(round(keep_elites * topk)), num_samples - 1)

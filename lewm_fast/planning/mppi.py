@@ -40,13 +40,14 @@ class MPPIPlanner(PlannerBase):
         seed: Optional[int] = None,
         engine: Optional[RolloutEngine] = None,
         cuda_graph: bool = True,
+        precision: str = "ieee",
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         super().__init__(
             model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon,
             receding_horizon=receding_horizon, var_scale=var_scale, backend=backend, dtype=dtype, seed=seed,
-            engine=engine, cuda_graph=cuda_graph,
+            engine=engine, cuda_graph=cuda_graph, precision=precision,
         )
         self.temperature = float(temperature)
         self.elites_only = bool(elites_only)

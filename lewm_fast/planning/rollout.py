@@ -17,7 +17,7 @@ from torch import nn
 
 from .._validation import check_tensor
 from ..backends import resolve_backend
-from ..ops.predictor import make_ops
+from ..ops.predictor import PRECISIONS, make_ops
 from ..reference.cem import goal_mse_cost
 from ..reference.lewm import LeWM
 from .fused_predictor import FusedRollout, PlanContext
@@ -38,12 +38,16 @@ class RolloutEngine:
 
     dtype None / float32: float32 everywhere (parity with the reference). bfloat16: bf16 weights and GEMM/attention
     inputs with float32 accumulation, float32 residual stream, LayerNorm statistics and costs (Triton backend only).
+    precision (float32 on the Triton backend): how the fused kernels' GEMMs multiply float32 operands: ``"ieee"``
+    (exact, the default and the parity mode), ``"tf32"`` (tensor cores, operands rounded to TF32) or ``"tf32x3"``
+    (tensor cores, error-compensated, about float32 accuracy). The C++ and reference paths are exact float32.
     The engine re-folds its weights when a parameter of ``model`` changes; after changing weights in place, call
     ``refresh()`` before replaying a captured CUDA graph (replays do not run the check). On CPU the engine reuses a
     work buffer across calls: use one engine per thread.
     """
 
-    def __init__(self, model: nn.Module, backend: str = "auto", dtype: Optional[torch.dtype] = None):
+    def __init__(self, model: nn.Module, backend: str = "auto", dtype: Optional[torch.dtype] = None,
+                 precision: str = "ieee"):
         for name in ("predictor", "action_encoder", "pred_proj"):
             if not isinstance(getattr(model, name, None), nn.Module):
                 raise TypeError(f"model must have a '{name}' submodule (a LeWM), got {type(model).__name__}")
@@ -62,6 +66,12 @@ class RolloutEngine:
             backend = "reference"
         self.backend = resolve_backend(backend, self.device)
         self.dtype = dtype or torch.float32
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision != "ieee" and self.backend != "triton":
+            raise ValueError(f"precision={precision!r} needs the Triton backend (CUDA); backend {backend!r} resolved to "
+                             f"{self.backend!r} on {self.device}, which computes exact float32: pass precision='ieee'")
+        self.precision = precision
         if self.dtype == torch.bfloat16 and self.backend != "triton":
             raise ValueError(
                 f"dtype=torch.bfloat16 needs the Triton backend (CUDA); backend {backend!r} resolved to "
@@ -75,7 +85,7 @@ class RolloutEngine:
             )
         # an explicit "reference" runs the oracle; "auto" falling back to "reference" runs the fused schedule on it
         oracle = backend == "reference"
-        self.fused = None if oracle else FusedRollout(model, make_ops(self.backend), self.dtype)
+        self.fused = None if oracle else FusedRollout(model, make_ops(self.backend, precision), self.dtype)
 
     @property
     def latent_dim(self) -> int:
@@ -142,6 +152,26 @@ class RolloutEngine:
         if self.fused is None:
             return goal_mse_cost(self.rollout(emb_ctx, action_history, candidates)[:, :, -1], goal_emb).float()
         return self.fused.run(emb_ctx, action_history, candidates, goal_emb, context)
+
+    @torch.no_grad()
+    def paired_costs(self, emb_ctx: torch.Tensor, goal_emb: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """stable-worldmodel's pairing (its ``LeWM.get_cost``): emb_ctx (B,H,D), goal_emb (B,D), candidates (B,N,T,A)
+        with T >= H -> costs (B,N) float32. Candidate blocks 0..H-1 ride with the H context frames (no action
+        history) and T - H + 1 latents are rolled out; at H = 1 this is ``costs`` with an empty history. No window
+        token is shared by all candidates, so there is nothing to ``prepare``, and no per-candidate context is built:
+        the candidates' windows are rolled out as in ``costs``. Graph-capturable on CUDA."""
+        check_tensor(emb_ctx, "emb_ctx", ndim=3, last_dim=self.latent_dim)
+        check_tensor(candidates, "candidates", ndim=4, last_dim=self.action_dim)
+        b, h = emb_ctx.shape[:2]
+        if candidates.shape[0] != b or candidates.shape[2] < h:
+            raise ValueError(f"candidates must have shape (B={b}, N, T>={h}, {self.action_dim}) for emb_ctx "
+                             f"{tuple(emb_ctx.shape)} (blocks 0..H-1 ride with the context), got {tuple(candidates.shape)}")
+        self._check(emb_ctx, candidates[:, 0, : h - 1], candidates, goal_emb)  # the history argument only stands in
+        if self.fused is None:
+            ctx = emb_ctx.unsqueeze(1).expand(b, candidates.shape[1], *emb_ctx.shape[1:])
+            lat = self.reference_model.rollout(ctx, candidates[:, :, : h - 1], candidates[:, :, h - 1:])
+            return goal_mse_cost(lat[:, :, -1], goal_emb).float()
+        return self.fused.run(emb_ctx, None, candidates, goal_emb, paired=True)
 
     @torch.no_grad()
     def rollout(

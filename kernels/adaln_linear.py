@@ -1,0 +1,175 @@
+"""AdaLN pre-norm fused as the prologue of the following projection GEMM (Triton), with an optional GELU epilogue:
+``act(LN2(LN1(x) * mul + shift) @ weight^T + bias)``, or without modulation ``act(LN1(x) @ weight^T + bias)`` (the
+prediction head's final norm).
+
+One launch replaces three of the predictor's (the AdaLN pre-norm, the ``to_qkv`` / ``mlp.net.1`` GEMM and, for the
+MLP, the GELU) for the latency case, a one-environment plan (at most ``MAX_ROWS`` rows): each program normalises a
+16-row panel of the whole width (D = 192, padded to 256) once, in registers, and multiplies it with a group of
+column tiles of the weight; the normalised rows are never written. LN1 has no affine (eps1); LN2's affine is folded
+into ``weight``/``bias`` by the rollout engine (eps2). Statistics in float32, the GEMM in the weight's dtype with
+float32 accumulation. Above ``MAX_ROWS`` rows (many environments) the rollout keeps the three steps apart, where
+cuBLAS' large tiles read the weight far fewer times (``ops.predictor.TritonOps``).
+
+Rows are (M, S) pairs read through strides (x a slice such as x[:, -1:], mul/shift views of the modulation buffer).
+The grid walks the column groups fastest, so the programs that share a row panel run together.
+
+Precision of float32 inputs (``precision``): ``"ieee"`` (exact fp32 on the FMA units, the parity mode), ``"tf32"``
+(tensor cores, 10-bit mantissa products), ``"tf32x3"`` (tensor cores, error-compensated: about fp32 accuracy).
+bfloat16 / float16 weights always use tensor cores.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import interpreted, launch
+from ._tile_matmul import dot_precision
+
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+
+
+@triton.jit
+def _adaln_linear_kernel(
+    x_ptr, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr,
+    R, N, D, rows_inner, eps1, eps2,
+    s_xm, s_xs, s_hm, s_hs, s_mm, s_ms, s_wn,
+    MODULATE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    N_TILES: tl.constexpr,
+):
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, BLOCK_D)
+    mmask = rm < R
+    dmask = rd < D
+    mask = mmask[:, None] & dmask[None, :]
+    m = (rm // rows_inner).to(tl.int64)
+    s = (rm % rows_inner).to(tl.int64)
+
+    # the row panel, normalised once in registers (centred two-pass statistics, as F.layer_norm)
+    x = tl.load(x_ptr + (m * s_xm + s * s_xs)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean1 = tl.sum(x, axis=1) / D
+    h = tl.where(mask, x - mean1[:, None], 0.0)
+    h = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps1)[:, None]
+    if MODULATE:
+        mul = tl.load(mul_ptr + (m * s_mm + s * s_ms)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+        shift = tl.load(shift_ptr + (m * s_hm + s * s_hs)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = h * mul + shift
+        mean2 = tl.sum(tl.where(mask, h, 0.0), axis=1) / D
+        h = tl.where(mask, h - mean2[:, None], 0.0)
+        h = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps2)[:, None]
+    if UPCAST:
+        a = h
+    else:
+        a = h.to(w_ptr.dtype.element_ty)
+
+    # N_TILES column tiles of this program's column group, each a full-K GEMM against the panel
+    for t in range(N_TILES):
+        rn = (tl.program_id(0) * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < N
+        w = tl.load(w_ptr + rn.to(tl.int64)[None, :] * s_wn + rd[:, None], mask=dmask[:, None] & nmask[None, :],
+                    other=0.0)
+        if UPCAST:
+            acc = tl.dot(a, w.to(tl.float32), input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        if ACT == 1:
+            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        elif ACT == 2:
+            inner = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
+            acc = acc * tl.sigmoid(2.0 * inner)  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
+        out_ptrs = out_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+MAX_ROWS = 4096
+"""Above this many rows the rollout runs the pre-norm, the GEMM and the activation apart (``TritonOps``): 16-row
+panels would re-read the whole weight from L2 once per 16 rows."""
+MAX_WIDTH = 256
+"""Widest model dimension D the panel holds in registers (next power of two)."""
+
+
+def tiles(rows: int, n: int, d: int, dtype: torch.dtype, fma: bool) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, N_TILES, num_warps): 16-row panels of the whole width D (padded to a power of two),
+    BLOCK_N-wide column tiles (64; 32 for float32 operands, whose weight tiles take twice the registers; 16 for exact
+    float32 dots on the FMA units (``fma``), which hold the whole K in registers), N_TILES (>= 2) of them per
+    program so that about 2-3 programs per SM of an H100 remain: the panel's normalisation is paid once per
+    N_TILES tiles, and the grid still fills the GPU at one environment (300-900 rows)."""
+    block_d = max(16, triton.next_power_of_2(d))
+    block_n = 16 if fma else 32 if dtype == torch.float32 else 64
+    row_tiles = triton.cdiv(rows, 16)
+    col_tiles = triton.cdiv(n, block_n)
+    n_tiles = 2  # a loop of one tile is not software-pipelined: the FMA (IEEE float32) dot then spills
+    while n_tiles < col_tiles and row_tiles * triton.cdiv(col_tiles, n_tiles * 2) >= 264:  # 2 programs per SM
+        n_tiles *= 2
+    return 16, block_n, block_d, n_tiles, 4
+
+
+def adaln_linear(
+    x: torch.Tensor,
+    shift: Optional[torch.Tensor],
+    mul: Optional[torch.Tensor],
+    eps1: float,
+    eps2: float,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    activation: str = "none",
+    precision: str = "ieee",
+) -> torch.Tensor:
+    """``act(LN2(LN1(x) * mul + shift) @ weight^T + bias)``: x, shift, mul (M, S, D) (strided on M, S, contiguous
+    along D), weight (N, D) row-major, bias (N,) -> (M, S, N) contiguous in weight's dtype. shift and mul None:
+    ``act(LN1(x) @ weight^T + bias)`` (eps2 unused). Inference only.
+
+    activation: ``"none"``, ``"gelu"`` (erf) or ``"gelu_tanh"``; precision: see the module docstring.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a (M, S, D) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    modulate = shift is not None
+    if modulate != (mul is not None):
+        raise ValueError("shift and mul must be given together (or neither)")
+    for name, t in (("x", x), ("shift", shift), ("mul", mul), ("weight", weight)):
+        if t is None:
+            continue
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous along its last dimension, got strides {t.stride()}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if modulate and (shift.shape != x.shape or mul.shape != x.shape):
+        raise ValueError(f"x, shift and mul must share a (M, S, D) shape, got {tuple(x.shape)}, "
+                         f"{tuple(shift.shape)}, {tuple(mul.shape)}")
+    if not modulate:
+        shift = mul = x  # not read
+    m, s, d = x.shape
+    n = weight.shape[0]
+    if weight.dim() != 2 or weight.shape[1] != d:
+        raise ValueError(f"weight must be (N, {d}), got {tuple(weight.shape)}")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    dot = dot_precision(weight.dtype, precision)
+    if d > MAX_WIDTH:
+        raise ValueError(f"adaln_linear holds rows of width <= {MAX_WIDTH} in registers, got D={d}")
+    out = torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
+    rows = m * s
+    if rows == 0:
+        return out
+    # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32)
+    upcast = interpreted(x.device)
+    block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, torch.float32 if upcast else weight.dtype,
+                                                      fma=upcast or dot == "ieee")
+    grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, block_m))
+    launch(
+        _adaln_linear_kernel, grid,
+        x, shift, mul, weight, bias if bias is not None else weight, out,
+        rows, n, d, s, float(eps1), float(eps2),
+        x.stride(0), x.stride(1), shift.stride(0), shift.stride(1), mul.stride(0), mul.stride(1), weight.stride(0),
+        MODULATE=modulate, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot, UPCAST=upcast,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=warps, num_stages=2,
+    )
+    return out

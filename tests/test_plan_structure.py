@@ -1,0 +1,120 @@
+"""The structure of a one-environment CEM plan on the GPU path, as the code records it on meta tensors (no GPU, no
+timing): kernel launches per iteration, the grids of the fused kernels against an H100's 132 SMs, and tensor cores
+for every predictor GEMM in the ahead-of-time compile report. These are the facts the latency design rests on
+(docs/gpu.md); the times they lead to are the cost model's estimate (bench/gpu_model.py), not asserted here."""
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from lewm_fast import build_lewm  # noqa: E402
+from lewm_fast.ops.launches import Launch  # noqa: E402
+from lewm_fast.precompile import record_plan_ops  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMS = 132  # H100 SXM
+DEPTH, HORIZON = 6, 5  # the paper predictor's blocks; CEM's horizon
+GEMM_KERNELS = ("_adaln_linear_kernel", "_attention_residual_kernel", "_gated_residual_kernel", "_goal_cost_kernel")
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    with torch.device("meta"):
+        return build_lewm(action_dim=2).eval()
+
+
+def _iteration(model, dtype, precision="ieee", n_envs=1):
+    """The launches (Triton ``Launch`` or aten op) of one steady CEM iteration (300 x 30, horizon 5, history 1)."""
+    ops = record_plan_ops(model, 3, n_envs=n_envs, history=1, dtype=dtype, precision=precision)
+    return [op for phase, op in ops if phase == "iter1" and (isinstance(op, Launch) or op.launches_kernel)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_launches_per_iteration(paper_model, dtype):
+    """Four fused kernels per block and rollout step (pre-norm + QKV; attention + out-projection + gated residual;
+    pre-norm + fc1 + GELU; fc2 + gated residual), the head's norm + first Linear + GELU per step, the goal cost and the
+    refit + sampling once: 127 Triton launches, where there were 152 Triton and 127 aten ones (279 in all)."""
+    it = _iteration(paper_model, dtype)
+    triton = Counter(op.name for op in it if isinstance(op, Launch))
+    assert triton == {
+        "_adaln_linear_kernel": 2 * DEPTH * HORIZON + HORIZON,
+        "_attention_residual_kernel": DEPTH * HORIZON,
+        "_gated_residual_kernel": DEPTH * HORIZON,
+        "_goal_cost_kernel": 1,
+        "_elite_refit_sample_kernel": 1,
+    }
+    aten = Counter(op.name for op in it if not isinstance(op, Launch))
+    assert "gelu" not in aten and "layer_norm" not in aten and "native_layer_norm" not in aten
+    assert len(it) <= (150 if dtype == torch.float32 else 160)
+
+
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.bfloat16, "ieee")])
+def test_predictor_kernels_fill_the_sms_at_one_env(paper_model, dtype, precision):
+    """Every per-step GEMM kernel of a one-env iteration runs at least 66 programs (half an H100) — 64 x 64 tiles ran
+    15-45; the goal cost (once per iteration, 300 rows) runs 19 programs of 16 rows."""
+    for op in _iteration(paper_model, dtype, precision):
+        if not isinstance(op, Launch) or op.name not in GEMM_KERNELS:
+            continue
+        programs = math.prod(op.grid)
+        if op.name == "_goal_cost_kernel":
+            assert programs == math.ceil(300 / 16)
+        else:
+            assert programs >= SMS // 2, (op.name, op.grid)
+
+
+def test_fifty_envs_walk_columns_first(paper_model):
+    """At 50 envs the fused GEMM grids put the output columns on the fastest axis: the programs sharing an A panel
+    run together and read it once from HBM. The pre-norms run apart from their GEMMs there (cuBLAS' large tiles)."""
+    weight_arg = {"_adaln_linear_kernel": 3, "_attention_residual_kernel": 2, "_gated_residual_kernel": 1}
+    checked = 0
+    it = _iteration(paper_model, torch.bfloat16, n_envs=50)
+    assert sum(isinstance(op, Launch) and op.name == "_adaln_layernorm_kernel" for op in it) == 2 * DEPTH * HORIZON
+    for op in it:
+        if isinstance(op, Launch) and op.name in weight_arg:
+            n = op.args[weight_arg[op.name]].shape[0]  # output columns
+            assert op.grid[0] == math.ceil(n / op.kwargs["BLOCK_N"]), (op.name, op.grid)
+            checked += 1
+    assert checked == 2 * DEPTH * HORIZON
+
+
+def _aot_rows():
+    import triton
+
+    path = ROOT / "bench" / "results" / f"triton-aot-{triton.__version__}.json"
+    if not path.exists():
+        pytest.skip(f"no AOT report for triton {triton.__version__}")
+    return json.loads(path.read_text())["kernels"]
+
+
+def test_every_predictor_gemm_uses_tensor_cores_unless_exact():
+    """In the AOT report of the installed triton: each predictor GEMM kernel compiled for bf16 or for TF32 / 3xTF32
+    float32 dots uses tensor-core instructions (wgmma or mma.sync); only the exact IEEE float32 mode runs on FMA."""
+    rows = [r for r in _aot_rows() if r["kernel"] in GEMM_KERNELS and r.get("error") is None]
+    assert rows
+    seen = set()
+    for r in rows:
+        c = r["constexprs"]
+        exact = c.get("PRECISION") == "ieee" and "*bf16" not in r["dtypes"] and not c.get("UPCAST")
+        seen.add((r["kernel"], exact))
+        if not exact:
+            assert r["dot_instructions"] in ("wgmma", "mma.sync"), (r["kernel"], c, r["dtypes"])
+    assert {(k, False) for k in GEMM_KERNELS} <= seen, "every GEMM kernel has a tensor-core specialization"
+
+
+def test_planners_default_to_bf16_on_cuda_only():
+    """The evidence-based default (docs/gpu.md, bench/results/precision-study-2026-12-07.md): a planner given no
+    dtype rolls out in bf16 on CUDA's Triton backend, unless it asks for a float32 precision; float32 elsewhere."""
+    from lewm_fast.planning.base import default_planning_dtype
+
+    cuda = torch.device("cuda")
+    assert default_planning_dtype(cuda, "triton") == torch.bfloat16
+    assert default_planning_dtype(cuda, "triton", "tf32x3") == torch.float32
+    assert default_planning_dtype(cuda, "reference") == torch.float32
+    assert default_planning_dtype(torch.device("cpu"), "cpu") == torch.float32
+    assert default_planning_dtype(torch.device("cpu"), "triton") == torch.float32  # the interpreter
