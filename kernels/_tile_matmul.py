@@ -6,6 +6,9 @@ import triton
 import triton.language as tl
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
+SMALL_ROWS = 4096
+"""Up to this many output rows (a one-environment plan: 300-900) the GEMM kernels take 16-row tiles, so that their
+grids fill the GPU; above it, larger tiles for throughput."""
 
 
 def dot_precision(dtype: torch.dtype, precision: str) -> str:

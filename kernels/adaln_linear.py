@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreted, launch
-from ._tile_matmul import dot_precision
+from ._tile_matmul import SMALL_ROWS, dot_precision
 
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
 
@@ -87,7 +87,9 @@ def _adaln_linear_kernel(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
-MAX_ROWS = 4096
+PANEL_ROWS = 16
+"""Rows of a program's panel (the grid fills the GPU at one environment's 300-900 rows)."""
+MAX_ROWS = SMALL_ROWS
 """Above this many rows the rollout runs the pre-norm, the GEMM and the activation apart (``TritonOps``): 16-row
 panels would re-read the whole weight from L2 once per 16 rows."""
 MAX_WIDTH = 256
@@ -95,19 +97,19 @@ MAX_WIDTH = 256
 
 
 def tiles(rows: int, n: int, d: int, dtype: torch.dtype, fma: bool) -> tuple:
-    """(BLOCK_M, BLOCK_N, BLOCK_D, N_TILES, num_warps): 16-row panels of the whole width D (padded to a power of two),
+    """(BLOCK_N, BLOCK_D, N_TILES) for ``PANEL_ROWS``-row panels of the whole width D (padded to a power of two),
     BLOCK_N-wide column tiles (64; 32 for float32 operands, whose weight tiles take twice the registers; 16 for exact
     float32 dots on the FMA units (``fma``), which hold the whole K in registers), N_TILES (>= 2) of them per
     program so that about 2-3 programs per SM of an H100 remain: the panel's normalisation is paid once per
     N_TILES tiles, and the grid still fills the GPU at one environment (300-900 rows)."""
     block_d = max(16, triton.next_power_of_2(d))
     block_n = 16 if fma else 32 if dtype == torch.float32 else 64
-    row_tiles = triton.cdiv(rows, 16)
+    row_tiles = triton.cdiv(rows, PANEL_ROWS)
     col_tiles = triton.cdiv(n, block_n)
     n_tiles = 2  # a loop of one tile is not software-pipelined: the FMA (IEEE float32) dot then spills
     while n_tiles < col_tiles and row_tiles * triton.cdiv(col_tiles, n_tiles * 2) >= 264:  # 2 programs per SM
         n_tiles *= 2
-    return 16, block_n, block_d, n_tiles, 4
+    return block_n, block_d, n_tiles
 
 
 def adaln_linear(
@@ -161,15 +163,15 @@ def adaln_linear(
         return out
     # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32)
     upcast = interpreted(x.device)
-    block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, torch.float32 if upcast else weight.dtype,
-                                                      fma=upcast or dot == "ieee")
-    grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, block_m))
+    fma = upcast or dot == "ieee"
+    block_n, block_d, n_tiles = tiles(rows, n, d, torch.float32 if upcast else weight.dtype, fma)
+    grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, PANEL_ROWS))
     launch(
         _adaln_linear_kernel, grid,
         x, shift, mul, weight, bias if bias is not None else weight, out,
         rows, n, d, s, float(eps1), float(eps2),
         x.stride(0), x.stride(1), shift.stride(0), shift.stride(1), mul.stride(0), mul.stride(1), weight.stride(0),
         MODULATE=modulate, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot, UPCAST=upcast,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=warps, num_stages=2,
+        BLOCK_M=PANEL_ROWS, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=4, num_stages=2,
     )
     return out

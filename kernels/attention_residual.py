@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreted, launch
-from ._tile_matmul import dot_precision
+from ._tile_matmul import SMALL_ROWS, dot_precision
 
 
 @triton.jit
@@ -91,10 +91,10 @@ def _attention_residual_kernel(
 
 
 def tiles(rows: int, dtype: torch.dtype) -> tuple:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages): 16 x 32 tiles up to 4096 query rows (a one-env plan fills the SMs)
-    and for float32 operands at any size (the unrolled key loop keeps every key / value slice live: larger fp32
-    tiles spill); 64 x 64 tiles for 16-bit operands above 4096 rows."""
-    if rows <= 4096 or dtype == torch.float32:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): 16 x 32 tiles up to ``SMALL_ROWS`` query rows (a one-env plan fills
+    the SMs) and for float32 operands at any size (the unrolled key loop keeps every key / value slice live: larger
+    fp32 tiles spill); 64 x 64 tiles for 16-bit operands above."""
+    if rows <= SMALL_ROWS or dtype == torch.float32:
         return 16, 32, 4, 2
     return 64, 64, 8, 2
 

@@ -7,9 +7,9 @@ a (M, S, K) contiguous, weight (N, K), bias (N,) float32, x (M, S, N) float32 re
 cores); bf16 inputs run on tensor cores with fp32 accumulation. The output tile never leaves registers before it is
 gated and added to x, saving the GEMM output's round trip through memory.
 
-Tiles follow the row count: a one-env plan has 300-900 rows and N = 192 columns, so 16 x 32 tiles give 57-171
-programs on 132 SMs (64 x 64 tiles gave 15-45); above 4096 rows 64 x 64 tiles keep the throughput. The grid walks
-the columns fastest: the programs that read one A panel run together and share it through L2.
+Tiles follow the row count: a one-env plan has 300-900 rows and N = 192 columns, so 16 x 32 tiles give 114-342 programs
+on 132 SMs (64 x 64 tiles gave 15-45); above ``SMALL_ROWS`` rows 64 x 64 tiles keep the throughput. The grid walks the
+columns fastest: the programs that read one A panel run together and share it through L2.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreted, launch
-from ._tile_matmul import dot_precision, tile_matmul_bias
+from ._tile_matmul import SMALL_ROWS, dot_precision, tile_matmul_bias
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def tiles(rows: int, n: int, k: int, dtype: torch.dtype) -> tuple:
     """(BLOCK_M, BLOCK_N, BLOCK_K) for a (rows, k) @ (k, n) product (see the module docstring). float32 operands take
     K slices of 32: IEEE dots on the FMA units hold every K slice of a thread's rows / columns in registers, and
     3xTF32 splits each operand in two (64 x 64 x 64 fp32 tiles spill on sm_80 either way)."""
-    small = rows <= 4096
+    small = rows <= SMALL_ROWS
     block_m = 16 if small else _block(rows, 64)
     block_n = _block(n, 32 if small else 64)
     block_k = _block(k, 32 if dtype == torch.float32 else 64)

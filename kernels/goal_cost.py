@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._launch import interpreted, launch
-from ._tile_matmul import dot_precision, tile_matmul_bias
+from ._tile_matmul import SMALL_ROWS, dot_precision, tile_matmul_bias
 
 
 @triton.jit
@@ -83,7 +83,7 @@ def goal_cost(
     dot = dot_precision(hidden.dtype, precision)
     block_d = max(16, min(64, triton.next_power_of_2(d)))
     fp32 = upcast or hidden.dtype == torch.float32  # fp32 operands (FMA dots, 3xTF32 splits) spill at 64-wide K
-    block_m = 16 if (m <= 4096 or fp32) else 32  # and at 32-row tiles with triton 3.6 (sm_90)
+    block_m = 16 if (m <= SMALL_ROWS or fp32) else 32  # and at 32-row tiles with triton 3.6 (sm_90)
     block_k = max(16, min(32 if fp32 else 64, triton.next_power_of_2(k)))
     launch(
         _goal_cost_kernel, (triton.cdiv(m, block_m),),

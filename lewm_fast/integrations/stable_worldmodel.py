@@ -61,9 +61,8 @@ class _CandidateHistory:
     def loop_costs(self, buf: LoopBuffers, cand: torch.Tensor) -> torch.Tensor:
         return self.engine.paired_costs(buf.emb_ctx, buf.goal_emb, cand)  # type: ignore[attr-defined]
 
-    def _iterate(self, buf: LoopBuffers) -> None:
-        buf.context = None  # the action history prefix ``RolloutEngine.prepare`` computes is not used by this pairing
-        self._loop(buf)  # type: ignore[attr-defined]
+    def _prepare_context(self, buf: LoopBuffers) -> None:
+        return None  # the action history prefix ``RolloutEngine.prepare`` computes is not used by this pairing
 
 
 class _SwmCEM(_CandidateHistory, CEMPlanner):

@@ -204,12 +204,12 @@ class CpuOps(PredictorOps):
 
 
 class TritonOps(PredictorOps):
-    """Triton kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``): each pre-norm fused into the GEMM after it
-    (with the MLP's GELU) at one environment's sizes, attention fused into ``to_out`` with its gated residual, the gated residual into ``mlp``'s
-    last GEMM, the goal cost into the head's last GEMM. ``precision``: the ``tl.dot`` input precision of float32
-    operands, ``"ieee"`` (exact, the parity mode), ``"tf32"`` or ``"tf32x3"`` (tensor cores); bf16 operands always
-    use tensor cores. The remaining GEMMs (action encoder, modulations, the head's first Linear without GELU) stay on
-    cuBLAS via ``PredictorOps.linear``."""
+    """Triton kernels (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``): each pre-norm fused into the GEMM after
+    it (with the MLP's GELU) at one environment's sizes, attention fused into ``to_out`` with its gated residual, the
+    gated residual into ``mlp``'s last GEMM, the goal cost into the head's last GEMM. ``precision``: the ``tl.dot``
+    input precision of float32 operands, ``"ieee"`` (exact, the parity mode), ``"tf32"`` or ``"tf32x3"`` (tensor
+    cores); bf16 operands always use tensor cores. The remaining GEMMs (action encoder, modulations, the head's first
+    Linear without GELU) stay on cuBLAS via ``PredictorOps.linear``."""
 
     def __init__(self, precision: str = "ieee"):
         if precision not in PRECISIONS:

@@ -273,8 +273,12 @@ class PlannerBase(abc.ABC):
 
     def _iterate(self, buf: "LoopBuffers") -> None:
         """One plan's device work: the context-only part of the rollout once, then the planner's iterations."""
-        buf.context = self.engine.prepare(buf.emb_ctx, buf.hist)
+        buf.context = self._prepare_context(buf)
         self._loop(buf)
+
+    def _prepare_context(self, buf: "LoopBuffers") -> Any:
+        """The context-only part of the rollout its costs reuse (``RolloutEngine.prepare``)."""
+        return self.engine.prepare(buf.emb_ctx, buf.hist)
 
     @abc.abstractmethod
     def _loop(self, buf: "LoopBuffers") -> None:

@@ -265,13 +265,15 @@ class FusedRollout:
         self.dtype = dtype
         self.packed = PackedLeWM(model, dtype)
         self._mods_buffer: Optional[torch.Tensor] = None  # see modulations(reuse=True)
-        act = self.packed.mlp_act
+        # the GELUs that ``ops.adaln_linear`` computes in its epilogue (None: the module runs after the GEMM)
+        self.mlp_activation = _fused_activation(self.packed.mlp_act)
+        self.head_activation = None if self.packed.head_module is not None else _fused_activation(self.packed.head_act)
         self.whole_window = (
-            isinstance(ops, CpuOps) and dtype == torch.float32 and isinstance(act, nn.GELU)
+            isinstance(ops, CpuOps) and dtype == torch.float32 and self.mlp_activation is not None
             and all(b.out_w is not None for b in self.packed.blocks) and ops.window_blocks_available()
         )
         # ... and the prediction head (or the goal cost) in the same C++ call
-        self.whole_step = self.whole_window and isinstance(self.packed.head_act, nn.GELU)
+        self.whole_step = self.whole_window and self.head_activation is not None
         self._window_args_cache: Optional[tuple] = None
 
     # ------------------------------------------------------------------ pieces
@@ -315,7 +317,7 @@ class FusedRollout:
         "kv": stop after the last block's to_qkv (a prefix pass). Returns (rows of x that are final, per-block qkv).
         """
         p, ops = self.packed, self.ops
-        act = _fused_activation(p.mlp_act)
+        act = self.mlp_activation
         qkvs: List[torch.Tensor] = []
         for i, w in enumerate(p.blocks):
             last = i == p.depth - 1
@@ -396,9 +398,8 @@ class FusedRollout:
         """Final norm + folded pred_proj up to its activation: x (M, S, Dh) -> (M, S, hidden) or, for a pred_proj
         without the MLP structure, its full output."""
         p = self.packed
-        act = None if p.head_module is not None else _fused_activation(p.head_act)
-        if act is not None:
-            return self.ops.adaln_linear(x, None, None, p.final_eps, 0.0, p.head_w, p.head_b, act)
+        if self.head_activation is not None:
+            return self.ops.adaln_linear(x, None, None, p.final_eps, 0.0, p.head_w, p.head_b, self.head_activation)
         n = F.layer_norm(x, (x.shape[-1],), eps=p.final_eps).to(p.head_w.dtype)
         y = self.ops.linear(n, p.head_w, p.head_b)
         if p.head_module is not None:

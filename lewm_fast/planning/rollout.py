@@ -39,8 +39,9 @@ class RolloutEngine:
     dtype None / float32: float32 everywhere (parity with the reference). bfloat16: bf16 weights and GEMM/attention
     inputs with float32 accumulation, float32 residual stream, LayerNorm statistics and costs (Triton backend only).
     precision (float32 on the Triton backend): how the fused kernels' GEMMs multiply float32 operands: ``"ieee"``
-    (exact, the default and the parity mode), ``"tf32"`` (tensor cores, operands rounded to TF32) or ``"tf32x3"``
-    (tensor cores, error-compensated, about float32 accuracy). The C++ and reference paths are exact float32.
+    (exact, the default and the parity mode), ``"tf32"`` (tensor cores, operands cut to TF32's 10-bit mantissa) or
+    ``"tf32x3"`` (tensor cores, error-compensated, about float32 accuracy). The C++ and reference paths are exact
+    float32.
     The engine re-folds its weights when a parameter of ``model`` changes; after changing weights in place, call
     ``refresh()`` before replaying a captured CUDA graph (replays do not run the check). On CPU the engine reuses a
     work buffer across calls: use one engine per thread.
