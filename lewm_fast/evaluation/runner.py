@@ -13,20 +13,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ..backends import BACKENDS, resolve_device
-from ..config import DEVICES, require_bool, require_choice, require_int, require_key, require_number
+from ..backends import resolve_device
+from ..config import DEVICES, require_bool, require_choice, require_int, require_key
 from ..data import ActionCodec
 from ..io import CheckpointError, load_model
-from ..ops.predictor import PRECISIONS
-from ..reference.lewm import LeWM
 from .media import save_gif, save_strip
+from .planners import PlannerInputs, build_planner, validate_planner_config
 from .mpc import DatasetGoals, EpisodeResult, ExpertGoals, run_episode, summarize
 
-PLANNER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DATASET_EPISODES = ("held_out", "all")
 GOAL_SOURCES = ("dataset", "expert")
 
@@ -59,13 +58,7 @@ def validate_eval_config(cfg: DictConfig) -> None:
         raise ValueError(f"env must be an environment name or null (the checkpoint's), got {cfg.env!r}")
     if require_key(cfg, "image_size") is not None:
         require_int(cfg, "image_size", 8)
-    for key in ("num_samples", "topk", "n_steps", "horizon", "receding_horizon"):
-        require_int(cfg, f"planner.{key}")
-    require_number(cfg, "planner.var_scale", 0.0, open_low=True)
-    require_choice(cfg, "planner.backend", BACKENDS)
-    require_choice(cfg, "planner.precision", PRECISIONS)
-    if require_key(cfg, "planner.dtype") is not None:
-        require_choice(cfg, "planner.dtype", tuple(PLANNER_DTYPES))
+    validate_planner_config(cfg)
 
 
 def _dataset_action_stats(dataset: Path, columns: Dict[str, Any]) -> Tuple[List[float], List[float]]:
@@ -77,18 +70,6 @@ def _dataset_action_stats(dataset: Path, columns: Dict[str, Any]) -> Tuple[List[
     with open_h5(dataset) as f:
         stats = read_layout_stats(f, read_layout(f, columns=columns))
     return stats.action_mean.tolist(), stats.action_std.tolist()
-
-
-def build_planner(model: LeWM, cfg: DictConfig):
-    from ..planning.cem import CEMPlanner
-
-    p = cfg.planner
-    return CEMPlanner(
-        model, num_samples=int(p.num_samples), topk=int(p.topk), n_steps=int(p.n_steps), horizon=int(p.horizon),
-        receding_horizon=int(p.receding_horizon), var_scale=float(p.var_scale), backend=str(p.backend),
-        dtype=PLANNER_DTYPES[p.dtype] if p.dtype is not None else None, seed=int(cfg.seed),
-        precision=str(p.precision),
-    )
 
 
 def check_env_sizes(env, env_name: str, norm: Dict[str, Any], folder: os.PathLike) -> None:
@@ -246,7 +227,9 @@ class Evaluation:
                                      int(cfg.goal_offset))
         if not 1 <= int(cfg.history_len) <= self.model.history_size:
             raise ValueError(f"history_len must be in [1, {self.model.history_size}] (the model's window), got {cfg.history_len}")
-        self.planner = build_planner(self.model, cfg)
+        box = self.env.action_space
+        self.planner = build_planner(self.model, cfg, PlannerInputs(
+            Path(self.folder), self.codec, np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)))
         self.out = Path(out_dir or cfg.out or Path("runs") / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
     def play(self, episode: int) -> EpisodeResult:
