@@ -9,10 +9,11 @@ they call the real code paths on meta tensors, with no device and no launch. Met
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import torch
 
@@ -79,6 +80,45 @@ def launch(kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
         recorder.append(Launch(kernel, grid, args, dict(kwargs)))
         return
     kernel[grid](*args, **kwargs)
+
+
+def call_signature(*values: Any) -> Tuple[Any, ...]:
+    """A key of a wrapper call: each tensor by (shape, strides, dtype, device), anything else by value."""
+    return tuple((v.shape, v.stride(), v.dtype, v.device) if isinstance(v, torch.Tensor) else v for v in values)
+
+
+P = TypeVar("P")
+
+
+class PlanCache:
+    """What a kernel wrapper derives from its arguments' shapes, strides, dtypes and devices alone (validation, tile
+    sizes, grid, integer arguments), kept per ``call_signature`` so that a wrapper called again with the same
+    signature (every call of a plan after its first iteration) skips it and only launches. Bounded: past
+    ``capacity`` signatures the oldest is dropped. A signature that cannot be hashed (a bad argument type) is not
+    cached: ``build`` then runs, and raises, every time."""
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._plans: "OrderedDict[Hashable, Any]" = OrderedDict()
+
+    def get(self, key: Tuple[Any, ...], build: Callable[[], P]) -> P:
+        """The plan cached for ``key``, else ``build()`` (cached when it returns)."""
+        try:
+            plan = self._plans.get(key)
+        except TypeError:  # unhashable: an argument of the wrong type, which build() reports
+            return build()
+        if plan is None:
+            plan = build()
+            self._plans[key] = plan
+            if len(self._plans) > self.capacity:
+                self._plans.popitem(last=False)
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def clear(self) -> None:
+        self._plans.clear()
 
 
 def multiprocessor_count(device: torch.device) -> Optional[int]:

@@ -20,13 +20,13 @@ bfloat16 / float16 weights always use tensor cores.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreted, launch
+from ._launch import PlanCache, call_signature, interpreted, launch
 from ._tile_matmul import SMALL_ROWS, dot_precision
 
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
@@ -127,8 +127,19 @@ def adaln_linear(
     along D), weight (N, D) row-major, bias (N,) -> (M, S, N) contiguous in weight's dtype. shift and mul None:
     ``act(LN1(x) @ weight^T + bias)`` (eps2 unused). Inference only.
 
-    activation: ``"none"``, ``"gelu"`` (erf) or ``"gelu_tanh"``; precision: see the module docstring.
+    activation: ``"none"``, ``"gelu"`` (erf) or ``"gelu_tanh"``; precision: see the module docstring. Checks and tiles
+    are derived once per argument signature (``PlanCache``).
     """
+    plan = _PLANS.get(call_signature(x, shift, mul, eps1, eps2, weight, bias, activation, precision),
+                      lambda: _plan(x, shift, mul, eps1, eps2, weight, bias, activation, precision))
+    return plan(x, shift, mul, weight, bias)
+
+
+_PLANS = PlanCache()
+
+
+def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: str) -> Callable[..., torch.Tensor]:
+    """Validate an ``adaln_linear`` call; -> ``run(x, shift, mul, weight, bias)`` for every call of its signature."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(f"x must be a (M, S, D) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     modulate = shift is not None
@@ -144,8 +155,6 @@ def adaln_linear(
     if modulate and (shift.shape != x.shape or mul.shape != x.shape):
         raise ValueError(f"x, shift and mul must share a (M, S, D) shape, got {tuple(x.shape)}, "
                          f"{tuple(shift.shape)}, {tuple(mul.shape)}")
-    if not modulate:
-        shift = mul = x  # not read
     m, s, d = x.shape
     n = weight.shape[0]
     if weight.dim() != 2 or weight.shape[1] != d:
@@ -157,21 +166,25 @@ def adaln_linear(
     dot = dot_precision(weight.dtype, precision)
     if d > MAX_WIDTH:
         raise ValueError(f"adaln_linear holds rows of width <= {MAX_WIDTH} in registers, got D={d}")
-    out = torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
     rows = m * s
     if rows == 0:
-        return out
+        return lambda x, shift, mul, weight, bias: torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
     # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32)
     upcast = interpreted(x.device)
     fma = upcast or dot == "ieee"
     block_n, block_d, n_tiles = tiles(rows, n, d, torch.float32 if upcast else weight.dtype, fma)
     grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, PANEL_ROWS))
-    launch(
-        _adaln_linear_kernel, grid,
-        x, shift, mul, weight, bias if bias is not None else weight, out,
-        rows, n, d, s, float(eps1), float(eps2),
-        x.stride(0), x.stride(1), shift.stride(0), shift.stride(1), mul.stride(0), mul.stride(1), weight.stride(0),
-        MODULATE=modulate, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot, UPCAST=upcast,
-        BLOCK_M=PANEL_ROWS, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=4, num_stages=2,
-    )
-    return out
+    sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
+    ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),
+            mu.stride(0), mu.stride(1), weight.stride(0))
+    consts = dict(MODULATE=modulate, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot,
+                  UPCAST=upcast, BLOCK_M=PANEL_ROWS, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=4,
+                  num_stages=2)
+
+    def run(x, shift, mul, weight, bias):
+        out = torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
+        launch(_adaln_linear_kernel, grid, x, x if shift is None else shift, x if mul is None else mul, weight,
+               bias if bias is not None else weight, out, *ints, **consts)
+        return out
+
+    return run

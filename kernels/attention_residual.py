@@ -15,13 +15,13 @@ Precision of float32 operands as in ``gated_residual``.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreted, launch
+from ._launch import PlanCache, call_signature, interpreted, launch
 from ._tile_matmul import SMALL_ROWS, dot_precision
 
 
@@ -112,8 +112,19 @@ def attention_residual(
     """In place ``x += gate * (window_attention(qkv, heads, prefix_qkv, NQ) @ weight^T + bias)``; return x.
 
     x, gate (M, NQ, N) with NQ <= S the queried last own tokens; qkv (M, S, 3*heads*dh); prefix_qkv (B, P, 3*heads*dh)
-    with B dividing M, or None; weight (N, heads*dh) row-major in qkv's dtype. Inference only (no autograd).
+    with B dividing M, or None; weight (N, heads*dh) row-major in qkv's dtype. Inference only (no autograd). Checks and tiles are derived once per argument signature (``PlanCache``).
     """
+    plan = _PLANS.get(call_signature(x, qkv, heads, weight, bias, gate, prefix_qkv, precision),
+                      lambda: _plan(x, qkv, heads, weight, bias, gate, prefix_qkv, precision))
+    return plan(x, qkv, weight, bias, gate, prefix_qkv)
+
+
+_PLANS = PlanCache()
+
+
+def _plan(x, qkv, heads, weight, bias, gate, prefix_qkv, precision: str) -> Callable[..., torch.Tensor]:
+    """Validate an ``attention_residual`` call; -> ``run(x, qkv, weight, bias, gate, prefix_qkv)`` for every call of
+    its signature."""
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3 or not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError("x (M, NQ, N) and qkv (M, S, 3*heads*dh) must be 3-d tensors")
     m, s, width = qkv.shape
@@ -141,7 +152,7 @@ def attention_residual(
         pre, p, rows_per_prefix = prefix_qkv, prefix_qkv.shape[1], m // prefix_qkv.shape[0]
     rows = m * nq
     if rows == 0:
-        return x
+        return lambda x, qkv, weight, bias, gate, prefix_qkv: x
     dh = inner // heads
     upcast = interpreted(x.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(qkv.dtype, precision)
@@ -149,13 +160,14 @@ def attention_residual(
     block_n = max(16, min(block_n, triton.next_power_of_2(n)))
     block_d = max(16, triton.next_power_of_2(dh))
     grid = (triton.cdiv(n, block_n), triton.cdiv(rows, block_m))
-    launch(
-        _attention_residual_kernel, grid,
-        qkv, pre, weight, bias if bias is not None else weight, gate, x,
-        rows, n, dh ** -0.5, rows_per_prefix,
-        qkv.stride(0), qkv.stride(1), pre.stride(0), pre.stride(1), weight.stride(0),
-        gate.stride(0), gate.stride(1), x.stride(0), x.stride(1),
-        S=s, P=p, NQ=nq, HEADS=heads, DH=dh, HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-    )
-    return x
+    ints = (rows, n, dh ** -0.5, rows_per_prefix, qkv.stride(0), qkv.stride(1), pre.stride(0), pre.stride(1),
+            weight.stride(0), gate.stride(0), gate.stride(1), x.stride(0), x.stride(1))
+    consts = dict(S=s, P=p, NQ=nq, HEADS=heads, DH=dh, HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
+                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+
+    def run(x, qkv, weight, bias, gate, prefix_qkv):
+        launch(_attention_residual_kernel, grid, qkv, qkv if prefix_qkv is None else prefix_qkv, weight,
+               bias if bias is not None else weight, gate, x, *ints, **consts)
+        return x
+
+    return run

@@ -14,13 +14,13 @@ columns fastest: the programs that read one A panel run together and share it th
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreted, launch
+from ._launch import PlanCache, call_signature, interpreted, launch
 from ._tile_matmul import SMALL_ROWS, dot_precision, tile_matmul_bias
 
 
@@ -71,8 +71,18 @@ def gated_residual(
     """In place ``x += gate * (a @ weight^T + bias)`` and return x; x, gate (M, S, N), a (M, S, K), weight (N, K).
 
     ``weight`` None (an Identity projection) gives ``x += gate * a``. precision: of fp32 dots (module docstring).
-    Inference only (no autograd).
+    Inference only (no autograd). Checks and tiles are derived once per argument signature (``PlanCache``).
     """
+    plan = _PLANS.get(call_signature(x, a, weight, bias, gate, precision),
+                      lambda: _plan(x, a, weight, bias, gate, precision))
+    return plan(x, a, weight, bias, gate)
+
+
+_PLANS = PlanCache()
+
+
+def _plan(x, a, weight, bias, gate, precision: str) -> Callable[..., torch.Tensor]:
+    """Validate a ``gated_residual`` call; -> ``run(x, a, weight, bias, gate)`` for every call of its signature."""
     for name, t in (("x", x), ("a", a), ("gate", gate)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             raise ValueError(f"{name} must be a 3-d (M, S, ·) tensor, got {getattr(t, 'shape', type(t).__name__)}")
@@ -85,7 +95,7 @@ def gated_residual(
     if weight is None:
         if a.shape != x.shape:
             raise ValueError(f"without weight, a must have x's shape {tuple(x.shape)}, got {tuple(a.shape)}")
-        return x.addcmul_(gate, a.to(x.dtype))
+        return lambda x, a, weight, bias, gate: x.addcmul_(gate, a.to(x.dtype))
     m, s, n = x.shape
     k = a.shape[2]
     if weight.shape != (n, k) or weight.stride(-1) != 1:
@@ -94,22 +104,24 @@ def gated_residual(
         raise ValueError(f"a and weight must share a dtype, got {a.dtype} and {weight.dtype}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-    a2 = a.reshape(m * s, k)
-    if a2.stride(-1) != 1:
-        a2 = a2.contiguous()
     r = m * s
     if r == 0:
-        return x
+        return lambda x, a, weight, bias, gate: x
+    a2 = a.reshape(r, k)
+    copy = a2.stride(-1) != 1
+    a_stride = k if copy else a2.stride(0)
     upcast = interpreted(a.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(a.dtype, precision)
     block_m, block_n, block_k = tiles(r, n, k, torch.float32 if upcast else a.dtype)
     grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
-    launch(
-        _gated_residual_kernel, grid,
-        a2, weight, bias if bias is not None else weight, gate, x,
-        r, n, k, s,
-        a2.stride(0), weight.stride(0), gate.stride(0), gate.stride(1), x.stride(0), x.stride(1),
-        HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3,
-    )
-    return x
+    ints = (r, n, k, s, a_stride, weight.stride(0), gate.stride(0), gate.stride(1), x.stride(0), x.stride(1))
+    consts = dict(HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
+                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3)
+
+    def run(x, a, weight, bias, gate):
+        a2 = a.reshape(r, k)
+        launch(_gated_residual_kernel, grid, a2.contiguous() if copy else a2, weight,
+               bias if bias is not None else weight, gate, x, *ints, **consts)
+        return x
+
+    return run

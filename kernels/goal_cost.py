@@ -11,13 +11,13 @@ tensor cores with fp32 accumulation; the cost is float32.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import interpreted, launch
+from ._launch import PlanCache, call_signature, interpreted, launch
 from ._tile_matmul import SMALL_ROWS, dot_precision, tile_matmul_bias
 
 
@@ -53,8 +53,19 @@ def goal_cost(
 ) -> torch.Tensor:
     """hidden (M, K), weight (D, K), bias (D,) or None, goal (B, D) with B dividing M -> costs (M,) float32.
 
-    Row m is scored against ``goal[m // (M // B)]``. precision: of fp32 dots (module docstring). Inference only.
+    Row m is scored against ``goal[m // (M // B)]``. precision: of fp32 dots (module docstring). Inference only. Checks
+    and tiles are derived once per argument signature (``PlanCache``).
     """
+    plan = _PLANS.get(call_signature(hidden, weight, bias, goal, precision),
+                      lambda: _plan(hidden, weight, bias, goal, precision))
+    return plan(hidden, weight, bias, goal)
+
+
+_PLANS = PlanCache()
+
+
+def _plan(hidden, weight, bias, goal, precision: str) -> Callable[..., torch.Tensor]:
+    """Validate a ``goal_cost`` call; -> ``run(hidden, weight, bias, goal)`` for every call of its signature."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
         raise ValueError(f"hidden must be a (M, K) tensor, got {getattr(hidden, 'shape', type(hidden).__name__)}")
     if not isinstance(goal, torch.Tensor) or goal.dim() != 2:
@@ -72,25 +83,25 @@ def goal_cost(
     for name, t in (("weight", weight), ("goal", goal), ("bias", bias)):
         if t is not None and t.device != hidden.device:
             raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
-    if hidden.stride(-1) != 1:
-        hidden = hidden.contiguous()
-    weight = weight.contiguous()
-    goal = goal.contiguous()
-    out = torch.empty(m, device=hidden.device, dtype=torch.float32)
+    out_device = hidden.device
     if m == 0:
-        return out
+        return lambda hidden, weight, bias, goal: torch.empty(0, device=out_device, dtype=torch.float32)
     upcast = interpreted(hidden.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(hidden.dtype, precision)
     block_d = max(16, min(64, triton.next_power_of_2(d)))
     fp32 = upcast or hidden.dtype == torch.float32  # fp32 operands (FMA dots, 3xTF32 splits) spill at 64-wide K
     block_m = 16 if (m <= SMALL_ROWS or fp32) else 32  # and at 32-row tiles with triton 3.6 (sm_90)
     block_k = max(16, min(32 if fp32 else 64, triton.next_power_of_2(k)))
-    launch(
-        _goal_cost_kernel, (triton.cdiv(m, block_m),),
-        hidden, weight, bias if bias is not None else weight, goal, out,
-        m, d, k, m // b,
-        hidden.stride(0), weight.stride(0), goal.stride(0),
-        HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
-        BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=4, num_stages=3,
-    )
-    return out
+    copy_h = hidden.stride(-1) != 1
+    ints = (m, d, k, m // b, k if copy_h else hidden.stride(0), k, d)  # weight and goal are made contiguous
+    consts = dict(HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
+                  BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=4, num_stages=3)
+
+    def run(hidden, weight, bias, goal):
+        out = torch.empty(m, device=hidden.device, dtype=torch.float32)
+        weight = weight.contiguous()
+        launch(_goal_cost_kernel, (triton.cdiv(m, block_m),), hidden.contiguous() if copy_h else hidden, weight,
+               bias if bias is not None else weight, goal.contiguous(), out, *ints, **consts)
+        return out
+
+    return run
