@@ -12,14 +12,25 @@
 // baseline clones picked at load time); float64 uses std::sin/std::cos; reduced-precision inputs are upcast to float32.
 // Equispaced knots from 0 (the default) need one sin/cos per sample, the other knots follow by angle addition.
 // One OpenMP region per pass: the forward runs over (frame, 16 projections), the backward over (frame, 32 batch rows).
+// A region runs on one thread while the machine is oversubscribed (region_threads): libgomp's default wait policy
+// spins at the region's end, and with other processes competing for the cores 2 threads were slower than 1.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#define LEWM_FAST_LOADAVG 1
+#endif
 
 #include "ops.h"
 
@@ -291,16 +302,38 @@ void grad_task_any(const Problem<double>& p, int64_t ti, int64_t b0, int64_t nb,
   grad_task<double, sincos_f64>(p, ti, b0, nb, coef, at, dz);
 }
 
+// Threads for a parallel region of `work` knot evaluations: 1 below kParallelWork, or while the machine is
+// oversubscribed (1-minute load average >= online CPUs + the threads this region would use: at least as many other
+// runnable threads as ours beside a fully busy machine); else OpenMP's (torch.get_num_threads()). Under such load,
+// libgomp's default (spinning) wait at a region's end costs more than the second thread gains: at the LeWM shape on
+// a 2-core VM at load 13-18, fwd+bwd took 76-304 ms (medians of runs) on 2 threads, 43-93 ms on 1 (docs/benchmarks.md).
+int region_threads(int64_t work) {
+#ifdef _OPENMP
+  const int wanted = omp_get_max_threads();
+#else
+  const int wanted = 1;
+#endif
+  if (work < kParallelWork || wanted <= 1) return 1;
+#ifdef LEWM_FAST_LOADAVG
+  double load = 0.0;
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cpus >= 1 && getloadavg(&load, 1) == 1 && load >= static_cast<double>(cpus + wanted)) return 1;
+#endif
+  return wanted;
+}
+
 template <typename scalar_t>
 void sums_all(const Problem<scalar_t>& p, scalar_t* out) {
-#pragma omp parallel for schedule(dynamic, 1) if (p.T * p.M * p.B * p.knots.K >= kParallelWork)
+  const int threads = region_threads(p.T * p.M * p.B * p.knots.K);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
   for (int64_t task = 0; task < p.T * p.chunks; ++task) sums_task_any(p, task / p.chunks, task % p.chunks, out);
 }
 
 template <typename scalar_t>
 void grad_all(const Problem<scalar_t>& p, const scalar_t* coef, const scalar_t* at, scalar_t* dz) {
   const int64_t blocks = (p.B + kGradRows - 1) / kGradRows;
-#pragma omp parallel for schedule(dynamic, 1) if (p.T * p.M * p.B * p.knots.K >= kParallelWork)
+  const int threads = region_threads(p.T * p.M * p.B * p.knots.K);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
   for (int64_t task = 0; task < p.T * blocks; ++task) {
     const int64_t b0 = (task % blocks) * kGradRows;
     grad_task_any(p, task / blocks, b0, std::min(kGradRows, p.B - b0), coef, at, dz);

@@ -183,6 +183,39 @@ def test_surprise_end_to_end_and_cli(data, checkpoint, tmp_path, capsys):
     assert json.loads((tmp_path / "cli" / "surprise.json").read_text())["kinds"]["teleport"]["events"] == 1
 
 
+def test_surprise_counts_the_episodes_it_uses(data, checkpoint, tmp_path, capsys):
+    """Episode 4 of the data ends at its target after 23 steps: 5 frames at frameskip 5, fewer than the
+    history_size + 3 = 6 a trace needs. The result and the printed line say which episodes were used."""
+    rc, out, _ = cli(capsys, "surprise", f"checkpoint={checkpoint}", f"data={data}", "episodes=6", "kinds=[teleport]",
+                     f"out={tmp_path}")
+    assert rc == 0
+    assert out.splitlines()[0] == ("two_room: surprise on 5 episodes (frameskip 5); left out 1 of the 6 episodes read "
+                                   "(fewer than 6 frames): 4")
+    saved = json.loads((tmp_path / "surprise.json").read_text())
+    assert saved["episodes"] == [0, 1, 2, 3, 5] and saved["short_episodes"] == [4] and saved["min_frames"] == 6
+    assert sorted({t["episode"] for t in saved["traces"]}) == saved["episodes"]
+
+
+def test_probe_plot_is_readable(tmp_path):
+    """At least 800 px wide for two quantities, R^2 to 3 decimals (0.998 is not rounded to 1.00)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(50, 2))
+    res = {"test": {"true": true, "linear": true, "mlp": true},
+           **{k: {q: {"r2": 0.998, "pearson": 0.999, "mse": 0.01} for q in ("x", "y")} for k in ("linear", "mlp")}}
+    titles = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.set_title
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matplotlib.axes.Axes, "set_title",
+                   lambda ax, text, **kw: titles.append(text) or original(ax, text, **kw))
+        path = plot_probe({"env": "two_room", "quantities": ["x", "y"], "models": {"trained": res}}, tmp_path / "p.png")
+    assert Image.open(path).size[0] >= 800
+    assert titles and all("trained 0.998" in t for t in titles)
+
+
 # ---- latent map -----------------------------------------------------------------------------------------------------
 def test_latent_map_and_cli(data, checkpoint, tmp_path, capsys):
     result = latent_map(checkpoint, data, quantity="agent_y", method="pca", highlight=2)

@@ -203,6 +203,25 @@ def test_writer_rejects_foreign_files(tmp_path):
         collect("two_room", 1, path, append=True, **SMALL)
 
 
+@pytest.mark.parametrize("column", ["pixels", "action", "state", "episode_lengths", "proprio_sum"])
+def test_a_lewm_file_missing_a_column_names_it(tmp_path, capsys, column):
+    path = _synthetic(tmp_path / "syn.h5")
+    with h5py.File(path, "r+") as f:
+        del f[column]
+    message = f"{path} is a lewm_fast episode file (format_version attribute) but has no '{column}' column; it holds "
+    with pytest.raises(EpisodeFileError, match=re.escape(message)):
+        SequenceDataset(path)
+    with pytest.raises(EpisodeFileError, match=re.escape(message)):
+        load_episode(path, 0)
+    with pytest.raises(EpisodeFileError, match=re.escape(message)):
+        EpisodeWriter.append(path, attrs={})
+    from lewm_fast.cli.data import main as data_main
+
+    assert data_main(["convert", f"in={path}", f"out={tmp_path / 'out.h5'}", "to=swm", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lewm-data: error: {message}") and err.count("\n") == 1
+
+
 # ---- dataset ------------------------------------------------------------------------------------------------------
 def _synthetic(path: Path, lengths=(21, 17, 10), image_size=8) -> Path:
     """Episodes whose step t (global index) has pixels == t % 256, action (t, 100 + t), proprio (t,), state (t, -t)."""

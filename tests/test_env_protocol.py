@@ -185,6 +185,93 @@ def test_reacher_success_is_qpos_match_unless_asked():
         make("reacher", success="distance")
 
 
+class SwmReacherStandIn:
+    """stable-worldmodel 0.1.1's ``swm/ReacherDMControl-v0`` with ``task='qpos_match'`` as far as stepping and success
+    go, written for these tests: ``ReacherQPosMatchTask`` (``custom_tasks/reacher.py``: ``get_termination`` is 0.0 when
+    every ``|qpos - target_qpos| < 0.05``), the suite's Physics in a ``control.Environment`` (time limit 20 s) under
+    ``action_scale.Wrapper(-1, 1)`` (``reacher.py`` ``compile_model``), ``DMControlWrapper.set_state`` and
+    ``DMControlWrapper.step`` (``dmcontrol.py``): ``action_repeat`` 2 physics steps, stopping at the first for which
+    ``_is_terminated`` holds (``step.last()`` and a termination), which returns ``terminated=True``."""
+
+    def __init__(self) -> None:
+        from dm_control.rl import control
+        from dm_control.suite import reacher
+        from dm_control.suite.wrappers import action_scale
+
+        class ReacherQPosMatchTask(reacher.Reacher):
+            def __init__(self, target_size, random=None, qpos_threshold=0.05):
+                super().__init__(target_size=target_size, random=random)
+                self.target_qpos, self.qpos_threshold = None, qpos_threshold
+
+            def get_termination(self, physics):
+                if self.target_qpos is None:
+                    return None
+                return 0.0 if np.all(np.abs(physics.data.qpos - self.target_qpos) < self.qpos_threshold) else None
+
+        physics = reacher.Physics.from_xml_string(*reacher.get_model_and_assets())
+        env = control.Environment(physics, ReacherQPosMatchTask(target_size=0.015, random=0), time_limit=20)
+        self.env = action_scale.Wrapper(env, minimum=-1.0, maximum=1.0)
+        self.action_repeat = 2
+        self.sub_steps: list[int] = []  # physics steps each action ran
+
+    def reset(self, qpos: np.ndarray, qvel: np.ndarray, target_qpos: np.ndarray | None) -> None:
+        self.env.reset()
+        physics = self.env.physics
+        physics.data.qpos[:], physics.data.qvel[:] = qpos, qvel
+        physics.forward()
+        self.env.task.target_qpos = None if target_qpos is None else np.asarray(target_qpos, dtype=np.float64)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
+        """-> (qpos and qvel after the action, terminated)."""
+        action = action.astype(self.env.action_spec().dtype)
+        terminated, runs = False, 0
+        for _ in range(self.action_repeat):
+            step = self.env.step(action)
+            runs += 1
+            if step.last() and self.env.task.get_termination(self.env.physics) is not None:
+                terminated = True
+                break
+        self.sub_steps.append(runs)
+        data = self.env.physics.data
+        return np.concatenate([data.qpos, data.qvel]), terminated
+
+
+@_needs("dm_control")
+def test_reacher_success_is_judged_after_each_physics_sub_step_as_in_stable_worldmodel():
+    """Goals placed at physics sub-steps of a random-torque rollout (half of them the first sub-step of an action, near
+    the goal's threshold): lewm_fast's Reacher ends the action where stable-worldmodel's does, with the same state and
+    ``terminated`` flag after every action; judging only after both sub-steps would miss some of these successes."""
+    ours, swm = make("reacher", image_size=16), SwmReacherStandIn()
+    rng = np.random.default_rng(0)
+    first_sub_step_successes = 0
+    for episode in range(12):
+        obs, _ = ours.reset(seed=episode)
+        start, actions = obs["state"], rng.uniform(-1, 1, size=(30, 2)).astype(np.float32)
+        swm.reset(start[:2], start[2:4], None)  # the rollout's physics sub-steps, no goal
+        visited = []
+        for a in actions:
+            for _ in range(2):
+                swm.env.step(a.astype(np.float64))
+                visited.append(swm.env.physics.data.qpos.copy())
+        goal_qpos = visited[10 + episode] + rng.choice([-1, 1], size=2) * 0.045  # sub-step 11 + episode: odd/even
+        goal = np.concatenate([goal_qpos, np.zeros(2), start[4:6]])
+        swm.reset(start[:2], start[2:4], goal_qpos)
+        ours.set_state(start)
+        ours.set_goal_state(goal)
+        for a in actions:
+            expected, swm_ended = swm.step(a)
+            obs, _, terminated, _, _ = ours.step(a)
+            np.testing.assert_allclose(obs["state"][:4], expected, rtol=0, atol=1e-12)
+            assert terminated == swm_ended == ours.is_success(obs["state"], goal)
+            if swm_ended:
+                first_sub_step_successes += swm.sub_steps[-1] == 1
+                break
+        assert swm_ended, episode
+    assert first_sub_step_successes >= 3
+    obs, _ = ours.reset(seed=0)  # reset clears the goal: no early end
+    assert not any(ours.step(np.zeros(2, np.float32))[2] for _ in range(3))
+
+
 @_needs("dm_control")
 def test_reacher_target_is_hidden_unless_asked():
     state = np.array([0.0, 0.0, 0.0, 0.0, -0.15, 0.1])  # the target away from the arm

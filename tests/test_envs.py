@@ -338,27 +338,78 @@ def test_cube_expert_picks_up_the_cube(name):
         e.close()
 
 
-@pytest.mark.parametrize("name", [p for p in ENV_PARAMS if p.values[0] in ("reacher", "cube")])
-def test_triton_loads_after_mujoco_rendered(name):
+# what the process imports before lewm_fast.envs.make: lewm_fast.envs alone, triton, mujoco, dm_control (whose import
+# makes an EGL display: Mesa's libLLVM is then loaded), or lewm_fast.envs and then dm_control
+IMPORT_ORDERS = {
+    "envs": "import lewm_fast.envs\n",
+    "triton": "import triton\n",
+    "mujoco": "import mujoco\n",
+    "dm_control": "from dm_control import suite\n",
+    "envs_then_dm_control": "import lewm_fast.envs\nfrom dm_control import suite\n",
+}
+RUN_TRITON_KERNEL = (
+    "import torch, triton, triton.language as tl\n"
+    "torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])\n"
+    "@triton.jit\n"
+    "def double(x_ptr, BLOCK: tl.constexpr):\n"
+    "    offs = tl.arange(0, BLOCK)\n"
+    "    tl.store(x_ptr + offs, tl.load(x_ptr + offs) * 2)\n"
+)
+
+
+def _gl_env(**extra: str) -> dict:
+    """The test process's environment with a headless backend named (MUJOCO_GL=egl unless set): a process that
+    imports mujoco or dm_control before lewm_fast must choose one itself (lewm_fast refuses to guess afterwards)."""
+    return {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), **extra}
+
+
+@pytest.mark.parametrize("name, first", [
+    *[pytest.param(*p.values, order, marks=p.marks, id=f"{p.values[0]}-{order}")
+      for p in ENV_PARAMS if p.values[0] == "reacher" for order in IMPORT_ORDERS],
+    *[pytest.param(*p.values, "envs", marks=p.marks, id="cube-envs") for p in ENV_PARAMS if p.values[0] == "cube"],
+])
+def test_triton_loads_after_mujoco_rendered(name, first):
     """Mesa's software OpenGL loads the system libLLVM; a libtriton.so loaded after it used to bind its LLVM to that
-    one and die with SIGSEGV (collect Reacher data, then torch.optim / a Triton kernel in the same process). The
-    MuJoCo environments load triton before they create their renderer. Fresh process: triton not yet imported."""
+    one and die with SIGSEGV (collect Reacher data, then torch.optim / a Triton kernel in the same process; or
+    ``from dm_control import suite`` first, then ``lewm_fast.envs.make('reacher')``). Fresh process per import order:
+    make the env, render, then run a Triton kernel (interpreter: no GPU here)."""
     pytest.importorskip("triton")
+    if first in ("dm_control", "envs_then_dm_control"):
+        pytest.importorskip("dm_control")
     code = (
-        "import lewm_fast.envs as envs\n"
+        IMPORT_ORDERS[first] + "import lewm_fast.envs as envs\n"
         f"e = envs.make({name!r}, image_size=32, seed=0, **{FAST.get(name, {})!r})\n"
         "e.reset(); assert e.render().shape == (32, 32, 3)\n"
-        "import torch, triton, triton.language as tl\n"
-        "torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))])\n"
-        "@triton.jit\n"
-        "def double(x_ptr, BLOCK: tl.constexpr):\n"
-        "    offs = tl.arange(0, BLOCK)\n"
-        "    tl.store(x_ptr + offs, tl.load(x_ptr + offs) * 2)\n"
+        + RUN_TRITON_KERNEL +
         "x = torch.ones(16)\n"
         "double[(1,)](x, BLOCK=16)\n"
         "assert bool((x == 2).all())\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}  # no GPU here: the kernel runs in the interpreter, after the import
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=_gl_env(TRITON_INTERPRET="1"))
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.returncode, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("name", [p for p in ENV_PARAMS if p.values[0] == "reacher"])
+def test_triton_compiles_after_dm_control_loaded_mesa(tmp_path, name):
+    """With Mesa's libLLVM loaded first, lewm_fast loads libtriton.so with RTLD_DEEPBIND: Triton's own LLVM must still
+    compile (a kernel to sm_90 PTX and cubin, ahead of time: no GPU needed)."""
+    pytest.importorskip("triton")
+    pytest.importorskip("dm_control")
+    code = (
+        IMPORT_ORDERS["dm_control"] + "import lewm_fast.envs as envs\n"
+        f"envs.make({name!r}, image_size=32, seed=0).reset()\n"
+        + RUN_TRITON_KERNEL +
+        "from triton.backends.compiler import GPUTarget\n"
+        "from triton.compiler import ASTSource\n"
+        "k = triton.compile(ASTSource(double, {'x_ptr': '*fp32', 'BLOCK': 'constexpr'}, {'BLOCK': 16}),\n"
+        "                   target=GPUTarget('cuda', 90, 32))\n"
+        "assert 'st.global' in k.asm['ptx'] and len(k.asm['cubin']) > 0\n"
+        "print('ok')\n"
+    )
+    script = tmp_path / "compile_after_mesa.py"  # compiled @triton.jit functions must live in a file
+    script.write_text(code)
+    env = {k: v for k, v in _gl_env().items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.returncode, result.stderr[-2000:])

@@ -124,6 +124,24 @@ def test_cpu_float64_matches_reference_tightly():
 
 
 @needs_csrc
+def test_cpu_results_do_not_depend_on_the_thread_count():
+    """Each parallel task of the C++ op owns its outputs, so the op may run a region on fewer threads (it does while the
+    machine is oversubscribed) without changing a bit: sums and gradients on 1 and 2 threads are equal."""
+    z, A = _inputs((4, 128, 192, 1024), seed=6)  # above the size where the op goes parallel
+    t = sigreg_knots()[0]
+    grad = torch.randn(2, 4, 1024, len(t), generator=torch.Generator().manual_seed(7))
+    results, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append((torch.ops.lewm_fast.sigreg_sums(z, A, t),
+                            torch.ops.lewm_fast.sigreg_sums_backward(grad, z, A, t)))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+@needs_csrc
 def test_cpu_op_gradcheck_float64():
     z, A = _inputs((2, 6, 5, 7), seed=5)
     z, A = z.double().requires_grad_(True), A.double()

@@ -287,7 +287,7 @@ def test_missing_or_misshapen_columns(tmp_path, swm_file):
 @pytest.mark.parametrize("ep_len, ep_offset, rows, message", [
     ([10, 10, 10], [0, 5, 20], 30, (r"ep_offset disagrees with ep_len: episode 1 starts at row 5 \(ep_offset\[1\]\) "
                                    r"inside episode 0, rows 0..9 \(ep_offset\[0\]=0, ep_len\[0\]=10\)")),
-    ([10, 10, 10], [0, 10], 30, "ep_len has 3 rows but ep_offset has 2"),
+    ([10, 10, 10], [0], 30, "ep_len has 3 rows but ep_offset has 1"),
     ([10, -1], [0, 10], 30, r"episode 1 has ep_len\[1\]=-1; ep_len must be >= 0"),
     ([10, 10], [0, -4], 30, r"episode 1 has ep_offset\[1\]=-4"),
     ([10, 25], [0, 10], 30, (r"episode 1 covers rows 10..34 \(ep_offset\[1\]=10, ep_len\[1\]=25\) but column "
@@ -299,6 +299,69 @@ def test_bad_episode_index(tmp_path, ep_len, ep_offset, rows, message):
     with pytest.raises(EpisodeFileError, match=message):
         SequenceDataset(path, num_frames=1, frameskip=1)
     assert data_main(["convert", f"in={path}", f"out={tmp_path / 'x.h5'}", "to=lewm", "env=a", "progress=false"]) == 2
+
+
+def test_a_killed_stable_worldmodel_writer_leaves_an_uncommitted_ep_len_row(tmp_path):
+    """stable-worldmodel's HDF5Writer grows ep_len before ep_offset: killed between the two, its file holds one more
+    ep_len row (the last episode's rows written). That episode is ignored, like the extra ep_offset row lewm-collect's
+    writer can leave (stable-worldmodel's own HDF5Dataset lists its windows and fails with an IndexError on them)."""
+    killed = write_swm(tmp_path / "killed.h5")
+    with h5py.File(killed, "r+") as f:
+        f["ep_offset"].resize(len(LENGTHS) - 1, axis=0)
+    committed = write_swm(tmp_path / "committed.h5", lengths=LENGTHS[:-1])  # same seed: the same first episodes
+    for frameskip, num_steps in ((1, 2), (5, 3)):
+        ds = SequenceDataset(killed, num_frames=num_steps, frameskip=frameskip)
+        assert ds.layout.num_episodes == len(LENGTHS) - 1
+        assert_same_windows(ds, swm_reference_items(committed, frameskip, num_steps))
+    out = convert(killed, tmp_path / "k.h5", "lewm", env="two_room", progress=False)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["episode_lengths"][:], LENGTHS[:-1])
+
+
+def test_one_process_reads_a_file_with_stable_worldmodel_and_lewm_fast(tmp_path, swm_file):
+    """HDF5 opens a file twice in one process only with the same SWMR flag; stable-worldmodel's HDF5Dataset opens with
+    ``h5py.File(path, 'r', swmr=True, rdcc_nbytes=256 MiB)``. lewm_fast's readers open read-only files in SWMR mode
+    too, and fall back to a plain open when this process already holds the file open without it."""
+
+    def swm_open(path: Path) -> h5py.File:  # HDF5Dataset._open_h5 of a local path
+        return h5py.File(path, "r", swmr=True, rdcc_nbytes=256 * 1024 * 1024)
+
+    reference = swm_reference_items(swm_file, 1, 2)[0]
+    ds = SequenceDataset(swm_file, num_frames=2, frameskip=1)
+    ds[0]  # lewm_fast's handle is open ...
+    with swm_open(swm_file) as f:  # ... then stable-worldmodel's
+        np.testing.assert_array_equal(f["pixels"][0:2], reference["pixels"])
+    with swm_open(swm_file) as f:  # stable-worldmodel's first, then lewm_fast's
+        fresh = SequenceDataset(swm_file, num_frames=2, frameskip=1)
+        torch.testing.assert_close(fresh[0]["pixels"], ds[0]["pixels"], rtol=0, atol=0)
+        assert f["ep_len"].shape == (len(LENGTHS),)
+    plain = write_swm(tmp_path / "plain.h5")
+    with h5py.File(plain, "r") as f:  # a plain read-only handle opened first
+        assert read_layout(f).num_episodes == len(LENGTHS)
+        assert len(SequenceDataset(plain, num_frames=2, frameskip=1)[0]["pixels"]) == 2
+        assert load_episode(plain, 0)["action"].shape == (LENGTHS[0], 2)
+
+
+def test_nan_actions_inside_episodes_are_found(tmp_path):
+    path = write_swm(tmp_path / "nan.h5")
+    with h5py.File(path, "r+") as f:
+        starts = f["ep_offset"][:]
+        for episode, step, dim in ((0, 3, 1), (0, 7, 0), (4, 0, 0), (4, 19, 1)):  # (4, 19): episode 4's last step
+            f["action"][starts[episode] + step, dim] = np.nan
+    with h5py.File(path, "r") as f:
+        layout = read_layout(f)
+        found = lewm_fast.data.find_nan_actions(f, layout)
+        stats, once = lewm_fast.data.read_stats_and_nan_actions(f, layout)  # one pass over the actions
+        expected = read_layout_stats(f, layout)
+    assert once == found and all(np.array_equal(getattr(stats, k), getattr(expected, k)) for k in vars(expected))
+    assert found.episodes == (0, 4) and found.counts == (2, 1) and found.steps == 3
+    assert found.first == ((0, 3), (0, 7), (4, 0))
+    assert found.describe() == (f"{path} holds 3 NaN action step(s) before the last step of 2 episode(s) (episode 0 "
+                                "step 3, episode 0 step 7, episode 4 step 0)")
+    ds = SequenceDataset(path, num_frames=1, frameskip=5)  # read as NaN, as stable-worldmodel's HDF5Dataset does
+    assert torch.isnan(ds[0]["action"]).sum() == 1 and not torch.isnan(ds[8]["action"]).any()  # steps 0..4, 8..12
+    with h5py.File(write_swm(tmp_path / "clean.h5"), "r") as f:
+        assert not lewm_fast.data.find_nan_actions(f, read_layout(f))
 
 
 UNAVAILABLE_FILTER = """

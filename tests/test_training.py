@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -406,6 +407,50 @@ def test_opening_a_file_that_is_not_hdf5_names_it(tmp_path, capsys):
         SequenceDataset(bad)
     assert train_main([f"data.path={bad}", f"out={tmp_path / 'run'}"]) == 2
     assert f"cannot open {bad}" in capsys.readouterr().err
+
+
+def test_nan_actions_inside_episodes_are_reported_once_or_refused(tmp_path, two_room_h5, capsys):
+    """stable-worldmodel's convention (its training replaces NaN actions by 0) by default, reported once with the file,
+    episodes and steps; data.nan_actions=error refuses the file in one line."""
+    import shutil
+
+    import h5py
+
+    from lewm_fast.training import open_datasets
+
+    path = tmp_path / "nan.h5"
+    shutil.copy(two_room_h5, path)
+    with h5py.File(path, "r+") as f:
+        start = int(f["episode_starts"][1])
+        f["action"][start + 6] = np.nan
+    train, _ = open_datasets(cfg_for(tmp_path, data_path=path))
+    out = capsys.readouterr().out
+    assert out == (f"note: {path} holds 1 NaN action step(s) before the last step of 1 episode(s) (episode 1 step 6); "
+                   "they are read as 0, as stable-worldmodel's training does (data.nan_actions=error refuses such a "
+                   "file)\n")
+    open_datasets(cfg_for(tmp_path, data_path=two_room_h5))
+    assert capsys.readouterr().out == ""
+    assert train_main([f"data.path={path}", f"out={tmp_path / 'run'}", *TINY, "data.nan_actions=error"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lewm-train: error: {path} holds 1 NaN action step(s)") and err.count("\n") == 1
+    assert "data.nan_actions=error refuses such a file" in err and not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"data.nan_actions must be one of \['zero', 'error'\]"):
+        compose_train_config(["data.nan_actions=skip"])
+
+
+def test_a_lewm_file_without_its_pixels_column_is_one_line(tmp_path, two_room_h5, capsys):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "no_pixels.h5"
+    shutil.copy(two_room_h5, path)
+    with h5py.File(path, "r+") as f:
+        del f["pixels"]
+    assert train_main([f"data.path={path}", f"out={tmp_path / 'run'}", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lewm-train: error: {path} is a lewm_fast episode file (format_version attribute) but has "
+                          "no 'pixels' column") and err.count("\n") == 1
 
 
 # ---------------------------------------------------------------------------------------------------- held-out loss

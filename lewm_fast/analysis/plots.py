@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 TEAL, RED, GREY = "#009688", "#d32f2f", "#9e9e9e"
+DPI = 120  # a 3.4-inch panel is 408 px wide
 MODEL_COLOURS = {"trained": TEAL, "random": GREY}
 
 
@@ -22,7 +23,7 @@ def _figure(rows: int, cols: int, width: float, height: float):
     return plt, fig, axes
 
 
-def _save(plt, fig, path: str | os.PathLike, dpi: int = 80) -> Path:
+def _save(plt, fig, path: str | os.PathLike, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -33,9 +34,9 @@ def _save(plt, fig, path: str | os.PathLike, dpi: int = 80) -> Path:
 
 def plot_probe(result: dict[str, Any], path: str | os.PathLike, max_points: int = 250) -> Path:
     """Predicted vs true test values of every quantity (columns) for the linear and MLP probes (rows), the trained
-    model's in teal and the random baseline's in grey, test R^2 in each title."""
+    model's in teal and the random baseline's in grey, test R^2 (3 decimals) in each title."""
     names, models = result["quantities"], result["models"]
-    plt, fig, axes = _figure(2, len(names), 2.4, 2.4)
+    plt, fig, axes = _figure(2, len(names), 3.4, 3.4)
     rng = np.random.default_rng(0)
     for row, kind in enumerate(("linear", "mlp")):
         for col, name in enumerate(names):
@@ -44,13 +45,14 @@ def plot_probe(result: dict[str, Any], path: str | os.PathLike, max_points: int 
                 true, pred = res["test"]["true"][:, col], res["test"][kind][:, col]
                 keep = rng.permutation(len(true))[:max_points]
                 ax.scatter(true[keep], pred[keep], s=3, alpha=0.5, color=MODEL_COLOURS.get(model, RED), label=model)
-                titles.append(f"{model} {res[kind][name]['r2']:.2f}")
+                titles.append(f"{model} {res[kind][name]['r2']:.3f}")
             true = models["trained"]["test"]["true"][:, col]
             ax.plot([true.min(), true.max()], [true.min(), true.max()], "k--", lw=0.8)
-            ax.set_title(f"{name} ({kind})\nR² " + ", ".join(titles), fontsize=8)
-            ax.tick_params(labelsize=6)
-    axes[0, 0].legend(fontsize=6, markerscale=3)
-    fig.suptitle(f"{result['env']}: probes of the frozen latents\non test episodes (x: true, y: predicted)", fontsize=9)
+            ax.set_title(f"{name} ({kind})\nR² " + ", ".join(titles), fontsize=10)
+            ax.tick_params(labelsize=9)
+    axes[0, 0].legend(fontsize=9, markerscale=3)
+    fig.suptitle(f"{result['env']}: probes of the frozen latents\non test episodes (x: true, y: predicted)",
+                 fontsize=11)
     return _save(plt, fig, path)
 
 
@@ -68,7 +70,7 @@ def plot_surprise(result: dict[str, Any], path: str | os.PathLike, per_kind: int
         ax.axvline(0, color="k", ls="--", lw=0.8)
         ax.set_yscale("log")
         d = result["kinds"][kind]
-        ax.set_title(f"{kind}: AUROC {d['auroc']:.2f}, event ×{d['ratio']:.1f}", fontsize=9)
+        ax.set_title(f"{kind}: AUROC {d['auroc']:.3f}, event ×{d['ratio']:.1f}", fontsize=9)
         ax.set_xlabel("frames from the event", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("surprise ||pred - enc||²", fontsize=8)

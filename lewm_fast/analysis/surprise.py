@@ -70,9 +70,11 @@ def _block_actions(actions: np.ndarray, frames: int, codec: ActionCodec) -> torc
 def surprise(model: ModelSource, data: str, *, env: str | None = None, episodes: int | list[int] | None = 8,
              kinds: Sequence[str] = KINDS, after: int = 6, seed: int = 0, device: str | None = None) -> dict[str, Any]:
     """Surprise traces of the first ``episodes`` episodes of ``data`` (or those listed), clean and with each
-    perturbation kind planted at an event frame (``after`` frames are simulated past it). -> {"env", "frameskip",
-    "kinds": {kind: detection(...)}, "overall": detection over all kinds, "skipped": {kind: why}, "traces": [{"episode",
-    "kind", "event", "clean" (F,), "perturbed" (<= event + after + 1,)}]}."""
+    perturbation kind planted at an event frame (``after`` frames are simulated past it). Episodes with fewer than
+    ``history_size + 3`` frames (``frameskip`` steps apart) are left out. -> {"env", "frameskip", "episodes": the
+    episodes used, "short_episodes": those left out, "min_frames", "kinds": {kind: detection(...)}, "overall": detection
+    over all kinds, "skipped": {kind: why it is not built}, "traces": [{"episode", "kind", "event", "clean" (F,),
+    "perturbed" (<= event + after + 1,)}]}."""
     from .. import envs
 
     inputs = load_inputs(model, data, episodes, env, device)
@@ -97,10 +99,13 @@ def surprise(model: ModelSource, data: str, *, env: str | None = None, episodes:
         return surprise_trace(net, to_model_input(frames, size).to(where), blocks)
 
     traces: list[dict[str, Any]] = []
+    min_frames, used, short = net.history_size + 3, [], []
     for episode, frames, actions, states in zip(eps.ids, eps.frames, eps.action, eps.state):
         frames, frame_states = frames[::frameskip], states[::frameskip]
-        if len(frames) < net.history_size + 3:
+        if len(frames) < min_frames:
+            short.append(episode)
             continue
+        used.append(episode)
         clean = trace(frames, actions)
         for kind, p in chosen.items():
             if p is None:
@@ -110,13 +115,14 @@ def surprise(model: ModelSource, data: str, *, env: str | None = None, episodes:
             traces.append({"episode": episode, "kind": kind, "event": event, "clean": clean,
                            "perturbed": trace(np.concatenate([frames[:event], tail]), actions)})
     if not traces:
-        raise ValueError(f"no episode of {eps.path} has the {net.history_size + 3} frames ({frameskip} steps apart) "
+        raise ValueError(f"no episode of {eps.path} has the {min_frames} frames ({frameskip} steps apart) "
                          "a surprise trace needs")
 
     def detect(rows: list[dict[str, Any]]) -> dict[str, float]:
         return detection([(r["perturbed"], r["event"]) for r in rows], [r["clean"] for r in rows])
 
-    return {"env": name, "data": str(eps.path), "frameskip": frameskip, "episodes": eps.ids,
+    return {"env": name, "data": str(eps.path), "frameskip": frameskip, "episodes": used, "short_episodes": short,
+            "min_frames": min_frames,
             "kinds": {k: detect([r for r in traces if r["kind"] == k]) for k, p in chosen.items() if p is not None},
             "overall": detect(traces),
             "skipped": {k: SKIPPED.get((name, k), "not built for this env") for k, p in chosen.items() if p is None},

@@ -107,7 +107,11 @@ def run_surprise(cfg) -> Outcome:
     kwargs = _common(cfg)
     result = surprise(cfg.checkpoint, cfg.data, kinds=_names(cfg, "kinds") or [], after=require_int(cfg, "after"),
                       **kwargs)
-    lines = [f"{result['env']}: surprise on {len(result['episodes'])} episodes (frameskip {result['frameskip']})"]
+    used, short = len(result["episodes"]), len(result["short_episodes"])
+    lines = [f"{result['env']}: surprise on {used} episodes (frameskip {result['frameskip']})"]
+    if short:
+        lines[0] += (f"; left out {short} of the {used + short} episodes read (fewer than {result['min_frames']} "
+                     f"frames): {', '.join(map(str, result['short_episodes']))}")
     lines += [f"  {k:<13} AUROC {d['auroc']:.3f}  event / clean surprise x{d['ratio']:.1f}  ({d['events']} events)"
               for k, d in [*result["kinds"].items(), ("all kinds", result["overall"])]]
     return result, lines + [f"  {k:<13} skipped: {why}" for k, why in result["skipped"].items()]

@@ -20,11 +20,13 @@ from .layout import (
     read_layout,
     read_layout_stats,
 )
+from .nan_actions import NanActions, find_nan_actions, read_stats_and_nan_actions
 from .splits import split_episodes
 from .swm_format import SwmEpisodeWriter
 
 __all__ = [
     "ActionCodec", "DEFAULT_EPISODE_LEN", "EpisodeFileError", "EpisodeLayout", "EpisodeReadError", "EpisodeWriter",
-    "SequenceDataset", "Stats", "SwmEpisodeWriter", "collect", "convert", "detect_layout", "episode_seeds",
-    "load_episode", "read_index", "read_layout", "read_layout_stats", "read_stats", "rollout", "split_episodes",
+    "NanActions", "SequenceDataset", "Stats", "SwmEpisodeWriter", "collect", "convert", "detect_layout",
+    "episode_seeds", "find_nan_actions", "load_episode", "read_index", "read_layout", "read_layout_stats", "read_stats",
+    "read_stats_and_nan_actions", "rollout", "split_episodes",
 ]

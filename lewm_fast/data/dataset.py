@@ -52,6 +52,11 @@ class SequenceDataset(Dataset):
     - ``proprio`` float32 (T, P): normalised proprioception at the T frames (P = 0 when the file has none);
     - ``state``   float64 (T, S): raw simulator states at the T frames (for probes and evaluation; S = 0 when none).
 
+    NaN actions are passed through as NaN wherever the file stores them. A file may also hold NaN actions before an
+    episode's last step (a recording problem): they are read as NaN too, and the training loss reads them as 0, as
+    stable-worldmodel's training does (``torch.nan_to_num``); ``lewm_fast.data.find_nan_actions`` lists them
+    (``lewm-train`` reports them once, and refuses such a file with ``data.nan_actions=error``).
+
     Normalisation uses the statistics of all the file's episodes (``stats``; lewm_fast files store them, for
     stable-worldmodel files they are streamed from the action and proprio columns): ``(x - mean) / std``, std floored
     to 1 for constant dimensions; actions by ``action_codec``, the ``ActionCodec`` evaluation acts with. Windows never
@@ -59,8 +64,8 @@ class SequenceDataset(Dataset):
 
     - lewm_fast files: every start with all T frames inside one episode. The last action block may run past the
       episode's final frame; those entries (and the file's NaN action after the final frame) are NaN, as in the LeWM
-      loader — the training loss replaces NaN actions with 0. Only the last frame's block can hold NaN, and LeWM's
-      predictor never consumes it;
+      loader — the training loss replaces NaN actions with 0, and LeWM's predictor never consumes the last frame's
+      block;
     - stable-worldmodel files: exactly ``stable_worldmodel.data.HDF5Dataset(frameskip, num_steps=num_frames)``'s
       windows (same count, order, frames and actions): every start with all ``num_frames * frameskip`` steps inside one
       episode; episodes shorter than that give none.

@@ -46,6 +46,9 @@ COMPRESSIONS = ("gzip", "lzf")
 STEP_KEYS = ("pixels", "action", "proprio", "state")
 MOMENT_KEYS = ("action", "proprio")
 STD_FLOOR = 1e-6
+EPISODE_KEYS = ("episode_starts", "episode_lengths", "episode_seeds", "episode_expert")
+LAYOUT_DATASETS = (*STEP_KEYS, *EPISODE_KEYS,
+                   *(f"{key}_{suffix}" for key in MOMENT_KEYS for suffix in ("count", "sum", "sumsq")))
 
 
 class EpisodeFileError(ValueError):
@@ -70,13 +73,27 @@ def register_hdf5plugin() -> bool:
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     """``h5py.File(path, mode)``, with an EpisodeFileError naming the file when it cannot be opened (not HDF5,
     truncated, locked by a writer); HDF5's own message ("file signature not found") does not name it. Registers the
-    ``hdf5plugin`` filters first when that package is installed."""
+    ``hdf5plugin`` filters first when that package is installed.
+
+    Read-only files are opened in SWMR read mode, as stable-worldmodel's ``HDF5Dataset`` opens them: HDF5 lets one
+    process open a file twice only with the same SWMR flag, so this process can then also read it with
+    stable-worldmodel (or with plain ``h5py.File(path, "r")``). A file this process already holds open without SWMR
+    (a plain ``h5py.File(path, "r")`` opened first) is opened the same way."""
     register_hdf5plugin()
     try:
-        return h5py.File(path, mode)
+        return _open_read(path) if mode == "r" else h5py.File(path, mode)
     except OSError as exc:
         reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
         raise EpisodeFileError(f"cannot open {path} as an HDF5 episode file ({reason}); was it written by lewm-collect?") from None
+
+
+def _open_read(path: str | os.PathLike) -> h5py.File:
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as exc:
+        if "SWMR read access flag not the same" not in str(exc):
+            raise
+        return h5py.File(path, "r")  # already open in this process without SWMR
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,16 @@ def mean_std(count: float, total: np.ndarray, total_sq: np.ndarray) -> tuple[np.
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean, np.where(std < STD_FLOOR, 1.0, std)
+
+
+def check_datasets(f: h5py.File) -> None:
+    """EpisodeFileError naming the file and the first dataset of the layout it lacks (every one is written at
+    creation, so only a file edited by hand or by another tool misses one)."""
+    for key in LAYOUT_DATASETS:
+        if not isinstance(f.get(key), h5py.Dataset):
+            raise EpisodeFileError(f"{f.filename} is a lewm_fast episode file (format_version attribute) but has no "
+                                   f"{key!r} column; it holds {', '.join(sorted(f.keys())) or 'nothing'}. Re-collect "
+                                   "it (lewm-collect) or convert the file it came from (lewm-data convert)")
 
 
 def committed_episodes(f: h5py.File) -> int:
@@ -208,6 +235,7 @@ class EpisodeWriter(EpisodeWriterBase):
     def __init__(self, f: h5py.File) -> None:
         super().__init__(f)
         self.num_episodes = committed_episodes(f)
+        check_datasets(f)
         starts, lengths = read_index(f)
         self.num_steps = int(starts[-1] + lengths[-1]) if len(starts) else 0
 
@@ -231,8 +259,7 @@ class EpisodeWriter(EpisodeWriterBase):
             for key, dim, dtype in (("action", action_dim, np.float32), ("proprio", proprio_dim, np.float32),
                                     ("state", state_dim, np.float64)):
                 f.create_dataset(key, (0, dim), dtype, **_growable(dim, LOWDIM_CHUNK), **opts)
-            for key, dtype in (("episode_starts", np.int64), ("episode_lengths", np.int64),
-                               ("episode_seeds", np.int64), ("episode_expert", np.int8)):
+            for key, dtype in zip(EPISODE_KEYS, (np.int64, np.int64, np.int64, np.int8), strict=True):
                 f.create_dataset(key, (0,), dtype, maxshape=(None,), chunks=(1024,))
             for key, dim in (("action", action_dim), ("proprio", proprio_dim)):
                 f.create_dataset(f"{key}_count", (0,), np.float64, maxshape=(None,), chunks=(1024,))

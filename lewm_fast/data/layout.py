@@ -22,6 +22,7 @@ from .h5format import (
     EpisodeFileError,
     EpisodeWriter,
     Stats,
+    check_datasets,
     open_h5,
     read_index,
     read_stats,
@@ -129,6 +130,7 @@ def read_layout(
         if mapping != DEFAULT_COLUMNS:
             raise EpisodeFileError(f"{f.filename} is a lewm_fast episode file: its columns are always "
                                    f"{', '.join(ROLES)}; a column mapping applies to stable-worldmodel files only")
+        check_datasets(f)
         starts, lengths = read_index(f)
     else:
         starts, lengths = read_swm_index(f)

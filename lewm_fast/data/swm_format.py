@@ -12,13 +12,16 @@ compressed (gzip level 4 or lzf), the one-row chunks of the other columns stored
 attributes ``env``, ``image_size`` and lewm-collect's settings. Commit protocol: an episode's rows are written and
 flushed, then its ``ep_offset`` row, then its ``ep_len`` row, the commit record. Readers (this one and
 stable-worldmodel's) take ``len(ep_len)`` episodes and ignore rows past them, so a killed writer leaves a readable file;
-opening for append drops that unfinished tail.
+opening for append drops that unfinished tail. stable-worldmodel's own ``HDF5Writer`` writes ``ep_len`` before
+``ep_offset`` (and never flushes), so one it leaves killed between the two may hold an ``ep_len`` row without its
+``ep_offset``: this reader ignores that episode too (stable-worldmodel's ``HDF5Dataset`` lists its windows and fails
+with an IndexError on reading them).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -36,6 +39,7 @@ from .h5format import (
 )
 
 INDEX_KEYS = ("ep_len", "ep_offset")
+BlockVisitor = Callable[[int, np.ndarray], None]  # (first row, rows (n, D)) of each block a streaming pass reads
 STATS_BLOCK_ROWS = 1 << 16  # rows read at a time when streaming statistics: memory stays flat in the file size
 
 
@@ -50,14 +54,17 @@ def _index_column(f: h5py.File, key: str) -> np.ndarray:
 def read_swm_index(f: h5py.File) -> tuple[np.ndarray, np.ndarray]:
     """(starts, lengths) int64 (E,) of a stable-worldmodel file's episodes, from ``ep_offset`` / ``ep_len``.
 
-    E is ``len(ep_len)``; one ``ep_offset`` row past it (a writer killed before its commit) is ignored. Lengths and
-    offsets must be >= 0 and episodes must not overlap (EpisodeFileError naming the first bad episode otherwise).
+    E is the rows both index datasets hold: one row past them in either (a writer killed between its two index
+    writes: ``SwmEpisodeWriter`` writes ``ep_offset`` first, stable-worldmodel's ``HDF5Writer`` ``ep_len`` first) is
+    an uncommitted episode and ignored. Lengths and offsets must be >= 0 and episodes must not overlap
+    (EpisodeFileError naming the first bad episode otherwise).
     """
     lengths, offsets = _index_column(f, "ep_len"), _index_column(f, "ep_offset")
-    if len(offsets) not in (len(lengths), len(lengths) + 1):
+    if abs(len(offsets) - len(lengths)) > 1:
         raise EpisodeFileError(f"{f.filename}: ep_len has {len(lengths)} rows but ep_offset has {len(offsets)}; "
                                "both need one row per episode")
-    offsets = offsets[: len(lengths)]
+    count = min(len(lengths), len(offsets))
+    lengths, offsets = lengths[:count], offsets[:count]
     for key, values in (("ep_len", lengths), ("ep_offset", offsets)):
         bad = np.flatnonzero(values < 0)
         if bad.size:
@@ -107,24 +114,31 @@ def _split(lo: int, hi: int, block: int) -> Iterator[tuple[int, int]]:
 
 
 def column_mean_std(
-    f: h5py.File, column: str | None, width: int, starts: np.ndarray, lengths: np.ndarray
+    f: h5py.File, column: str | None, width: int, starts: np.ndarray, lengths: np.ndarray,
+    visit: BlockVisitor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std (float64 (width,), std floored like ``read_stats``) of ``column`` over the episodes'
-    rows, rows holding NaN excluded, streamed ``STATS_BLOCK_ROWS`` rows at a time; column None: empty arrays."""
+    rows, rows holding NaN excluded, streamed ``STATS_BLOCK_ROWS`` rows at a time (``visit`` sees each block); column
+    None: empty arrays."""
     count, total, total_sq = 0.0, np.zeros(width), np.zeros(width)
     if column is not None:
         ds = f[column]
         for lo, hi in row_blocks(starts, lengths):
-            n, s, sq = moments(ds[lo:hi].reshape(hi - lo, width))
+            block = ds[lo:hi].reshape(hi - lo, width)
+            if visit is not None:
+                visit(lo, block)
+            n, s, sq = moments(block)
             count, total, total_sq = count + n, total + s, total_sq + sq
     return mean_std(count, total, total_sq)
 
 
 def stream_stats(
-    f: h5py.File, action: str, proprio: str | None, dims: tuple[int, int], starts: np.ndarray, lengths: np.ndarray
+    f: h5py.File, action: str, proprio: str | None, dims: tuple[int, int], starts: np.ndarray, lengths: np.ndarray,
+    visit_action: BlockVisitor | None = None,
 ) -> Stats:
-    """Normalisation statistics of the ``action`` and ``proprio`` columns (widths ``dims``) over the episodes."""
-    action_mean, action_std = column_mean_std(f, action, dims[0], starts, lengths)
+    """Normalisation statistics of the ``action`` and ``proprio`` columns (widths ``dims``) over the episodes;
+    ``visit_action`` sees each block of actions read."""
+    action_mean, action_std = column_mean_std(f, action, dims[0], starts, lengths, visit_action)
     proprio_mean, proprio_std = column_mean_std(f, proprio, dims[1], starts, lengths)
     return Stats(action_mean, action_std, proprio_mean, proprio_std)
 

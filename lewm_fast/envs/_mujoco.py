@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import sys
@@ -28,17 +29,36 @@ def ensure_headless_gl(strict: bool = True) -> None:
 
 
 def load_triton_before_gl() -> None:
-    """Load Triton's compiler library before an OpenGL context exists in this process (no-op without triton).
+    """Load Triton's compiler library so that it cannot collide with an OpenGL driver's LLVM (no-op without triton,
+    or when triton is already imported).
 
     Mesa's software drivers (EGL, OSMesa or GLX on a machine without a GPU driver: llvmpipe) load the system's
-    ``libLLVM`` into the process's global symbol scope. ``libtriton.so`` links its own LLVM statically, but its symbols
-    are interposable: loaded after Mesa's, its static initialisers bind to the system ``libLLVM`` and crash (SIGSEGV in
-    ``llvm::cl::Option::addArgument`` while Python imports it; torch imports triton too, e.g. for ``torch.optim`` or
-    ``torch.compile``). Loaded first, and locally (Python extensions are ``RTLD_LOCAL``), it binds to its own copy and
-    the driver's ``libLLVM`` to the system one.
+    ``libLLVM`` into the process's global symbol scope when the first display or context is made (dm_control makes one
+    at ``from dm_control import suite``). ``libtriton.so`` links its own LLVM statically, but its symbols are
+    interposable: loaded after Mesa's, its static initialisers bind to the system ``libLLVM`` and crash (SIGSEGV in
+    ``llvm::cl::Option::addArgument`` while Python imports triton; torch imports triton too, e.g. for ``torch.optim`` or
+    ``torch.compile``). So when a ``libLLVM`` is already mapped, ``libtriton.so`` is first loaded with
+    ``RTLD_DEEPBIND`` (its own definitions before the global scope's), and ``import triton`` then reuses that copy;
+    otherwise triton is imported as usual, before any OpenGL context exists, and binds to its own copy anyway.
     """
-    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        importlib.import_module("triton")
+    if "triton" in sys.modules:
+        return
+    spec = importlib.util.find_spec("triton")
+    if spec is None:
+        return
+    library = os.path.join(next(iter(spec.submodule_search_locations or ()), ""), "_C", "libtriton.so")
+    if _llvm_loaded() and hasattr(os, "RTLD_DEEPBIND") and os.path.isfile(library):
+        ctypes.CDLL(library, mode=os.RTLD_NOW | os.RTLD_LOCAL | os.RTLD_DEEPBIND)
+    importlib.import_module("triton")
+
+
+def _llvm_loaded() -> bool:
+    """Whether a shared ``libLLVM`` is mapped into this process (Linux: /proc/self/maps; False elsewhere)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any("/libLLVM" in line for line in maps)
+    except OSError:
+        return False
 
 
 def prepare_rendering() -> None:

@@ -55,9 +55,10 @@ class LeWMEnv(gym.Env, ABC):
 
     Subclasses set ``action_dim``, ``proprio_dim``, ``state_dim`` and implement the simulator hooks. ``truncated`` is
     always False and ``terminated`` is False unless an environment ends its episodes at its own task the way
-    stable-worldmodel's does (Two-Room at its target, see :meth:`_terminates`): collection caps the episode length and
-    evaluation decides success with :meth:`is_success`. ``clip_actions``: whether actions are clipped to [-1, 1]
-    before they reach the simulator (False where stable-worldmodel's simulator takes them unclipped: PushT, Cube).
+    stable-worldmodel's does (Two-Room at its target, see :meth:`_terminates`; Reacher at a goal set with
+    :meth:`set_goal_state`): collection caps the episode length and evaluation decides success with
+    :meth:`is_success`. ``clip_actions``: whether actions are clipped to [-1, 1] before they reach the simulator (False
+    where stable-worldmodel's simulator takes them unclipped: PushT, Cube).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -72,6 +73,7 @@ class LeWMEnv(gym.Env, ABC):
         self.render_mode = "rgb_array"
         self._initial_seed = seed
         self._needs_reset = True
+        self._goal_state: np.ndarray | None = None
         self.action_space = spaces.Box(-1.0, 1.0, shape=(self.action_dim,), dtype=np.float32)
         self.observation_space = spaces.Dict(
             {
@@ -126,6 +128,7 @@ class LeWMEnv(gym.Env, ABC):
             seed = self._initial_seed  # make(..., seed=s) seeds the first reset
         self._initial_seed = None
         super().reset(seed=seed)
+        self._goal_state = None
         self._reset_sim(self.np_random)
         self._needs_reset = False
         if options and options.get("state") is not None:
@@ -139,6 +142,19 @@ class LeWMEnv(gym.Env, ABC):
         self._step_sim(self.check_action(action))
         success = self._task_success()
         return self._observation(), float(success), self._terminates(), False, {"is_success": success}
+
+    # ---- goal-conditioned evaluation ------------------------------------------------------------------------------
+    def set_goal_state(self, goal_state: Any) -> None:
+        """The goal of the current episode (a ``get_state`` state; None: none), until the next ``reset``.
+
+        Where stable-worldmodel judges success inside an action, the environment does so too: Reacher checks
+        :meth:`is_success` against it after each physics sub-step of ``step`` and ends the action at the first that
+        succeeds, returning ``terminated=True`` (``DMControlWrapper.step`` with ``_is_terminated``). The other
+        environments judge success between actions, where the caller checks :meth:`is_success`, and keep it unused.
+        """
+        if goal_state is not None:
+            goal_state = self._check_pair(goal_state, goal_state)[0].copy()
+        self._goal_state = goal_state
 
     # ---- state interface -------------------------------------------------------------------------------------------
     def set_state(self, state: Any) -> None:

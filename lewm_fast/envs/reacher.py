@@ -5,6 +5,10 @@ Follows stable-worldmodel 0.1.1's ``swm/ReacherDMControl-v0`` as LeWM evaluates 
 (target radius 0.015) with no time limit and ``action_repeat=2`` physics steps of 0.02 s per action
 (``dmcontrol.py``). Actions are the two joint torques in [-1, 1].
 
+Success is judged as stable-worldmodel judges it: with a goal set (``set_goal_state``; its ``set_target_qpos``), each
+``step`` checks ``is_success`` after every physics sub-step and ends the action at the first that succeeds
+(``DMControlWrapper.step`` stops its ``action_repeat`` loop when ``_is_terminated``), returning ``terminated=True``.
+
 State (float64, 6): shoulder and wrist angles, their velocities, target x, y.
 Proprio (float32, 4): joint angles and velocities.
 
@@ -87,6 +91,7 @@ class ReacherEnv(LeWMEnv):
         control = require("dm_control.rl.control", "reacher")
         self.target_size = float(target_size)
         self.action_repeat = action_repeat
+        self._goal_reached = False
         super().__init__(image_size, seed)
         self.physics = reacher.Physics.from_xml_string(*reacher.get_model_and_assets())
         self.task = reacher.Reacher(target_size=self.target_size, random=np.random.RandomState(0))
@@ -95,12 +100,20 @@ class ReacherEnv(LeWMEnv):
             self.physics.named.model.mat_rgba["target", 3] = 0.0
 
     def _reset_sim(self, rng: np.random.Generator) -> None:
+        self._goal_reached = False
         self.task._random = np.random.RandomState(int(rng.integers(2**31)))  # the suite task samples from this
         self._dm_env.reset()
 
     def _step_sim(self, action: np.ndarray) -> None:
+        self._goal_reached = False
         for _ in range(self.action_repeat):
             self._dm_env.step(action)
+            if self._goal_state is not None and self.is_success(self.get_state(), self._goal_state):
+                self._goal_reached = True  # the action ends at this sub-step, as in stable-worldmodel
+                break
+
+    def _terminates(self) -> bool:
+        return self._goal_reached
 
     def get_state(self) -> np.ndarray:
         data = self.physics.data

@@ -7,7 +7,8 @@ state ``goal_offset`` steps later in that episode; ``ExpertGoals`` resets the en
 encodes the last ``history_size`` frames (one every ``frameskip`` env steps) with the action blocks between them,
 plans with the CEM planner, and executes the first ``receding_horizon`` blocks (``frameskip`` env actions each,
 un-normalised with the training data's statistics). An episode succeeds when ``env.is_success(state, goal_state)``
-holds after some env step within ``budget`` steps.
+holds after some env step within ``budget`` steps (the env knows the goal, ``set_goal_state``: Reacher ends an action
+at the physics sub-step that reaches it, as stable-worldmodel does).
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def run_episode(
     goal_frame = render_state(env, goal_state)
     goal = preprocess_frames(torch.from_numpy(goal_frame)).unsqueeze(0).to(device)  # (1,3,S,S)
     sim = env.unwrapped
+    sim.set_goal_state(goal_state)  # Reacher judges it after each physics sub-step, as stable-worldmodel does
     low = np.asarray(env.action_space.low, dtype=np.float64)
     high = np.asarray(env.action_space.high, dtype=np.float64)
     history = model.history_size if history_len is None else history_len

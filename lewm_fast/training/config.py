@@ -18,6 +18,7 @@ from ..config import (
     DEVICES, compose_config, config_keys, has_key, is_number, require_bool, require_choice, require_int, require_key,
     require_number,
 )
+from ..data.nan_actions import NAN_ACTION_POLICIES
 from ..io import default_config, latest_checkpoint, load_trainer_state
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -89,6 +90,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     require_int(cfg, "sigreg.num_proj")
     require_choice(cfg, "sigreg.backend", BACKENDS)
     require_int(cfg, "data.frameskip")
+    require_choice(cfg, "data.nan_actions", NAN_ACTION_POLICIES)
     require_int(cfg, "data.num_workers", 0)
     value = require_key(cfg, "data.val_fraction")
     if not is_number(value) or not 0.0 <= value < 1.0:
@@ -142,11 +144,12 @@ def model_config(cfg: DictConfig, action_dim: int) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- resume
 SAFE_ON_RESUME = ("epochs", "log_every", "save_every_steps", "keep_checkpoints", "device", "compile", "data.path",
-                  "data.num_workers", "dry_run", "dry_run_batches", "dry_run_seconds", "resume", "out")
+                  "data.num_workers", "data.nan_actions", "dry_run", "dry_run_batches", "dry_run_seconds", "resume",
+                  "out")
 """Keys a resumed run may change: more epochs (the cosine decay then stretches over the new total), logging and
 checkpoint cadence, the device, compilation, where the dataset file lives (its sequence count and env are checked),
-loader workers and a loader dry run. Every other key keeps the run's saved value; changing one is refused. (The number
-of processes is not a key: a run may resume on any.)"""
+loader workers, whether NaN actions refuse the file, and a loader dry run. Every other key keeps the run's saved
+value; changing one is refused. (The number of processes is not a key: a run may resume on any.)"""
 _NOT_SETTINGS = ("dry_run", "dry_run_batches", "dry_run_seconds", "resume", "out")  # left out of the refusal's list
 
 

@@ -213,22 +213,30 @@ def open_datasets(cfg: DictConfig) -> Tuple[Dataset, Optional[Dataset]]:
     episode into training and held-out sequences (``data.val_fraction``; held-out None when 0). ``data.path`` may be a
     lewm_fast episode file or a stable-worldmodel HDF5 file (columns mapped by ``data.columns``); a file that records
     no environment (stable-worldmodel's) takes ``data.env`` as its environment. The held-out set shares the training
-    set's statistics (those of the whole file)."""
+    set's statistics (those of the whole file). NaN actions before an episode's last step are read as 0 (stable-
+    worldmodel's convention) and reported once by rank 0, or refused with ``data.nan_actions=error`` (ValueError)."""
     path = check_data_path(cfg)
-    from ..data import SequenceDataset, read_layout, split_episodes
+    from ..data import SequenceDataset, read_layout, read_stats_and_nan_actions, split_episodes
     from ..data.h5format import open_h5
 
     columns = OmegaConf.to_container(cfg.data.columns) if "columns" in cfg.data else None
     with open_h5(path) as f:
         layout = read_layout(f, columns=columns)
+        stats, nan_actions = read_stats_and_nan_actions(f, layout)
+    if nan_actions and cfg.data.nan_actions == "error":
+        raise ValueError(f"{nan_actions.describe()}; data.nan_actions=error refuses such a file (data.nan_actions=zero "
+                         "trains with them read as 0, as stable-worldmodel does)")
+    if nan_actions and Ranks.current().is_main:
+        tqdm.write(f"note: {nan_actions.describe()}; they are read as 0, as stable-worldmodel's training does "
+                   "(data.nan_actions=error refuses such a file)")
     train_ids, val_ids = split_episodes(layout.num_episodes, float(cfg.data.val_fraction), int(cfg.seed))
     kwargs = dict(num_frames=int(cfg.data.num_frames), frameskip=int(cfg.data.frameskip), image_size=int(cfg.model.image_size),
                   columns=columns, env=None if layout.env else str(cfg.data.env))
-    train = SequenceDataset(str(path), episodes=train_ids, **kwargs)
+    train = SequenceDataset(str(path), episodes=train_ids, stats=stats, **kwargs)
     if not val_ids:
         return train, None
     try:
-        return train, SequenceDataset(str(path), episodes=val_ids, stats=train.stats, **kwargs)
+        return train, SequenceDataset(str(path), episodes=val_ids, stats=stats, **kwargs)
     except ValueError as exc:
         raise ValueError(f"the {len(val_ids)} held-out episode(s) of data.val_fraction={cfg.data.val_fraction} form no "
                          f"training sequence ({exc}); raise data.val_fraction or set it to 0") from None
