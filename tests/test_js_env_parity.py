@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lewm_fast.envs import make
-from lewm_fast.envs.two_room import WALL_X, TwoRoomExpert
+from lewm_fast.envs.two_room import CLEAR, REACH, SPAWN, WALL_X, TwoRoomExpert
 from lewm_fast.export.onnx import env_geometry
 from lewm_fast.web.site import STATIC
 
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(not NODE and not IN_CI, reason="node is not inst
 DRIVER = """
 import { readFileSync } from 'node:fs';
 import { TwoRoom } from %s;
+import { makeRng } from %s;
 const cases = JSON.parse(readFileSync(process.argv[1], 'utf8'));
 const env = new TwoRoom(cases.env);
 const rollouts = cases.rollouts.map(({ start, goal, actions }) => {
@@ -33,7 +34,10 @@ const rollouts = cases.rollouts.map(({ start, goal, actions }) => {
   return actions.map((a) => { env.step(a); return [...env.agent, env.isSuccess(goal) ? 1 : 0]; });
 });
 const frames = cases.frames.map(({ size, position }) => Array.from(env.render(size, position)));
-process.stdout.write(JSON.stringify({ rollouts, frames }));
+const rng = makeRng(0);
+const starts = Object.fromEntries(Object.entries(cases.starts).map(([name, range]) =>
+  [name, Array.from({ length: cases.draws }, () => env.sampleAgent(rng, range ?? undefined))]));
+process.stdout.write(JSON.stringify({ rollouts, frames, starts }));
 """
 
 
@@ -41,7 +45,7 @@ def run_js(cases: dict, tmp_path) -> dict:
     assert NODE, "node is required under CI (the JS env parity test)"
     path = tmp_path / "cases.json"
     path.write_text(json.dumps(cases))
-    script = DRIVER % json.dumps((STATIC / "env.js").as_uri())
+    script = DRIVER % (json.dumps((STATIC / "env.js").as_uri()), json.dumps((STATIC / "cem.js").as_uri()))
     out = subprocess.run([NODE, "--input-type=module", "-e", script, str(path)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
@@ -95,7 +99,8 @@ def test_js_two_room_matches_python(tmp_path):
                  (224, [30.0, 30.0]), (28, [100.0, 120.0])]
     js = run_js({"env": env_geometry("two_room"),
                  "rollouts": [{"start": s.tolist(), "goal": g.tolist(), "actions": a.tolist()} for s, g, a in cases],
-                 "frames": [{"size": size, "position": p} for size, p in positions]}, tmp_path)
+                 "frames": [{"size": size, "position": p} for size, p in positions],
+                 "starts": {"env": None, "page": CLEAR}, "draws": 0}, tmp_path)
     crossed = 0
     for (start, goal, actions), got in zip(cases, js["rollouts"]):
         want = python_rollout(env, start, goal, actions)
@@ -111,3 +116,24 @@ def test_js_two_room_matches_python(tmp_path):
         want = frame_env.render().astype(np.int16).ravel()
         diff = np.abs(np.array(got, dtype=np.int16) - want)
         assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, (size, position, diff.max(), (diff == 0).mean())
+
+
+def test_random_starts(tmp_path):
+    """The JS env's default start range is the Python env's (stable-worldmodel's SPAWN, which reaches onto the border
+    line: the Python env's first step moves such an agent in); the page's starts (range CLEAR) lie where the Python env
+    leaves a resting agent in place, inside the borders and outside the wall's reach."""
+    env = make("two_room", image_size=64).unwrapped
+    js = run_js({"env": env_geometry("two_room"), "rollouts": [], "frames": [], "starts": {"env": None, "page": CLEAR},
+                 "draws": 2000}, tmp_path)
+    spawned, page = np.array(js["starts"]["env"]), np.array(js["starts"]["page"])
+    python = np.array([env.sample_agent(np.random.default_rng(seed)) for seed in range(2000)])
+    for starts in (spawned, python):
+        assert starts.min() >= SPAWN[0] and starts.max() <= SPAWN[1]
+        assert not np.any((REACH[0] <= starts[:, 0]) & (starts[:, 0] <= REACH[1]))
+        on_border = (starts < CLEAR[0]) | (starts > CLEAR[1])
+        assert on_border.any(), "SPAWN reaches beyond CLEAR: some starts lie on the border line"
+        moved = [not np.array_equal(env.move(p, np.zeros(2)), p) for p in starts[on_border.any(axis=1)]]
+        assert all(moved)
+    assert page.min() >= CLEAR[0] and page.max() <= CLEAR[1]
+    assert not np.any((REACH[0] <= page[:, 0]) & (page[:, 0] <= REACH[1]))
+    assert all(np.array_equal(env.move(p, np.zeros(2)), p) for p in page)

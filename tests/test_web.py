@@ -1,6 +1,8 @@
 """lewm-fast web in headless Chromium (playwright, the system's Chromium): the server exports the shipped model and
 serves the page; a click places a goal the agent can reach in <= 30 env steps, ▶ plans and acts until the agent gets
-there, encode and plan times are shown, the console stays clean. The page shows a readable error without model files
+there, encode and plan times are shown, the console stays clean (no errors, no warnings: the default backend does not
+probe WebGPU). After that, ▶ / ❚❚, Step and the status line agree through a reached goal, a new goal, a pause and a
+used-up step budget; Reset starts the agent inside the borders. The page shows a readable error without model files
 or without WebAssembly. Without Chromium, playwright, onnxruntime-web (npm ci) or the shipped model the tests are
 skipped, except under CI (CI=true), where they fail."""
 
@@ -27,6 +29,8 @@ CHROMIUM = next((path for path in (os.environ.get("LEWM_CHROMIUM"), "/usr/bin/ch
                                    shutil.which("chromium-browser")) if path and os.path.isfile(path)), None)
 START, GOAL = (35.0, 150.0), (92.0, 172.0)  # left room, 61 px apart: 13 env steps at 5 px per step
 MAX_STEPS = 20  # plan steps (one action block of 5 env steps each) allowed to get there
+DETOUR = (185.0, 185.0)  # the right room's lower half: from the left room's lower half only through the door at y=49
+PLAY, PAUSE = "▶", "❚❚"
 
 
 def missing() -> str | None:
@@ -83,10 +87,12 @@ def browser():
 
 
 def open_page(browser, url: str, init_script: str | None = None):
-    """A page at ``url`` whose console errors and uncaught exceptions are collected in ``page.errors``."""
+    """A page at ``url`` whose console errors and uncaught exceptions are collected in ``page.errors``, its console
+    warnings in ``page.warnings``."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.errors = []
-    page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+    page.errors, page.warnings = [], []
+    page.on("console", lambda msg: (page.errors if msg.type == "error" else page.warnings).append(msg.text)
+            if msg.type in ("error", "warning") else None)
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
     if init_script:
         page.add_init_script(init_script)
@@ -95,15 +101,36 @@ def open_page(browser, url: str, init_script: str | None = None):
     return page
 
 
+def click_goal(page, position) -> list:
+    """Click the room at ``position`` (224-frame pixels) and wait until the page has set that goal -> the goal."""
+    box = page.locator("#env").bounding_box()
+    page.mouse.click(box["x"] + position[0] / 224 * box["width"], box["y"] + position[1] / 224 * box["height"])
+    page.wait_for_function(f"window.lewm.goal !== null && Math.abs(window.lewm.goal[0] - {position[0]}) < 1 && "
+                           f"Math.abs(window.lewm.goal[1] - {position[1]}) < 1 && !window.lewm.busy", timeout=30_000)
+    return page.evaluate("window.lewm.goal")
+
+
+def controls(page) -> tuple[bool, str, str]:
+    """(running, the play button's text, the status line)."""
+    return tuple(page.evaluate(STATE))
+
+
+STATE = ("[window.lewm.running, document.getElementById('play').textContent, "
+         "document.getElementById('status').textContent]")
+
+
+def press(page, button: str) -> tuple[bool, str, str]:
+    """Click ``button`` in the page and read :func:`controls` in the same task, before any planning step can end."""
+    return tuple(page.evaluate(f"document.getElementById('{button}').click(), {STATE}"))
+
+
 def test_click_to_plan_reaches_the_goal(server, browser, tmp_path):
     url, _ = server
     page = open_page(browser, f"{url}?agent={START[0]},{START[1]}&seed=0")
     assert page.evaluate("window.lewm.error") is None
-    box = page.locator("#env").bounding_box()
-    page.mouse.click(box["x"] + GOAL[0] / 224 * box["width"], box["y"] + GOAL[1] / 224 * box["height"])
-    page.wait_for_function("window.lewm.goal !== null", timeout=30_000)
-    goal = page.evaluate("window.lewm.goal")
-    assert np.hypot(goal[0] - GOAL[0], goal[1] - GOAL[1]) < 1
+    assert page.input_value("#backend") == "wasm"
+    goal = click_goal(page, GOAL)
+    assert controls(page) == (False, PLAY, "goal set: press ▶ (or Step)")
     page.click("#play")
     page.wait_for_function(f"window.lewm.reached || window.lewm.error || window.lewm.steps >= {MAX_STEPS}",
                            timeout=300_000)
@@ -115,14 +142,116 @@ def test_click_to_plan_reaches_the_goal(server, browser, tmp_path):
     assert all(t["encode"] > 0 and t["plan"] > 0 for t in lewm["times"])
     assert re.fullmatch(r"\d+ ms", page.inner_text("#encode-ms"))
     assert re.match(r"\d+ ms \(4 × \d+ ms\)", page.inner_text("#plan-ms"))
-    assert "goal reached" in page.inner_text("#status")
-    assert page.errors == []
+    assert controls(page) == (False, PLAY, f"goal reached in {lewm['steps']} steps ({lewm['envSteps']} env steps): "
+                                           "click a new goal")
+    assert page.errors == [] and page.warnings == []
     steps = [t["encode"] + t["plan"] for t in lewm["times"][1:]] or [lewm["times"][0]["encode"] + lewm["times"][0]["plan"]]
     report = {"backend": lewm["backend"], "threads": lewm["threads"], "settings": lewm["settings"],
               "steps": lewm["steps"], "env_steps": lewm["envSteps"], "median_step_ms": float(np.median(steps)),
               "first_step_ms": lewm["times"][0]["encode"] + lewm["times"][0]["plan"]}
     (tmp_path / "latency.json").write_text(json.dumps(report, indent=1))
     print(f"\nweb demo: {report}  screenshot: {tmp_path / 'web_demo.png'}")
+
+
+def test_play_pause_step_and_budget(server, browser):
+    """The controls' state through a reached goal, ▶ on it, a new goal, Step, a pause, a used-up budget and Reset."""
+    url, _ = server
+    page = open_page(browser, f"{url}?agent={START[0]},{START[1]}&seed=0&budget=6")
+    assert press(page, "play") == (False, PLAY, "click to place a goal first")
+    click_goal(page, (START[0] + 10, START[1]))  # within the success distance
+    assert controls(page) == (False, PLAY, "already at the goal: click elsewhere")
+    assert press(page, "play") == (False, PLAY, "already at the goal: click elsewhere")  # nothing to run: ▶ stays
+
+    click_goal(page, DETOUR)
+    assert controls(page) == (False, PLAY, "goal set: press ▶ (or Step)")
+    assert press(page, "step") == (False, PLAY, "planning…")
+    page.wait_for_function("window.lewm.steps === 1 && !window.lewm.busy", timeout=60_000)
+    assert controls(page) == (False, PLAY, "paused after 1 step: press ▶ or Step")
+    assert press(page, "play") == (True, PAUSE, "planning… step 2 of at most 6")
+    assert page.is_disabled("#step")
+    page.wait_for_function("window.lewm.steps >= 2", timeout=60_000)
+    running, button, _ = press(page, "play")  # pause: the step in flight finishes, the loop stops
+    assert (running, button) == (False, PLAY)
+    page.wait_for_function("!window.lewm.busy", timeout=60_000)
+    steps = page.evaluate("window.lewm.steps")
+    assert steps < 6 and controls(page) == (False, PLAY, f"paused after {steps} steps: press ▶ or Step")
+    assert not page.is_disabled("#step")
+
+    assert press(page, "play")[:2] == (True, PAUSE)
+    page.wait_for_function("(window.lewm.outOfBudget && !window.lewm.running) || window.lewm.error", timeout=120_000)
+    lewm = page.evaluate("window.lewm")
+    assert lewm["error"] is None and lewm["steps"] == 6 and not lewm["reached"]
+    running, button, status = controls(page)
+    assert (running, button) == (False, PLAY) and status.startswith("not reached within the budget of 6 steps")
+    assert press(page, "play") == (False, PLAY, status)  # the budget is used up: ▶ stays, the status says why
+    press(page, "step")
+    assert page.evaluate("window.lewm.steps") == 6
+
+    constants = page.evaluate("window.lewm.constants")
+    (lo, hi), reach = constants["CLEAR"], constants["REACH"]
+    for _ in range(25):  # a random start lies inside the borders and outside the wall's reach
+        page.click("#reset")
+        page.wait_for_function("window.lewm.steps === 0 && window.lewm.trail.length === 1")
+        x, y = page.evaluate("window.lewm.agent")
+        assert lo <= x <= hi and lo <= y <= hi and not reach[0] <= x <= reach[1], (x, y)
+    assert controls(page) == (False, PLAY, "goal set: press ▶ (or Step)")
+    assert page.errors == [] and page.warnings == []
+
+
+@pytest.fixture(scope="module")
+def idm_site(tmp_path_factory):
+    """The shipped model's site with a GC-IDM of random weights for it (idm.onnx, manifest "idm"), served: -> (url,
+    the IDM in PyTorch)."""
+    import torch
+
+    from lewm_fast.export.onnx import load_for_export
+    from lewm_fast.io.idm import save_idm, weights_hash
+    from lewm_fast.reference.idm import GCIDM
+    from lewm_fast.web.site import build_site
+
+    model, _, _ = load_for_export(DEFAULT_MODEL)
+    torch.manual_seed(0)
+    idm = GCIDM(model.latent_dim, model.action_dim, hidden=64, layers=2, horizon=5).eval()
+    folder = tmp_path_factory.mktemp("idm")
+    save_idm(folder, idm, weights_hash(model), {"env": "two_room", "frameskip": 5, "env_action_dim": 2, "horizon": 5})
+    site = tmp_path_factory.mktemp("idm_site")
+    manifest = build_site(DEFAULT_MODEL, site, idm=folder)
+    assert manifest["idm"]["horizon"] == 5 and (site / "idm.onnx").is_file()
+    httpd, url = serve(site)
+    yield url, idm
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_policy_mode_runs_the_idm(server, idm_site, browser):
+    """mode=policy: each step executes IDM(z, goal, k/K) with k counting down from K = 5 (at least 1), as lewm-eval's
+    IDMPolicy; the page's blocks equal the PyTorch IDM's on the page's latents. The shipped export has no IDM: there
+    the policy option is disabled."""
+    import torch
+
+    url, idm = idm_site
+    page = open_page(browser, f"{url}?agent={START[0]},{START[1]}&seed=0&mode=policy")
+    assert page.evaluate("window.lewm.error") is None and page.input_value("#mode") == "policy"
+    assert not page.is_visible("#samples")  # CEM settings hidden in policy mode
+    click_goal(page, GOAL)
+    for k in range(6):
+        press(page, "step")
+        page.wait_for_function(f"window.lewm.steps === {k + 1} && !window.lewm.busy || window.lewm.error",
+                               timeout=60_000)
+        lewm = page.evaluate("window.lewm")
+        assert lewm["error"] is None and lewm["mode"] == "policy"
+        if lewm["reached"]:
+            break
+        with torch.no_grad():
+            want = idm(torch.tensor([lewm["latentTrail"][k]]), torch.tensor([lewm["goalLatent"]]),
+                       torch.tensor([max(5 - k, 1) / 5]))[0]
+        np.testing.assert_allclose(lewm["lastBlock"], want.numpy(), rtol=0, atol=1e-4)
+        assert page.inner_text("#plan-ms").endswith("(one IDM pass)")
+    assert page.errors == [] and page.warnings == []
+
+    page = open_page(browser, f"{server[0]}?mode=policy")  # no idm.onnx: plan mode, policy disabled
+    assert page.input_value("#mode") == "plan"
+    assert page.evaluate("document.querySelector('#mode [value=policy]').disabled")
 
 
 def test_out_writes_the_static_folder(server, tmp_path, capsys):
@@ -132,7 +261,7 @@ def test_out_writes_the_static_folder(server, tmp_path, capsys):
     assert cli_main(["web", "--out", str(site)]) == 0
     assert "wrote the site" in capsys.readouterr().out
     assert (site / "encoder.onnx").stat().st_mtime == before  # reused, not exported again
-    for name in ("index.html", "app.js", "env.js", "cem.js", "manifest.json", "planner.onnx",
+    for name in ("index.html", "app.js", "env.js", "cem.js", "palette.js", "manifest.json", "planner.onnx",
                  *(f"ort/{n}" for n in ORT_FILES)):
         assert (site / name).is_file(), name
 

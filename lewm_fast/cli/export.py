@@ -21,6 +21,10 @@ keys:
   horizon=5           action blocks per candidate (the page can plan shorter horizons with the same file)
   data=<file.h5>      episode file for the latent PCA (default: the training file normalization.json records, else
                       the checkpoint's latent_pca.json)
+  action_bounds=clip  what planner.onnx does with the env's action box (recorded in the manifest in normalised units):
+                      clip (clamp the candidates) | penalty (add bounds_weight * squared excess to the costs) | none
+  bounds_weight=10    the penalty's weight
+  idm=<folder>        a GC-IDM (lewm-train-idm) to export as idm.onnx (default: the run's idm/ when it has one)
 """
 
 WEB_USAGE = """usage: lewm-fast web [checkpoint=<run or checkpoint folder>] [port=8000] [out=<dir>] [key=value ...]
@@ -35,6 +39,7 @@ keys:
   host=127.0.0.1      interface to listen on
   out=<dir>           write the site here and exit instead of serving (default: serve from a cache folder)
   data=<file.h5>      episode file for the latent PCA (see lewm-fast export-onnx --help)
+  idm=<folder>        a GC-IDM (lewm-train-idm) for the page's "policy" mode (default: the run's idm/ when it has one)
 """
 
 
@@ -79,10 +84,15 @@ def parse_int(settings: Dict[str, Optional[str]], key: str, low: int) -> int:
 def export_command(args: Sequence[str]) -> int:
     from ..export import export_onnx
 
-    s = parse_keys(args, {"checkpoint": None, "out": None, "history": "1", "horizon": "5", "data": None},
-                   required=("checkpoint", "out"))
+    s = parse_keys(args, {"checkpoint": None, "out": None, "history": "1", "horizon": "5", "data": None,
+                          "action_bounds": "clip", "bounds_weight": "10", "idm": None}, required=("checkpoint", "out"))
+    try:
+        weight = float(str(s["bounds_weight"]))
+    except ValueError:
+        raise UsageError(f"bounds_weight must be a number, got {s['bounds_weight']!r}") from None
     manifest = export_onnx(s["checkpoint"], s["out"], history=parse_int(s, "history", 1),
-                           horizon=parse_int(s, "horizon", 1), data=s["data"])
+                           horizon=parse_int(s, "horizon", 1), data=s["data"], action_bounds=str(s["action_bounds"]),
+                           bounds_weight=weight, idm=s["idm"])
     sizes = ", ".join(f"{name} {info['bytes'] / 1e6:.1f} MB" for name, info in manifest["files"].items())
     print(f"{PROG} export-onnx: wrote {sizes} and manifest.json to {s['out']} (opset {manifest['opset']}, "
           f"latent PCA from {manifest['pca']['frames']} frames)")
@@ -92,11 +102,12 @@ def export_command(args: Sequence[str]) -> int:
 def web_command(args: Sequence[str]) -> int:
     from ..web.site import build_site, cache_folder, default_checkpoint, make_server
 
-    s = parse_keys(args, {"checkpoint": None, "port": "8000", "host": "127.0.0.1", "out": None, "data": None})
+    s = parse_keys(args, {"checkpoint": None, "port": "8000", "host": "127.0.0.1", "out": None, "data": None,
+                          "idm": None})
     port = parse_int(s, "port", 0)
     checkpoint = s["checkpoint"] or default_checkpoint()
     site = s["out"] or cache_folder(checkpoint)
-    build_site(checkpoint, site, data=s["data"])
+    build_site(checkpoint, site, data=s["data"], idm=s["idm"])
     if s["out"]:
         print(f"{PROG} web: wrote the site to {site} (serve it with: lewm-fast web checkpoint={checkpoint}, or any "
               "static file server)")

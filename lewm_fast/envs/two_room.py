@@ -138,7 +138,9 @@ class TwoRoomEnv(LeWMEnv):
 
     # ---- rendering -------------------------------------------------------------------------------------------------
     def _draw_background(self) -> np.ndarray:
-        """Border lines and the wall with its door, sampled at the pixel centres of the 224 frame."""
+        """Border lines and the wall with its door, sampled at the pixel centres of the 224 frame. As stable-worldmodel's
+        ``_wall_and_door_masks`` draws them, the border lines are whole rows and columns and the wall covers every row
+        outside the door: all of them run past the room to the frame's edges."""
         x, y = np.meshgrid(self._grid, self._grid)  # (n, n), row = y
         band = lambda c, lo: (c >= lo) & (c < lo + BORDER_LINE)  # noqa: E731
         border = (band(x, BORDER - BORDER_LINE) | band(x, FRAME - BORDER)

@@ -1,7 +1,8 @@
 """The click-to-plan page: assemble its static folder (page, exported model, onnxruntime-web) and serve it locally.
 
 A site folder holds ``index.html`` and the page's scripts (``lewm_fast/web/static``), ``encoder.onnx``,
-``planner.onnx`` and ``manifest.json`` (``lewm_fast.export``), and ``ort/``: the onnxruntime-web build files, copied
+``planner.onnx``, ``idm.onnx`` when the checkpoint has a GC-IDM, ``manifest.json`` (``lewm_fast.export``), and
+``ort/``: the onnxruntime-web build files, copied
 from ``lewm_fast/web/node_modules/onnxruntime-web/dist`` (``npm ci`` there installs the version pinned in
 ``package-lock.json``). The server sends the cross-origin isolation headers that let onnxruntime-web use threads.
 """
@@ -70,17 +71,20 @@ def _copy_if_changed(src: Path, dst: Path) -> None:
 
 
 def build_site(checkpoint: Union[str, os.PathLike], out: Union[str, os.PathLike],
-               data: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
-    """Write the page's static folder for ``checkpoint`` into ``out``, exporting the model unless ``out`` already
-    holds this checkpoint's export. -> the manifest. ExportError for what cannot be served."""
+               data: Optional[Union[str, os.PathLike]] = None,
+               idm: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
+    """Write the page's static folder for ``checkpoint`` (with the GC-IDM ``idm``, default: the run's own, if any)
+    into ``out``, exporting the model unless ``out`` already holds this checkpoint's export (one with action bounds:
+    earlier exports lack them). -> the manifest. ExportError for what cannot be served."""
     dist = ort_dist()
     out = Path(out)
     manifest = read_manifest(out)
-    reusable = (manifest is not None and manifest.get("format") == FORMAT and data is None
+    reusable = (manifest is not None and manifest.get("format") == FORMAT and data is None and idm is None
+                and "action_bounds" in manifest
                 and manifest.get("source", {}).get("sha256") == source_hash(checkpoint)
                 and all((out / name).is_file() for name in manifest.get("files", {})))
     if not reusable:
-        manifest = export_onnx(checkpoint, out, data=data)
+        manifest = export_onnx(checkpoint, out, data=data, idm=idm)
     if manifest["env"]["name"] != "two_room":
         raise ExportError(f"the web demo plays Two-Room, but {checkpoint} was trained on {manifest['env']['name']!r}")
     for src in STATIC.iterdir():

@@ -1,26 +1,36 @@
 // The click-to-plan page: Two-Room in JavaScript (env.js), LeWM's encoder and CEM cost as ONNX graphs run by
-// onnxruntime-web (WebAssembly; WebGPU where available), CEM in latent space (cem.js). manifest.json, written by the
-// export next to encoder.onnx and planner.onnx, holds the sizes, the action scaling, the env's constants and the PCA.
-// Settings come from the inputs, with defaults overridable in the URL (?samples=&topk=&iterations=&horizon=&seed=
+// onnxruntime-web (WebAssembly in a worker; WebGPU on request), CEM in latent space (cem.js), or (mode "policy", when
+// the export has idm.onnx) one GC-IDM forward pass per step. manifest.json, written by the export next to the graphs,
+// holds the sizes, the action scaling and bounds, the env's constants and the PCA. Settings come from the inputs,
+// with defaults overridable in the URL (?mode=plan|policy&samples=&topk=&iterations=&horizon=&budget=&seed=
 // &agent=x,y&backend=wasm|webgpu|auto). window.lewm exposes the state (for tests and the curious).
+//
+// Play / pause: `running` is true exactly while the ▶ loop runs (the button shows ❚❚ then); a goal reached or the step
+// budget used up ends the loop, and the status line always describes the current state (refreshStatus).
 
 import { TwoRoom } from './env.js';
 import { cemPlan, makeRng, warmStart } from './cem.js';
+import { ROOM_RGB, costColour, costGradientCss } from './palette.js';
 
-const DEFAULTS = { samples: 64, topk: 8, iterations: 4, horizon: 5, seed: 0, backend: 'auto' };
+// budget: plan steps (one action block each) per goal, lewm-eval's default budget (50; there counted in env steps)
+const DEFAULTS = {
+  mode: 'plan', samples: 64, topk: 8, iterations: 4, horizon: 5, budget: 50, seed: 0, backend: 'wasm',
+};
 const PLAY = '▶', PAUSE = '❚❚'; // (⏸ is missing from many Linux fonts)
 const VAR_SCALE = 1.0;
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
 const state = {
-  ready: false, error: null, running: false, busy: false, reached: false, steps: 0, envSteps: 0,
+  ready: false, error: null, running: false, busy: false, reached: false, outOfBudget: false, steps: 0, envSteps: 0,
   agent: null, goal: null, trail: [], latentTrail: [], times: [], backend: null, threads: 1, settings: null,
+  constants: null, goalLatent: null, mode: DEFAULTS.mode, lastBlock: null, // the last executed normalised action block
 };
 window.lewm = state;
 
 let manifest, env, ort, sessions, rng, goalLatent = null, warm = null, lastPlan = null;
 let context = [], executed = [], lastBlock = null; // the planner's context latents and the blocks between them
+let loop = null; // the ▶ loop's promise while it runs
 
 function fail(message) {
   state.error = message;
@@ -28,11 +38,48 @@ function fail(message) {
   $('error').textContent = message;
   $('error').hidden = false;
   $('status').textContent = 'error';
+  $('play').textContent = PLAY;
   for (const id of ['play', 'step', 'reset']) $(id).disabled = true;
 }
 
 const setStatus = (text) => { $('status').textContent = text; };
 const ms = (v) => `${v.toFixed(0)} ms`;
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+const distance = () => Math.hypot(env.agent[0] - state.goal[0], env.agent[1] - state.goal[1]);
+
+/** Start or stop the ▶ loop's flag; the button shows ❚❚ exactly while it is set, Step is disabled meanwhile. */
+function setRunning(on) {
+  state.running = on;
+  $('play').textContent = on ? PAUSE : PLAY;
+  $('play').title = on ? 'pause' : 'plan and act every step';
+  $('step').disabled = on || !state.ready || Boolean(state.error);
+}
+
+/** Nothing left to do for this goal: reached, or the step budget used up. */
+function finished() {
+  state.outOfBudget = !state.reached && state.steps >= (state.settings?.budget ?? DEFAULTS.budget);
+  return state.reached || state.outOfBudget;
+}
+
+/** The status line for the current state. */
+function refreshStatus() {
+  if (state.error) return;
+  if (!goalLatent) return setStatus('click to place a goal');
+  const done = finished(), { budget } = state.settings;
+  if (state.reached) {
+    const steps = `${plural(state.steps, 'step')} (${plural(state.envSteps, 'env step')})`;
+    setStatus(state.steps ? `goal reached in ${steps}: click a new goal` : 'already at the goal: click elsewhere');
+  } else if (done) {
+    setStatus(`not reached within the budget of ${plural(budget, 'step')} (${distance().toFixed(0)} px away): ` +
+      'click a new goal, raise the budget or Reset (a goal behind the wall needs a detour the latent cost ' +
+      'does not see)');
+  } else if (state.running) {
+    setStatus(`planning… step ${state.steps + 1} of at most ${budget}`);
+  } else {
+    setStatus(state.steps ? `paused after ${plural(state.steps, 'step')}: press ▶ or Step`
+      : 'goal set: press ▶ (or Step)');
+  }
+}
 
 async function fetchOk(name) {
   let response;
@@ -65,16 +112,19 @@ async function loadRuntime(choice) {
   }
   module.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
   module.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  module.env.wasm.proxy = !gpu; // WASM inference in a worker: the page stays responsive while a step runs
   return { module, ep: gpu ? 'webgpu' : 'wasm' };
 }
 
 function readSettings() {
   const int = (id, lo, hi) => Math.min(hi, Math.max(lo, Math.round(Number($(id).value) || lo)));
   const samples = int('samples', 2, 2000);
-  const s = { samples, topk: int('topk', 2, samples), iterations: int('iterations', 1, 100),
-    horizon: int('horizon', 1, manifest.model.horizon) };
+  const s = { mode: $('mode').value, samples, topk: int('topk', 2, samples), iterations: int('iterations', 1, 100),
+    horizon: int('horizon', 1, manifest.model.horizon), budget: int('budget', 1, 100000) };
   for (const [key, value] of Object.entries(s)) $(key).value = value;
   state.settings = s;
+  state.mode = s.mode;
+  $('settings').classList.toggle('policy', s.mode === 'policy');
   return s;
 }
 
@@ -85,18 +135,33 @@ async function encode(position) {
   return Float32Array.from(out.latents.data);
 }
 
-/** The planner graph on `samples` candidates: prefix costs (samples, T) and latents (samples, H+T, D). */
+/** The planner graph on `samples` candidates: prefix costs (samples, T) and latents (samples, H+T, D). Every input
+ *  is a fresh copy: the WASM proxy worker takes (detaches) the buffers it is sent. */
 async function rollout(candidates, samples) {
   const { history, horizon, action_block: a, latent_dim: d } = manifest.model;
   const feeds = {
     context: new ort.Tensor('float32', Float32Array.from(context.flatMap((z) => [...z])), [history, d]),
     action_history: new ort.Tensor('float32', Float32Array.from(executed.flatMap((b) => [...b])), [history - 1, a]),
-    candidates: new ort.Tensor('float32', candidates, [samples, horizon, a]),
-    goal: new ort.Tensor('float32', goalLatent, [d]),
+    candidates: new ort.Tensor('float32', candidates.slice(), [samples, horizon, a]),
+    goal: new ort.Tensor('float32', goalLatent.slice(), [d]),
   };
   const inputs = Object.fromEntries(sessions.planner.inputNames.map((name) => [name, feeds[name]]));
   const out = await sessions.planner.run(inputs);
   return { costs: out.costs.data, latents: out.latents.data };
+}
+
+/** The GC-IDM's next normalised action block for `latent` (manifest "idm"): remaining = k / K with k the blocks left
+ *  to the goal counted down from K by the blocks executed since the goal was set, at least 1 (lewm-eval's
+ *  IDMPolicy). */
+async function idmBlock(latent) {
+  const { horizon } = manifest.idm, d = manifest.model.latent_dim;
+  const remaining = Math.max(1, horizon - state.steps) / horizon;
+  const out = await sessions.idm.run({
+    z: new ort.Tensor('float32', latent.slice(), [1, d]),
+    goal: new ort.Tensor('float32', goalLatent.slice(), [1, d]),
+    remaining: new ort.Tensor('float32', Float32Array.of(remaining), [1]),
+  });
+  return Float32Array.from(out.block.data);
 }
 
 /** Keep the last H latents and the H-1 action blocks between them; at the start, repeat the first latent with zero
@@ -112,6 +177,12 @@ function pushContext(latent) {
   }
 }
 
+/** The manifest's action bounds when the page's CEM clamps into them (mode "clip"), else null: in "penalty" mode
+ *  planner.onnx adds the penalty to the costs, "none" and exports without the key have no bounds. */
+function clipBounds() {
+  return manifest.action_bounds?.mode === 'clip' ? manifest.action_bounds : null;
+}
+
 /** A normalised block (frameskip * env action dim) -> env actions, clipped to [-1, 1] (evaluation.ActionCodec). */
 function toEnvActions(block) {
   const { frameskip, env_action_dim: n } = manifest.model, { mean, std } = manifest.action;
@@ -121,9 +192,12 @@ function toEnvActions(block) {
   }));
 }
 
+/** One step: encode the frame, plan, execute the first block. Does nothing when busy, without a goal or when the
+ *  goal is finished (reached or out of budget). */
 async function step() {
-  if (!state.ready || state.busy || !goalLatent || state.reached) return;
+  if (!state.ready || state.busy || !goalLatent || state.error || finished()) return;
   state.busy = true;
+  if (!state.running) setStatus('planning…');
   try {
     const settings = readSettings();
     const a = manifest.model.action_block;
@@ -133,10 +207,11 @@ async function step() {
     pushContext(latent);
     if (!warm || warm.length !== settings.horizon * a) warm = new Float32Array(settings.horizon * a);
     const from = [...env.agent];
-    const plan = await cemPlan({ cost: rollout, mean: warm, varScale: VAR_SCALE, rng, width: a,
-      maxHorizon: manifest.model.horizon, ...settings });
+    const policy = settings.mode === 'policy';
+    const plan = policy ? null : await cemPlan({ cost: rollout, mean: warm, varScale: VAR_SCALE, rng, width: a,
+      maxHorizon: manifest.model.horizon, bounds: clipBounds(), ...settings });
+    const block = policy ? await idmBlock(latent) : plan.mean.slice(0, a);
     const t2 = performance.now();
-    const block = plan.mean.slice(0, a);
     for (const action of toEnvActions(block)) {
       env.step(action);
       state.envSteps += 1;
@@ -147,44 +222,50 @@ async function step() {
       }
     }
     lastBlock = block;
-    warm = warmStart(plan.mean, a);
+    state.lastBlock = Array.from(block);
+    warm = policy ? null : warmStart(plan.mean, a);
     state.steps += 1;
     state.agent = [...env.agent];
     state.latentTrail.push(latent);
     state.times.push({ encode: t1 - t0, plan: t2 - t1 });
-    lastPlan = { ...plan, from, settings };
+    lastPlan = policy ? null : { ...plan, from, settings };
     $('steps').textContent = `${state.steps} (${state.envSteps} env steps)`;
     $('encode-ms').textContent = ms(t1 - t0);
-    $('plan-ms').textContent = `${ms(t2 - t1)} (${settings.iterations} × ${ms((t2 - t1) / settings.iterations)})`;
-    $('cost').textContent = plan.costs[plan.order[0]].toFixed(3);
-    if (state.reached) {
-      state.running = false;
-      setStatus(`goal reached in ${state.steps} steps (${state.envSteps} env steps)`);
-    }
+    $('plan-ms').textContent = policy ? `${ms(t2 - t1)} (one IDM pass)`
+      : `${ms(t2 - t1)} (${settings.iterations} × ${ms((t2 - t1) / settings.iterations)})`;
+    $('cost').textContent = policy ? '–' : plan.costs[plan.order[0]].toFixed(3);
     draw();
   } catch (err) {
     fail(`planning failed: ${err.message}`);
   } finally {
     state.busy = false;
-    $('play').textContent = state.running ? PAUSE : PLAY;
+    refreshStatus();
   }
 }
 
-async function run() {
-  while (state.running && !state.reached && !state.error) {
-    setStatus('planning…');
-    await step();
-    await new Promise((resolve) => requestAnimationFrame(resolve));
-  }
-  if (!state.reached && !state.error) setStatus(goalLatent ? 'paused' : 'click to place a goal');
+/** The ▶ loop: steps while `running` and the goal is not finished; clears `running` when it ends. One at a time: a
+ *  ▶ after a pause while the last step is still in flight continues the same loop. */
+function run() {
+  loop ??= (async () => {
+    try {
+      while (state.running && !state.error && !finished()) {
+        refreshStatus();
+        await step();
+        // paint, then yield to the task queue (a rendering-only wait would starve other tasks between steps)
+        await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
+      }
+    } finally {
+      loop = null;
+      if (!state.error) setRunning(false);
+      refreshStatus();
+    }
+  })();
+  return loop;
 }
 
 // ------------------------------------------------------------------------------------------------------ drawing
 const frameCanvas = document.createElement('canvas');
-
-function costColour(rank) {
-  return `hsla(${55 + 215 * rank}, 90%, ${55 - 15 * rank}%, 0.35)`;
-}
+let pcaUnderlay = null; // the training frames' density per room, drawn once (a canvas of the PCA plot's size)
 
 /** The frame positions a candidate's blocks would visit from `from` (the env's own collisions). */
 function candidatePath(candidates, i, settings, from) {
@@ -222,8 +303,9 @@ function drawWorld() {
   if (lastPlan) {
     const { candidates, order, settings, from } = lastPlan;
     ctx.lineWidth = 1;
-    for (let r = order.length - 1; r >= settings.topk; r--) {
-      ctx.strokeStyle = costColour(r / order.length);
+    const others = Math.max(1, order.length - settings.topk - 1);
+    for (let r = order.length - 1; r >= settings.topk; r--) { // the highest cost first, the lowest on top
+      ctx.strokeStyle = costColour((r - settings.topk) / others, 0.6);
       polyline(ctx, candidatePath(candidates, order[r], settings, from), scale);
     }
     ctx.lineWidth = 2;
@@ -250,6 +332,56 @@ function drawWorld() {
   }
 }
 
+/** Each room's density of the training frames' PCA points (a histogram on a 1/4-resolution grid, smoothed by a
+ *  3-cell box filter twice): the colour is the rooms' colours weighted by their densities, the opacity grows with the
+ *  total, so where the rooms overlap the mix shows it. */
+function densityUnderlay(width, height, points, to, rightRoom) {
+  const cell = 4, gw = Math.ceil(width / cell), gh = Math.ceil(height / cell);
+  const grids = [new Float32Array(gw * gh), new Float32Array(gw * gh)];
+  for (const p of points) {
+    const [x, y] = to(p), q = Math.floor(x / cell), r = Math.floor(y / cell);
+    if (q >= 0 && q < gw && r >= 0 && r < gh) grids[rightRoom(p) ? 1 : 0][r * gw + q] += 1;
+  }
+  const blur = (g) => {
+    for (let pass = 0; pass < 4; pass++) { // horizontal, vertical, horizontal, vertical
+      const out = new Float32Array(g.length), horizontal = pass % 2 === 0;
+      for (let r = 0; r < gh; r++) {
+        for (let q = 0; q < gw; q++) {
+          let sum = 0;
+          for (let k = -1; k <= 1; k++) {
+            const qq = horizontal ? q + k : q, rr = horizontal ? r : r + k;
+            if (qq >= 0 && qq < gw && rr >= 0 && rr < gh) sum += g[rr * gw + qq];
+          }
+          out[r * gw + q] = sum / 3;
+        }
+      }
+      g = out;
+    }
+    return g;
+  };
+  const [left, right] = grids.map(blur);
+  let peak = 0;
+  for (let i = 0; i < left.length; i++) peak = Math.max(peak, left[i] + right[i]);
+  const image = new ImageData(gw, gh);
+  for (let i = 0; i < left.length; i++) {
+    const total = left[i] + right[i];
+    if (!total) continue;
+    const mix = ROOM_RGB.left.map((v, c) => (left[i] * v + right[i] * ROOM_RGB.right[c]) / total);
+    image.data.set([...mix, Math.round(255 * 0.7 * Math.sqrt(total / peak))], 4 * i);
+  }
+  const small = document.createElement('canvas');
+  small.width = gw;
+  small.height = gh;
+  small.getContext('2d').putImageData(image, 0, 0);
+  const canvas = document.createElement('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext('2d');
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(small, 0, 0, width, height);
+  return canvas;
+}
+
 function drawPca() {
   const canvas = $('pca'), ctx = canvas.getContext('2d'), pca = manifest.pca;
   const project = (z) => pca.components.map((c) => c.reduce((s, w, k) => s + w * (z[k] - pca.mean[k]), 0));
@@ -258,12 +390,18 @@ function drawPca() {
   const span = [hi[0] - lo[0] || 1, hi[1] - lo[1] || 1];
   const to = ([x, y]) => [canvas.width * (pad + (1 - 2 * pad) * (x - lo[0]) / span[0]),
     canvas.height * (1 - pad - (1 - 2 * pad) * (y - lo[1]) / span[1])];
+  const wall = manifest.env.constants.WALL_X, rightRoom = (p) => p.length > 2 && p[2] >= wall;
+  pcaUnderlay ??= densityUnderlay(canvas.width, canvas.height, pca.points, to, rightRoom);
   ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const wall = manifest.env.constants.WALL_X;
-  for (const p of pca.points) {
-    const [x, y] = to(p);
-    ctx.fillStyle = p.length > 2 && p[2] >= wall ? 'rgba(240, 140, 30, 0.35)' : 'rgba(40, 90, 220, 0.35)';
-    ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
+  ctx.drawImage(pcaUnderlay, 0, 0);
+  // the points in an order that interleaves the rooms (neither is drawn on top of the other), each with a white rim
+  const order = pca.points.map((_, i) => i).sort((i, j) => ((i * 0.618034) % 1) - ((j * 0.618034) % 1));
+  for (const i of order) {
+    const p = pca.points[i], [x, y] = to(p);
+    ctx.fillStyle = 'rgba(255, 255, 255, 0.7)';
+    ctx.fillRect(x - 2, y - 2, 4, 4);
+    ctx.fillStyle = `rgba(${(rightRoom(p) ? ROOM_RGB.right : ROOM_RGB.left).join(', ')}, 0.85)`;
+    ctx.fillRect(x - 1.25, y - 1.25, 2.5, 2.5);
   }
   const dot = (z, colour, radius) => {
     const [x, y] = to(project(z));
@@ -307,15 +445,18 @@ function draw() {
   drawPca();
   if (state.goal) {
     const [x, y] = env.agent, [gx, gy] = state.goal;
-    $('distance').textContent = `${Math.hypot(x - gx, y - gy).toFixed(1)} px (success < ${manifest.env.constants.SUCCESS_DISTANCE})`;
+    $('distance').textContent = `${Math.hypot(x - gx, y - gy).toFixed(1)} px ` +
+      `(success < ${manifest.env.constants.SUCCESS_DISTANCE})`;
   }
 }
 
 // ----------------------------------------------------------------------------------------------------- controls
+/** A new episode from `start`, or from a random position inside the borders (CLEAR: the agent's disc clear of the
+ *  border lines) and outside the wall's reach; the goal stays. */
 function resetEpisode(start) {
-  env.agent = start || env.sampleAgent(rng);
+  env.agent = start || env.sampleAgent(rng, manifest.env.constants.CLEAR);
   Object.assign(state, { agent: [...env.agent], trail: [[...env.agent]], latentTrail: [], steps: 0, envSteps: 0,
-    reached: Boolean(state.goal) && env.isSuccess(state.goal) });
+    times: [], reached: Boolean(state.goal) && env.isSuccess(state.goal) });
   context = [];
   executed = [];
   lastBlock = null;
@@ -323,6 +464,7 @@ function resetEpisode(start) {
   lastPlan = null;
   $('steps').textContent = '0';
   draw();
+  refreshStatus();
 }
 
 /** Resolves once no step is in flight (a click or a reset during a run waits for the current step). */
@@ -347,11 +489,13 @@ async function placeGoal(event) {
   } finally {
     state.busy = false;
   }
-  state.goal = goal;
-  state.reached = env.isSuccess(goal);
+  // a new goal starts its own count of steps (and budget); the agent, its trail and its context stay
+  Object.assign(state, { goal, goalLatent: Array.from(goalLatent), reached: env.isSuccess(goal), steps: 0, envSteps: 0,
+    times: [] });
   warm = null;
   lastPlan = null;
-  setStatus(state.reached ? 'already at the goal: click elsewhere' : 'goal set: press ▶ (or Step)');
+  $('steps').textContent = '0';
+  refreshStatus(); // a running ▶ loop goes on towards the new goal
   draw();
 }
 
@@ -360,9 +504,13 @@ function togglePlay() {
     setStatus('click to place a goal first');
     return;
   }
-  state.running = !state.running;
-  $('play').textContent = state.running ? PAUSE : PLAY;
+  if (!state.running && finished()) { // nothing to run: say why, keep ▶
+    refreshStatus();
+    return;
+  }
+  setRunning(!state.running);
   if (state.running) run();
+  refreshStatus();
 }
 
 async function main() {
@@ -378,28 +526,36 @@ async function main() {
     }
     const choice = params.get('backend') || DEFAULTS.backend;
     $('backend').value = choice;
-    const [encoderBytes, plannerBytes, runtime] = await Promise.all([
-      fetchOk('encoder.onnx').then((r) => r.arrayBuffer()), fetchOk('planner.onnx').then((r) => r.arrayBuffer()),
-      loadRuntime(choice)]);
+    const bytes = (name) => fetchOk(name).then((r) => r.arrayBuffer());
+    const [encoderBytes, plannerBytes, idmBytes, runtime] = await Promise.all([bytes('encoder.onnx'),
+      bytes('planner.onnx'), manifest.idm ? bytes(manifest.idm.file) : null, loadRuntime(choice)]);
     ort = runtime.module;
     const options = { executionProviders: [runtime.ep], graphOptimizationLevel: 'all' };
-    sessions = {
-      encoder: await ort.InferenceSession.create(new Uint8Array(encoderBytes), options),
-      planner: await ort.InferenceSession.create(new Uint8Array(plannerBytes), options),
-    };
+    const session = (b) => ort.InferenceSession.create(new Uint8Array(b), options);
+    sessions = { encoder: await session(encoderBytes), planner: await session(plannerBytes),
+      idm: idmBytes && await session(idmBytes) };
     Object.assign(state, { backend: runtime.ep, threads: ort.env.wasm.numThreads });
     $('runtime').textContent = `onnxruntime-web ${ort.env.versions?.web ?? ''} ${runtime.ep}` +
       (runtime.ep === 'wasm' ? `, ${state.threads} thread${state.threads > 1 ? 's' : ''}` : '');
+    const bounds = manifest.action_bounds;
+    const box = (b) => b.low.slice(0, manifest.model.env_action_dim)
+      .map((v, j) => `[${v.toFixed(2)}, ${b.high[j].toFixed(2)}]`).join(' × ');
+    $('bounds').textContent = !bounds || bounds.mode === 'none' ? 'none'
+      : `${bounds.mode} (the env's box: ${box(bounds)} per action)`;
   } catch (err) {
     fail(err.message);
     return;
   }
   env = new TwoRoom(manifest.env);
+  state.constants = manifest.env.constants;
   const seed = Number(params.get('seed') ?? DEFAULTS.seed);
   rng = makeRng(seed);
-  for (const key of ['samples', 'topk', 'iterations', 'horizon']) {
+  for (const key of ['samples', 'topk', 'iterations', 'horizon', 'budget']) {
     $(key).value = params.get(key) ?? Math.min(DEFAULTS[key], key === 'horizon' ? manifest.model.horizon : Infinity);
   }
+  $('mode').querySelector('[value=policy]').disabled = !sessions.idm;
+  if (!sessions.idm) $('mode').title = 'policy needs idm.onnx: export a run with a GC-IDM (lewm-train-idm)';
+  $('mode').value = sessions.idm && params.get('mode') === 'policy' ? 'policy' : 'plan';
   $('horizon').max = manifest.model.horizon;
   readSettings();
   const start = params.get('agent')?.split(',').map(Number);
@@ -408,17 +564,22 @@ async function main() {
   $('play').addEventListener('click', togglePlay);
   $('step').addEventListener('click', () => step());
   $('reset').addEventListener('click', async () => {
-    state.running = false;
+    setRunning(false);
     await whenIdle();
     resetEpisode(null);
   });
+  for (const key of ['mode', 'samples', 'topk', 'iterations', 'horizon', 'budget']) {
+    $(key).addEventListener('change', () => { readSettings(); refreshStatus(); });
+  }
+  $('cost-legend').style.background = costGradientCss();
   $('backend').addEventListener('change', () => {
     params.set('backend', $('backend').value);
     location.search = params.toString();
   });
-  for (const id of ['play', 'step', 'reset']) $(id).disabled = false;
   state.ready = true;
-  setStatus('click to place a goal');
+  for (const id of ['play', 'reset']) $(id).disabled = false;
+  setRunning(false);
+  refreshStatus();
 }
 
 main();

@@ -1,6 +1,8 @@
 // CEM over action sequences, as lewm_fast/reference/cem.py's CEMSolver: per iteration, candidates = randn * std + mean
 // with candidate 0 = mean; costs from the model; elites = the topk lowest costs (stable order, NaN never preferred);
-// mean, std = the elites' mean and unbiased std. The noise comes from a small seeded generator (not torch's).
+// mean, std = the elites' mean and unbiased std. The noise comes from a small seeded generator (not torch's). With
+// action bounds in "clip" mode (the manifest's "action_bounds", lewm_fast/planning/bounds.py) every sampled candidate
+// and every refitted mean is clamped into them, as the planners' clip_ does.
 
 /** A seeded generator: uniform() in [0, 1) (mulberry32) and normal() (Box-Muller). */
 export function makeRng(seed) {
@@ -36,18 +38,21 @@ export function argsort(costs) {
  * Plan with CEM. `mean` (Float32Array horizon * width) warm-starts it; candidates are laid out
  * (samples, maxHorizon, width) with zeros after `horizon` blocks; `cost(candidates, samples)` resolves to
  * {costs: (samples, maxHorizon) prefix costs, latents} and the cost of a candidate is its prefix cost at `horizon`.
+ * `bounds` ({low, high}: width values each, normalised units) or null: clamp candidates and means into them.
  * Resolves to {mean, std, candidates, costs, order, latents} of the last iteration (order: ascending cost).
  */
-export async function cemPlan({ cost, mean, varScale, samples, topk, iterations, horizon, maxHorizon, width, rng }) {
+export async function cemPlan({ cost, mean, varScale, samples, topk, iterations, horizon, maxHorizon, width, rng,
+  bounds = null }) {
   const size = horizon * width;
-  mean = Float32Array.from(mean);
+  const clamp = bounds ? (v, k) => Math.min(bounds.high[k % width], Math.max(bounds.low[k % width], v)) : (v) => v;
+  mean = Float32Array.from(mean, clamp);
   let std = new Float32Array(size).fill(varScale);
   let last = null;
   for (let it = 0; it < iterations; it++) {
     const candidates = new Float32Array(samples * maxHorizon * width);
     for (let i = 0; i < samples; i++) {
       for (let k = 0; k < size; k++) {
-        candidates[i * maxHorizon * width + k] = i === 0 ? mean[k] : mean[k] + std[k] * rng.normal();
+        candidates[i * maxHorizon * width + k] = clamp(i === 0 ? mean[k] : mean[k] + std[k] * rng.normal(), k);
       }
     }
     const out = await cost(candidates, samples);
@@ -64,7 +69,7 @@ export async function cemPlan({ cost, mean, varScale, samples, topk, iterations,
       const m = sum / topk;
       let sq = 0;
       for (const i of elites) sq += (candidates[i * maxHorizon * width + k] - m) ** 2;
-      nextMean[k] = m;
+      nextMean[k] = clamp(m, k);
       nextStd[k] = Math.sqrt(sq / (topk - 1));
     }
     mean = nextMean;

@@ -54,9 +54,11 @@ export class TwoRoom {
     return Math.sqrt(dx * dx + dy * dy) < this.c.SUCCESS_DISTANCE;
   }
 
-  /** A uniformly random start position outside the wall's reach (TwoRoomEnv.sample_agent), from rng.uniform(). */
-  sampleAgent(rng) {
-    const [lo, hi] = this.c.SPAWN;
+  /** A uniformly random start position in `range` on both axes, outside the wall's reach, from rng.uniform(). With
+   *  SPAWN (the default) it is TwoRoomEnv.sample_agent, which, as stable-worldmodel, can put the agent's centre on the
+   *  border line (SPAWN reaches 7 px beyond CLEAR; the first step moves it in); the page passes CLEAR. */
+  sampleAgent(rng, range = this.c.SPAWN) {
+    const [lo, hi] = range;
     for (;;) {
       const p = [lo + (hi - lo) * rng.uniform(), lo + (hi - lo) * rng.uniform()];
       if (!(this.c.REACH[0] <= p[0] && p[0] <= this.c.REACH[1])) return p;
