@@ -29,6 +29,7 @@ TORCH_LIBRARY_FRAGMENT(lewm_fast, m) {
   m.def("sigreg_loss(Tensor sums, Tensor count, Tensor phi, Tensor weights) -> Tensor");
   m.def("sigreg_loss_backward(Tensor grad, Tensor sums, Tensor count, Tensor phi, Tensor weights) -> Tensor");
   m.def("window_attention(Tensor qkv, Tensor? prefix_qkv, int heads, int num_queries) -> Tensor");
+  m.def("window_attention_backward(Tensor grad_out, Tensor qkv, Tensor? prefix_qkv, int heads) -> Tensor");
   m.def(
       "window_blocks(Tensor x, Tensor mods, Tensor[] prefix_qkv, Tensor[] weights, float[] eps, int heads, "
       "str gelu_approximate, int chunk_rows, Tensor[] head, float head_eps, str head_approximate, Tensor? goal, "
@@ -46,6 +47,7 @@ TORCH_LIBRARY_IMPL(lewm_fast, CPU, m) {
   m.impl("sigreg_loss", &lewm_fast::sigreg_loss_cpu);
   m.impl("sigreg_loss_backward", &lewm_fast::sigreg_loss_backward_cpu);
   m.impl("window_attention", &lewm_fast::window_attention_cpu);
+  m.impl("window_attention_backward", &lewm_fast::window_attention_backward_cpu);
   m.impl("window_blocks", &lewm_fast::window_blocks_cpu);
   m.impl("window_pack", &lewm_fast::window_pack_cpu);
 }

@@ -25,6 +25,10 @@ at::Tensor sigreg_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& su
 at::Tensor window_attention_cpu(const at::Tensor& qkv, const c10::optional<at::Tensor>& prefix_qkv, int64_t heads,
                                 int64_t num_queries);
 
+// window_attention_backward.cpp
+at::Tensor window_attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv,
+                                         const c10::optional<at::Tensor>& prefix_qkv, int64_t heads);
+
 // window_blocks.cpp (whether they can run: blas.h's blas_gemm_available / mkl_packing_available)
 at::Tensor window_blocks_cpu(const at::Tensor& x_in, const at::Tensor& mods, at::TensorList prefix_qkv,
                              at::TensorList weights, at::ArrayRef<double> eps, int64_t heads,

@@ -70,9 +70,10 @@ def _tiny_model(**overrides: Any) -> torch.nn.Module:
 def paper_launches(sm_count: int) -> List[Labelled]:
     """Launches at the paper's shapes: planners (300 samples, top 30, horizon 5) over 1 and 50 envs (also as the
     stable-worldmodel adapter plans at history 3; CEM also with TF32 / 3xTF32 float32 dots), SIGReg at the training shape T=4 x B=128 x D=192, M=1024 (and
-    B=8192, M=512), the refit op, ``predict``."""
-    from .precompile import PLANNERS, record_plan_launches, record_predict_launches, record_refit_launches, \
-        record_sigreg_launches
+    B=8192, M=512), the refit op, ``predict``, a gradient planner's step (costs under autograd and their backward;
+    also paired as the adapter plans at history 3)."""
+    from .precompile import PLANNERS, record_gradient_launches, record_plan_launches, record_predict_launches, \
+        record_refit_launches, record_sigreg_launches
 
     out: List[Labelled] = []
     for action_dim in (2, 5):  # Two-Room / PushT / Reacher; Cube
@@ -96,6 +97,13 @@ def paper_launches(sm_count: int) -> List[Labelled]:
         for dtype in (torch.float32, torch.bfloat16):
             out += [(f"paper predict a={action_dim} {_dt(dtype)}", x)
                     for x in record_predict_launches(model, 128, dtype=dtype, sm_count=sm_count)]
+        for n_envs in (1, 50):  # a gradient planner's step: the costs' forward under autograd and their backward
+            for history in (1, 3):
+                for dtype in (torch.float32, torch.bfloat16):
+                    out += [(f"paper gradient a={action_dim} envs={n_envs} history={history} {_dt(dtype)}", x)
+                            for x in record_gradient_launches(model, n_envs, history, dtype=dtype, sm_count=sm_count)]
+            out += [(f"paper gradient a={action_dim} envs={n_envs} history=3 fp32 swm-paired", x)
+                    for x in record_gradient_launches(model, n_envs, 3, sm_count=sm_count, paired=True)]
     for shape in ((4, 128, 192, 1024), (1, 8192, 192, 512)):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             out += [(f"paper sigreg {shape} {_dt(dtype)}", x)
@@ -109,8 +117,8 @@ def paper_launches(sm_count: int) -> List[Labelled]:
 def test_shape_launches(sm_count: int) -> List[Labelled]:
     """Launches of the test suite's tiny model and shapes (each constexpr branch they reach: short windows, prefixes,
     small heads, odd sizes, custom knot counts)."""
-    from .precompile import PLANNERS, record_plan_launches, record_predict_launches, record_refit_launches, \
-        record_sigreg_launches
+    from .precompile import PLANNERS, record_gradient_launches, record_plan_launches, record_predict_launches, \
+        record_refit_launches, record_sigreg_launches
 
     out: List[Labelled] = []
     model = _tiny_model()
@@ -128,6 +136,14 @@ def test_shape_launches(sm_count: int) -> List[Labelled]:
                 out += [(f"tests {planner} tiny history={history} fp32 swm-paired", x)
                         for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4, horizon=3,
                                                       sm_count=sm_count, history_pairing="swm")]
+    for history in (1, 2, 3):
+        for dtype in (torch.float32, torch.bfloat16):
+            out += [(f"tests gradient tiny history={history} {_dt(dtype)}", x)
+                    for x in record_gradient_launches(model, 2, history, num_samples=5, horizon=4, dtype=dtype,
+                                                      sm_count=sm_count)]
+        out += [(f"tests gradient tiny history={history} fp32 swm-paired", x)
+                for x in record_gradient_launches(model, 2, history, num_samples=3, horizon=3, sm_count=sm_count,
+                                                  paired=True)]
     for frames in (1, 2, 3):
         out += [(f"tests predict tiny frames={frames}", x)
                 for x in record_predict_launches(model, 4, frames, sm_count=sm_count)]

@@ -94,6 +94,38 @@ def record_plan_launches(
     return list(launches)
 
 
+def record_gradient_launches(
+    model: nn.Module,
+    n_envs: int = 1,
+    history: Optional[int] = None,
+    num_samples: int = 300,
+    horizon: int = 5,
+    dtype: Optional[torch.dtype] = None,
+    sm_count: int = H100_SM_COUNT,
+    paired: bool = False,
+) -> List[Launch]:
+    """The Triton launches of one step of a gradient planner: ``RolloutEngine.costs`` (``paired``: ``paired_costs``,
+    over ``horizon + history - 1`` actions) of ``num_samples`` candidates per env that require grad, and its
+    backward, with ``history`` context frames (default: the predictor's window)."""
+    from .planning import RolloutEngine
+
+    meta_model = meta_copy(model).eval()
+    engine = RolloutEngine(meta_model, backend="triton", dtype=dtype)
+    history = _window(model) if history is None else history
+    d, a = engine.latent_dim, engine.action_dim
+    emb_ctx = torch.empty(n_envs, history, d, device="meta")
+    goal = torch.empty(n_envs, d, device="meta")
+    steps = horizon + history - 1 if paired else horizon
+    candidates = torch.empty(n_envs, num_samples, steps, a, device="meta", requires_grad=True)
+    with torch.enable_grad(), record_launches(sm_count) as launches:
+        if paired:
+            costs = engine.paired_costs(emb_ctx, goal, candidates)
+        else:
+            costs = engine.costs(emb_ctx, torch.empty(n_envs, history - 1, a, device="meta"), goal, candidates)
+        costs.sum().backward()
+    return list(launches)
+
+
 def record_predict_launches(
     model: nn.Module, batch: int, frames: Optional[int] = None, dtype: Optional[torch.dtype] = None,
     sm_count: int = H100_SM_COUNT,

@@ -58,7 +58,7 @@ def checkpoint(tmp_path_factory, episodes) -> Path:
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx")
-    assert cli_main(["export-onnx", f"checkpoint={checkpoint}", f"out={out}"]) == 0
+    assert cli_main(["export-onnx", f"checkpoint={checkpoint}", f"out={out}", "action_bounds=none"]) == 0
     return out
 
 
@@ -77,14 +77,23 @@ def env_frames(size: int, count: int, seed: int = 0) -> np.ndarray:
     return np.stack([env.step(rng.uniform(-1, 1, 2))[0]["pixels"] for _ in range(count)])
 
 
-def reference_costs(model, context, history, candidates, goal):
-    """The reference rollout from one context for every candidate, and the goal cost after each block."""
+def reference_costs(model, context, history, candidates, goal, bounds=None):
+    """The reference rollout from one context for every candidate, and the goal cost after each block; with the
+    manifest's ``bounds`` applied as its note says (clip: candidates clamped; penalty: added over blocks 1..t+1)."""
     n = candidates.shape[0]
+    mode = "none" if bounds is None else bounds["mode"]
+    if mode != "none":
+        low, high = torch.tensor(bounds["low"]), torch.tensor(bounds["high"])
+    if mode == "clip":
+        candidates = candidates.clamp(low, high)
     with torch.no_grad():
         latents = model.rollout(context.expand(1, n, *context.shape), history.expand(1, n, *history.shape),
                                 candidates.unsqueeze(0))[0]
     costs = torch.stack([goal_mse_cost(latents[None, :, t], goal[None])[0]
                          for t in range(context.shape[0], latents.shape[1])], dim=1)
+    if mode == "penalty":
+        excess = (candidates - high).clamp_min(0) + (low - candidates).clamp_min(0)
+        costs = costs + bounds["weight"] * excess.square().sum(-1).cumsum(1)
     return costs, latents
 
 
@@ -104,7 +113,8 @@ def check_graphs(model, folder: Path, frames: np.ndarray, history: int) -> None:
     context, goal = latents[:history], latents[-1]
     action_history = torch.from_numpy(rng.uniform(-1, 1, (history - 1, a)).astype(np.float32))
     for candidates in (torch.randn(37, horizon, a), torch.from_numpy(rng.uniform(-2, 2, (300, horizon, a))).float()):
-        want_costs, want_latents = reference_costs(model, context, action_history, candidates, goal)
+        want_costs, want_latents = reference_costs(model, context, action_history, candidates, goal,
+                                                   manifest.get("action_bounds"))
         got_costs, got_latents = plan.run(None, planner_inputs(plan, context, action_history, candidates, goal))
         torch.testing.assert_close(torch.from_numpy(got_latents), want_latents, **TOL)
         torch.testing.assert_close(torch.from_numpy(got_costs), want_costs, **TOL)
@@ -156,11 +166,29 @@ def test_manifest(checkpoint, exported, episodes):
     assert manifest["action"]["mean"] == ACTION_MEAN * 5 and manifest["action"]["std"] == ACTION_STD * 5
     assert manifest["env"] == json.loads(json.dumps(env_geometry("two_room")))
     assert manifest["env"]["constants"]["SPEED"] == make("two_room").unwrapped.speed
+    assert manifest["action_bounds"]["mode"] == "none" and len(manifest["action_bounds"]["low"]) == 10
     pca = manifest["pca"]
     assert pca["source"] == str(episodes.resolve()) and np.array(pca["components"]).shape == (2, 32)
     assert np.array(pca["points"]).shape[1] == 4 and json.loads((exported / PCA_FILE).read_text()) == pca
     for name, info in manifest["files"].items():
         assert info["bytes"] == (exported / name).stat().st_size
+
+
+@pytest.mark.parametrize("mode", ["clip", "penalty"])
+def test_planner_graph_applies_the_action_bounds(checkpoint, episodes, tmp_path, mode):
+    """The env box [-1, 1] in normalised block units in the manifest; planner.onnx clamps (clip) or adds the
+    penalty of blocks 1..t+1 (penalty) like the reference does."""
+    from lewm_fast.reference.lewm import LeWM
+
+    out = tmp_path / mode
+    assert cli_main(["export-onnx", f"checkpoint={checkpoint}", f"out={out}", f"action_bounds={mode}",
+                     "bounds_weight=3"]) == 0
+    bounds = json.loads((out / "manifest.json").read_text())["action_bounds"]
+    assert bounds["mode"] == mode and bounds["weight"] == 3.0
+    mean, std = np.array(ACTION_MEAN * 5), np.array(ACTION_STD * 5)
+    np.testing.assert_allclose(bounds["low"], (-1 - mean) / std, rtol=1e-6)
+    np.testing.assert_allclose(bounds["high"], (1 - mean) / std, rtol=1e-6)
+    check_graphs(LeWM.from_pretrained(checkpoint), out, env_frames(28, 5), history=1)
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL / "weights.pt").is_file(), reason="the shipped model is not in this checkout")
@@ -193,6 +221,9 @@ def test_bad_input(checkpoint, tmp_path, capsys):
     assert "missing required argument(s): out=..." in error_of(capsys, f"checkpoint={checkpoint}")
     assert "unknown key 'horizn'" in error_of(capsys, f"checkpoint={checkpoint}", out, "horizn=3")
     assert "horizon must be an integer" in error_of(capsys, f"checkpoint={checkpoint}", out, "horizon=x")
+    assert "action_bounds must be one of" in error_of(capsys, f"checkpoint={checkpoint}", out, "action_bounds=box")
+    assert "bounds_weight must be a number" in error_of(capsys, f"checkpoint={checkpoint}", out, "bounds_weight=x")
+    assert "bounds_weight must be >= 0" in error_of(capsys, f"checkpoint={checkpoint}", out, "bounds_weight=-2")
     assert "neither a checkpoint folder" in error_of(capsys, f"checkpoint={tmp_path}", out)
     assert "history must be in [1, 3]" in error_of(capsys, f"checkpoint={checkpoint}", out, "history=4")
     bare = tmp_path / "bare"

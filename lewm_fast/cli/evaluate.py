@@ -25,6 +25,7 @@ EXAMPLES = (
     "lewm-eval checkpoint=runs/pusht dataset=data/pusht.h5 episodes=50   # goals from the run's held-out episodes",
     "lewm-eval checkpoint=pusht/lewm_object.ckpt env=pusht dataset=pusht_expert_val.h5   # a stable-worldmodel run",
     "lewm-eval checkpoint=runs/quickstart planner.n_steps=10 planner.num_samples=200",
+    "lewm-eval checkpoint=lewm_fast/assets/two_room planner=gd planner.lr=0.05   # gradient descent on the actions",
 )
 
 
@@ -64,14 +65,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     summary = evaluation.run()
     p = summary["planner"]
+    steps = p.get("n_steps", 1) * p.get("n_outer_steps", 1)  # predictive sampling: one round; Lagrangian: all rounds
+    search = f", {p['num_samples']} samples x {steps} iterations" if "num_samples" in p else ""
     print(
         f"{summary['env']}: success {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} % "
         f"(goal {summary['goal_offset']} steps ahead, budget {summary['budget']} steps)"
     )
     print(
         f"plan latency: mean {1e3 * summary['plan_latency_mean_s']:.1f} ms, median {1e3 * summary['plan_latency_median_s']:.1f} ms"
-        f" over {summary['plans']} plans ({p['class']} on {summary['device']}, backend {p['backend']}, "
-        f"{p['num_samples']} samples x {p['n_steps']} iterations)"
+        f" over {summary['plans']} plans ({p['class']} on {summary['device']}, backend {p['backend']}{search})"
     )
     print(f"results: {summary['out']}/results.json")
     return 0

@@ -21,8 +21,8 @@ keys:
   horizon=5           action blocks per candidate (the page can plan shorter horizons with the same file)
   data=<file.h5>      episode file for the latent PCA (default: the training file normalization.json records, else
                       the checkpoint's latent_pca.json)
-  action_bounds=clip  what planner.onnx does with the env's action box (recorded in the manifest in normalised units):
-                      clip (clamp the candidates) | penalty (add bounds_weight * squared excess to the costs) | none
+  action_bounds=none  what planner.onnx does with the env's action box (recorded in the manifest in normalised units):
+                      none | clip (clamp the candidates) | penalty (add bounds_weight * squared excess to the costs)
   bounds_weight=10    the penalty's weight
   idm=<folder>        a GC-IDM (lewm-train-idm) to export as idm.onnx (default: the run's idm/ when it has one)
 """
@@ -85,7 +85,7 @@ def export_command(args: Sequence[str]) -> int:
     from ..export import export_onnx
 
     s = parse_keys(args, {"checkpoint": None, "out": None, "history": "1", "horizon": "5", "data": None,
-                          "action_bounds": "clip", "bounds_weight": "10", "idm": None}, required=("checkpoint", "out"))
+                          "action_bounds": "none", "bounds_weight": "10", "idm": None}, required=("checkpoint", "out"))
     try:
         weight = float(str(s["bounds_weight"]))
     except ValueError:

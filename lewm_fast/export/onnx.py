@@ -10,7 +10,15 @@
   horizon T and ``costs[:, k-1]`` the cost at a shorter horizon k (the rollout is causal: candidates padded with anything
   after block k give the same ``costs[:, k-1]``). N is dynamic; H and T are fixed at export.
 - ``manifest.json``: sizes, the frame normalisation, the action scaling of ``normalization.json`` (per block entry), the
-  opset, the source checkpoint's SHA-256, the env's geometry (Two-Room: its module constants) and the latent PCA basis.
+  opset, the source checkpoint's SHA-256, the env's geometry (Two-Room: its module constants), the latent PCA basis
+  and ``action_bounds``: the env's action box in normalised block units (``planning.bounds.normalized_box``) with the
+  mode the planner graph applies (``action_bounds=`` of the export): ``"clip"`` clamps the candidates into the box
+  before the rollout (a sampler should clip its samples too, so its mean and plan stay inside), ``"penalty"`` adds
+  ``weight * sum excess^2`` over blocks 1..t+1 to ``costs[:, t]``, ``"none"`` leaves the graph a pure cost function.
+
+With a GC-IDM (``lewm-train-idm``: ``idm=`` of the export, else the run's ``idm/`` when it holds one), also
+``idm.onnx``: current latents (B, D), goal latents (B, D) and ``remaining`` (B,) = k/K -> normalised action blocks
+(B, A), one forward pass per decision (``reference.idm.GCIDM``); described in the manifest under ``"idm"``.
 
 The PCA basis (first two principal components) is computed from frames of the training data (``data=``, else the file
 ``normalization.json`` records); a checkpoint shipped without its data carries it as ``latent_pca.json``.
@@ -30,12 +38,14 @@ import torch
 from torch import nn
 
 from ..io import CheckpointError, load_model, model_files
+from ..planning.bounds import BOUND_MODES, DEFAULT_ACTION_BOUNDS, DEFAULT_PENALTY_WEIGHT, ActionBounds, normalized_box
 from ..reference.cem import goal_mse_cost
 from ..reference.lewm import LeWM
 from ..reference.vit import IMAGENET_MEAN, IMAGENET_STD
 
 OPSET = 17
 ENCODER_FILE, PLANNER_FILE, MANIFEST_FILE, PCA_FILE = "encoder.onnx", "planner.onnx", "manifest.json", "latent_pca.json"
+IDM_FILE = "idm.onnx"
 FORMAT = "lewm-fast-onnx/1"
 EXTRA_HINT = 'pip install "lewm-fast[onnx]"'
 
@@ -60,19 +70,31 @@ class EncoderGraph(nn.Module):
 
 class PlannerGraph(nn.Module):
     """(context (H, D), action_history (H-1, A), candidates (N, T, A), goal (D)) -> (costs (N, T), latents (N, H+T, D)):
-    every candidate rolled out from the same context with ``LeWM.rollout``, its goal cost after each block."""
+    every candidate rolled out from the same context with ``LeWM.rollout``, its goal cost after each block. With
+    ``bounds`` (``ActionBounds``): clip mode clamps the candidates first; penalty mode adds the penalty of blocks
+    1..t+1 to ``costs[:, t]``."""
 
-    def __init__(self, model: LeWM):
+    def __init__(self, model: LeWM, bounds: Optional[ActionBounds] = None):
         super().__init__()
         self.model = model
+        self.mode = "none" if bounds is None else bounds.mode
+        self.weight = 0.0 if bounds is None else bounds.weight
+        if bounds is not None:
+            self.register_buffer("low", bounds.low.cpu(), persistent=False)
+            self.register_buffer("high", bounds.high.cpu(), persistent=False)
 
     def forward(self, context: torch.Tensor, action_history: torch.Tensor, candidates: torch.Tensor,
                 goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = candidates.shape[0]
+        if self.mode == "clip":
+            candidates = torch.minimum(torch.maximum(candidates, self.low), self.high)
         ctx = context.expand(1, n, *context.shape)
         hist = action_history.expand(1, n, *action_history.shape)
         latents = self.model.rollout(ctx, hist, candidates.unsqueeze(0))[0]
         costs = goal_mse_cost(latents[:, context.shape[0]:], goal.expand(n, -1))
+        if self.mode == "penalty":
+            excess = torch.relu(candidates - self.high) + torch.relu(self.low - candidates)
+            costs = costs + self.weight * torch.cumsum(excess.square().sum(-1), dim=1)
         return costs, latents
 
 
@@ -189,9 +211,10 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
             raise ExportError(f"cannot export {path.name}: {type(exc).__name__}: {exc}") from exc
 
 
-def export_graphs(model: LeWM, out: Path, history: int = 1, horizon: int = 5) -> None:
+def export_graphs(model: LeWM, out: Path, history: int = 1, horizon: int = 5,
+                  bounds: Optional[ActionBounds] = None) -> None:
     """Write ``encoder.onnx`` and ``planner.onnx`` for ``model`` into ``out`` (H = ``history`` context latents, T =
-    ``horizon`` blocks)."""
+    ``horizon`` blocks, the planner graph applying ``bounds``)."""
     if not 1 <= history <= model.history_size:
         raise ExportError(f"history must be in [1, {model.history_size}] (the model's window), got {history}")
     if horizon < 1:
@@ -202,12 +225,64 @@ def export_graphs(model: LeWM, out: Path, history: int = 1, horizon: int = 5) ->
     _export(EncoderGraph(model).eval(), (frames,), out / ENCODER_FILE, ["frames"], ["latents"],
             {"frames": {0: "batch"}, "latents": {0: "batch"}})
     example = (torch.randn(history, d), torch.zeros(history - 1, a), torch.randn(4, horizon, a), torch.randn(d))
-    _export(PlannerGraph(model).eval(), example, out / PLANNER_FILE, ["context", "action_history", "candidates", "goal"],
+    _export(PlannerGraph(model, bounds).eval(), example, out / PLANNER_FILE,
+            ["context", "action_history", "candidates", "goal"],
             ["costs", "latents"], {"candidates": {0: "samples"}, "costs": {0: "samples"}, "latents": {0: "samples"}})
 
 
+def export_idm(model: LeWM, source: Path, out: Path, idm: Optional[Union[str, os.PathLike]] = None) -> Optional[Dict[str, Any]]:
+    """Write ``idm.onnx`` from the GC-IDM at ``idm`` (default: the run's ``idm/``, skipped when it has none) -> the
+    manifest's ``"idm"`` entry, or None. ExportError for a missing explicit IDM or one of another model."""
+    from ..io.idm import default_idm_dir, idm_file, load_idm
+
+    path = Path(idm) if idm is not None else default_idm_dir(source)
+    if idm is None and not idm_file(path).is_file():
+        return None
+    try:
+        net, meta = load_idm(path, model)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    d, a = net.latent_dim, net.action_dim
+    example = (torch.randn(2, d), torch.randn(2, d), torch.ones(2))
+    batch = {0: "batch"}
+    _export(net, example, out / IDM_FILE, ["z", "goal", "remaining"], ["block"],
+            {"z": batch, "goal": batch, "remaining": batch, "block": batch})
+    return {
+        "file": IDM_FILE, "sha256": file_sha256([out / IDM_FILE]), "bytes": (out / IDM_FILE).stat().st_size,
+        "inputs": {"z": ["batch", d], "goal": ["batch", d], "remaining": ["batch"]}, "outputs": {"block": ["batch", a]},
+        "horizon": int(net.horizon), "frameskip": int(meta["frameskip"]), "env_action_dim": int(meta["env_action_dim"]),
+        "note": "z: the current frame's latent (encoder.onnx), goal: the goal frame's latent, remaining: k / horizon "
+                "with k the frames (action blocks) left to the goal, in [1, horizon] (the eval's countdown: horizon "
+                "minus blocks executed, at least 1). block: the next normalised action block (frameskip x env action "
+                "dim, row-major, like action.mean): env action = block * std + mean, clipped to the env's box",
+    }
+
+
+def action_box(env_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The env's action box (low, high) in env units."""
+    from .. import envs
+
+    box = envs.make(env_name, image_size=8).action_space
+    return np.asarray(box.low, dtype=np.float64), np.asarray(box.high, dtype=np.float64)
+
+
+def export_bounds(model: LeWM, norm: Dict[str, Any], mode: str, weight: float) -> ActionBounds:
+    """The env's action box in the model's normalised block units, as ``ActionBounds`` with ``mode`` ("none": the
+    box is still recorded in the manifest, the graph ignores it)."""
+    from ..data import ActionCodec
+
+    if mode not in (*BOUND_MODES, "none"):
+        raise ExportError(f"action_bounds must be one of {[*BOUND_MODES, 'none']}, got {mode!r}")
+    if not weight >= 0:
+        raise ExportError(f"bounds_weight must be >= 0, got {weight}")
+    frameskip = int(norm["frameskip"])
+    codec = ActionCodec(norm["action"]["mean"], norm["action"]["std"], frameskip, model.action_dim // frameskip)
+    return ActionBounds(normalized_box(codec, *action_box(str(norm["env"]))), model.action_dim, torch.device("cpu"),
+                        "clip" if mode == "none" else mode, weight)
+
+
 def build_manifest(model: LeWM, source: Path, norm: Dict[str, Any], out: Path, history: int, horizon: int,
-                   pca: Dict[str, Any]) -> Dict[str, Any]:
+                   pca: Dict[str, Any], bounds: Optional[ActionBounds] = None, mode: str = "none") -> Dict[str, Any]:
     """The manifest of an export in ``out`` (see the module doc)."""
     from .._version import __version__
     from ..data import ActionCodec
@@ -232,6 +307,12 @@ def build_manifest(model: LeWM, source: Path, norm: Dict[str, Any], out: Path, h
                   for name in (ENCODER_FILE, PLANNER_FILE)},
         "env": env_geometry(env_name) or {"name": env_name},
         "pca": pca,
+        **({} if bounds is None else {"action_bounds": {
+            "low": bounds.low.tolist(), "high": bounds.high.tolist(), "mode": mode, "weight": bounds.weight,
+            "note": "the env's action box in normalised block units (per block entry, like action.mean). planner.onnx "
+                    "applies mode: clip = candidates clamped into [low, high] before the rollout (clip your samples "
+                    "too, so the mean and the executed block stay inside); penalty = costs[:, t] += weight * sum of "
+                    "squared excess over blocks 1..t+1; none = a pure cost graph"}}),
     }
 
 
@@ -245,16 +326,24 @@ def read_manifest(out: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
 
 
 def export_onnx(checkpoint: Union[str, os.PathLike], out: Union[str, os.PathLike], history: int = 1, horizon: int = 5,
-                data: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
+                data: Optional[Union[str, os.PathLike]] = None, action_bounds: str = DEFAULT_ACTION_BOUNDS,
+                bounds_weight: float = DEFAULT_PENALTY_WEIGHT, idm: Optional[Union[str, os.PathLike]] = None,
+                ) -> Dict[str, Any]:
     """Export ``checkpoint`` (a lewm-train run or checkpoint folder) to ``out``: encoder.onnx, planner.onnx,
-    manifest.json, latent_pca.json (see the module doc). -> the manifest. ExportError on what cannot be exported."""
+    manifest.json, latent_pca.json (see the module doc); ``action_bounds`` (clip | penalty | none, lewm-eval's
+    ``planner.action_bounds``) is what planner.onnx applies; ``idm``: a GC-IDM folder / idm.pt to export as idm.onnx
+    (default: the run's ``idm/`` when present). -> the manifest. ExportError on what cannot be exported."""
     require_onnx()
     model, source, norm = load_for_export(checkpoint)
+    bounds = export_bounds(model, norm, action_bounds, bounds_weight)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pca = resolve_pca(model, source, norm, data)
-    export_graphs(model, out, history, horizon)
-    manifest = build_manifest(model, source, norm, out, history, horizon, pca)
+    export_graphs(model, out, history, horizon, None if action_bounds == "none" else bounds)
+    manifest = build_manifest(model, source, norm, out, history, horizon, pca, bounds, action_bounds)
+    idm_entry = export_idm(model, source, out, idm)
+    if idm_entry is not None:
+        manifest["idm"] = idm_entry
     (out / PCA_FILE).write_text(json.dumps(pca))
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest

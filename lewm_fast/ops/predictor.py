@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .attention_grad import window_attention_grad
+
 
 ACTIVATIONS = ("none", "gelu", "gelu_tanh")
 """The activations ``adaln_linear`` fuses: none, GELU (erf) and GELU's tanh approximation."""
@@ -23,6 +25,12 @@ PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 WindowHead = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, str]
 """The folded prediction head for ``CpuOps.window_blocks``: (w1 (F, D), b1, w2 (D', F), b2, LN eps, GELU approximate)."""
+
+
+def differentiating(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd records an op on ``tensors``: grad mode is on and one of them requires grad. The ops then
+    run out of place (the in-place residual updates would overwrite what the backward needs)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class PredictorOps:
@@ -122,8 +130,11 @@ class PredictorOps:
         bias: Optional[torch.Tensor],
         gate: torch.Tensor,
     ) -> torch.Tensor:
-        """In place ``x += gate * (a @ weight^T + bias)`` (``weight`` None: ``x += gate * a``). x, gate (M, S, D)."""
+        """In place ``x += gate * (a @ weight^T + bias)`` (``weight`` None: ``x += gate * a``). x, gate (M, S, D).
+        Returns x, or when ``differentiating`` the sum as a new tensor (x untouched)."""
         y = a if weight is None else self.linear(a, weight, bias)
+        if differentiating(x, a, gate):
+            return torch.addcmul(x, gate, y.to(x.dtype))
         return x.addcmul_(gate, y.to(x.dtype))
 
     def attention_residual(
@@ -157,8 +168,19 @@ class CpuOps(PredictorOps):
     chunk_rows = 960  # window rows per chunk (at least one chunk per thread); column blocking keeps them in L2
 
     def window_attention(self, qkv, heads, prefix_qkv=None, num_queries=None):
+        if differentiating(qkv):  # C++ forward and backward (csrc/window_attention_backward.cpp)
+            return window_attention_grad(qkv, heads, prefix_qkv, num_queries, self._window_attention_forward,
+                                         self._window_attention_backward)
+        return self._window_attention_forward(qkv, heads, prefix_qkv, num_queries)
+
+    @staticmethod
+    def _window_attention_forward(qkv, heads, prefix_qkv=None, num_queries=None):
         nq = qkv.shape[1] if num_queries is None else num_queries
         return torch.ops.lewm_fast.window_attention(qkv, prefix_qkv, heads, nq)
+
+    @staticmethod
+    def _window_attention_backward(grad_out, qkv, heads, prefix_qkv, num_queries):
+        return torch.ops.lewm_fast.window_attention_backward(grad_out, qkv, prefix_qkv, heads)
 
     @staticmethod
     def window_blocks_available() -> bool:
@@ -209,7 +231,9 @@ class TritonOps(PredictorOps):
     gated residual into ``mlp``'s last GEMM, the goal cost into the head's last GEMM. ``precision``: the ``tl.dot``
     input precision of float32 operands, ``"ieee"`` (exact, the parity mode), ``"tf32"`` or ``"tf32x3"`` (tensor
     cores); bf16 operands always use tensor cores. The remaining GEMMs (action encoder, modulations, the head's first
-    Linear without GELU) stay on cuBLAS via ``PredictorOps.linear``."""
+    Linear without GELU) stay on cuBLAS via ``PredictorOps.linear``. Under autograd (``differentiating``) the window
+    attention keeps its Triton forward, with a Triton backward kernel; the other ops run as ``PredictorOps`` (cuBLAS
+    GEMMs and torch ops; only input gradients: each Linear's backward is one GEMM ``grad_out @ W``)."""
 
     def __init__(self, precision: str = "ieee"):
         if precision not in PRECISIONS:
@@ -217,6 +241,8 @@ class TritonOps(PredictorOps):
         self.precision = precision
 
     def adaln_layernorm(self, x, shift, mul, eps1, eps2, out_dtype, weight=None, bias=None):
+        if differentiating(x, shift, mul):
+            return super().adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype, weight, bias)
         from ..kernels.adaln_layernorm import adaln_layernorm
 
         return adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype=out_dtype, weight=weight, bias=bias)
@@ -226,26 +252,46 @@ class TritonOps(PredictorOps):
         kernel, a cuBLAS GEMM and the activation (cuBLAS' large tiles read the weight far fewer times)."""
         from ..kernels import adaln_linear as fused
 
-        if x.shape[0] * x.shape[1] <= fused.MAX_ROWS and x.shape[-1] <= fused.MAX_WIDTH:
+        fits = x.shape[0] * x.shape[1] <= fused.MAX_ROWS and x.shape[-1] <= fused.MAX_WIDTH
+        if fits and not differentiating(x, shift, mul):
             return fused.adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, self.precision)
         return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation)
 
     def window_attention(self, qkv, heads, prefix_qkv=None, num_queries=None):
+        if differentiating(qkv):  # Triton forward and backward (kernels/window_attention_backward.py)
+            return window_attention_grad(qkv, heads, prefix_qkv, num_queries, self._window_attention_forward,
+                                         self._window_attention_backward)
+        return self._window_attention_forward(qkv, heads, prefix_qkv, num_queries)
+
+    @staticmethod
+    def _window_attention_forward(qkv, heads, prefix_qkv=None, num_queries=None):
         from ..kernels.window_attention import window_attention
 
         return window_attention(qkv, heads, prefix_qkv=prefix_qkv, num_queries=num_queries)
 
+    @staticmethod
+    def _window_attention_backward(grad_out, qkv, heads, prefix_qkv, num_queries):
+        from ..kernels.window_attention_backward import window_attention_backward
+
+        return window_attention_backward(grad_out, qkv, heads, prefix_qkv, num_queries)
+
     def attention_residual(self, x, qkv, heads, weight, bias, gate, prefix_qkv=None):
+        if differentiating(x, qkv, gate):  # the Triton window attention, then cuBLAS and torch ops
+            return super().attention_residual(x, qkv, heads, weight, bias, gate, prefix_qkv)
         from ..kernels.attention_residual import attention_residual
 
         return attention_residual(x, qkv, heads, weight, bias, gate, prefix_qkv, self.precision)
 
     def gated_residual(self, x, a, weight, bias, gate):
+        if differentiating(x, a, gate):
+            return super().gated_residual(x, a, weight, bias, gate)
         from ..kernels.gated_residual import gated_residual
 
         return gated_residual(x, a, weight, bias, gate, self.precision)
 
     def goal_cost(self, hidden, weight, bias, goal):
+        if differentiating(hidden):
+            return super().goal_cost(hidden, weight, bias, goal)
         from ..kernels.goal_cost import goal_cost
 
         return goal_cost(hidden, weight, bias, goal, self.precision)

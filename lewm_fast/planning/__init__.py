@@ -6,3 +6,7 @@ from .base import PlannerBase, warm_start
 from .cem import CEMPlanner
 from .icem import ICEMPlanner, colored_noise_basis
 from .mppi import MPPIPlanner
+from .idm import IDMInit, IDMPolicy, idm_rollout
+from .gradient import GradientPlanner
+from .lagrangian import LagrangianPlanner, box_constraints
+from .predictive_sampling import PredictiveSamplingPlanner

@@ -19,6 +19,7 @@ from ..backends import resolve_backend
 from ..ops.elite_refit import EliteRefit, elite_refit_into, philox_normal_, sample_candidates_
 from ..reference.cem import PlanDiagnostics, check_action_inputs, check_cem_settings, prepare_inputs
 from ..reference.lewm import LeWM
+from .bounds import DEFAULT_PENALTY_WEIGHT, BoundsLike, make_bounds
 from .cuda_graph import GraphedLoop
 from .rollout import RolloutEngine
 from .state import persistent
@@ -103,6 +104,11 @@ class PlannerBase(abc.ABC):
     reference ``CEMSolver.plan``; ``act(...)`` is the MPC step (plan warm-started from the previous call's plan, return
     the first ``receding_horizon`` blocks); ``reset()`` forgets that state. Subclasses implement ``_loop`` on
     ``LoopBuffers`` (one set per input shape, so a CUDA graph can be captured per shape).
+
+    ``action_bounds=(low, high)`` (each (A,), normalised units, e.g. ``bounds.normalized_box`` of the env's box) keeps
+    plans inside the actions the model was trained on: ``bounds_mode="clip"`` clamps every candidate (and mean) into
+    them, ``"penalty"`` adds ``bounds_weight * sum excess^2`` to each candidate's cost (``planning.bounds``). None (the
+    default, stable-worldmodel's CEM/MPPI) leaves the plans exactly as without the option.
     """
 
     COLD_CARRY: Dict[str, float] = {"init_mean": 0.0}  # what each carried MPC tensor holds for a restarted env
@@ -122,11 +128,15 @@ class PlannerBase(abc.ABC):
         engine: Optional[RolloutEngine] = None,
         cuda_graph: bool = True,
         precision: str = "ieee",
+        action_bounds: Optional[BoundsLike] = None,
+        bounds_mode: str = "clip",
+        bounds_weight: float = DEFAULT_PENALTY_WEIGHT,
     ):
-        check_cem_settings(num_samples, topk, n_steps, horizon, receding_horizon, var_scale)
+        self._check_settings(num_samples, topk, n_steps, horizon, receding_horizon, var_scale)
         if seed is not None:
             check_positive_int(seed, "seed", 0)
         self.model = model
+        self.bounds = make_bounds(action_bounds, model.action_dim, self.device, bounds_mode, bounds_weight)
         self.num_samples, self.topk, self.n_steps = num_samples, topk, n_steps
         self.horizon, self.receding_horizon, self.var_scale = horizon, receding_horizon, float(var_scale)
         self.backend = backend
@@ -154,6 +164,11 @@ class PlannerBase(abc.ABC):
         state["_buffers"] = {}
         return state
 
+    def _check_settings(self, num_samples: int, topk: int, n_steps: int, horizon: int, receding_horizon: int,
+                        var_scale: float) -> None:
+        """ValueError for settings this planner cannot run (the sampling planners' rules by default)."""
+        check_cem_settings(num_samples, topk, n_steps, horizon, receding_horizon, var_scale)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -178,27 +193,35 @@ class PlannerBase(abc.ABC):
 
     def costs(self, emb_ctx: torch.Tensor, action_history: torch.Tensor, goal_emb: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Costs (B,N) of candidates (B,N,T,A) from context emb_ctx (B,H,D), as the reference ``CEMSolver.costs``."""
-        return self.engine.costs(emb_ctx, action_history, goal_emb, candidates)
+        costs = self.engine.costs(emb_ctx, action_history, goal_emb, candidates)
+        return costs if self.bounds is None else self.bounds.add_penalty(costs, candidates)
 
     def loop_costs(self, buf: "LoopBuffers", cand: torch.Tensor) -> torch.Tensor:
         """Costs (B,N) of ``cand`` inside the planning loop, reusing the plan's precomputed context work."""
-        return self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand, context=buf.context)
+        costs = self.engine.costs(buf.emb_ctx, buf.hist, buf.goal_emb, cand, context=buf.context)
+        return costs if self.bounds is None else self.bounds.add_penalty(costs, cand)
 
     # ------------------------------------------------------------------ sampling
     def sample_(self, out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, key_offset: int) -> torch.Tensor:
         """out (B,N,T,A) <- randn * std + mean with candidate 0 = mean (the reference ``sample_candidates``)."""
         if self.which == "triton":
-            return sample_candidates_(out, mean, std, self.noise.seed_buf, key_offset)
+            return self.clip_(sample_candidates_(out, mean, std, self.noise.seed_buf, key_offset))
         self.noise.normal_(out, key_offset)
         out.mul_(std.unsqueeze(1)).add_(mean.unsqueeze(1))
         out[:, 0] = mean
-        return out
+        return self.clip_(out)
+
+    def clip_(self, x: torch.Tensor) -> torch.Tensor:
+        """With ``action_bounds`` in clip mode, clamp ``x`` (..., A) into them in place (candidates after sampling,
+        means after a refit: rounding may put an average of clipped elites an ulp outside); else ``x`` as is."""
+        return x if self.bounds is None else self.bounds.clip_(x)
 
     def refit_(self, buf: "LoopBuffers", cand: torch.Tensor, costs: torch.Tensor, mean_out: torch.Tensor, std_out: torch.Tensor, i: int) -> None:
         """Elite refit of iteration ``i`` into mean_out/std_out, buf.elite_idx and buf.elite_costs[i]. Triton flags a
         divergence in buf.bad (no sync); the CPU/reference refit raises ValueError at once, like the reference."""
         out = EliteRefit(mean_out, std_out, buf.elite_idx, buf.elite_costs[i])
         elite_refit_into(cand, costs, self.topk, out, buf.bad, self.which)
+        self.clip_(mean_out)
 
     def advance_noise_(self) -> None:
         """After a plan: move the Philox key past the ``n_steps`` keys it used (a device op, captured in the graph)."""

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
 from ..ops.elite_refit import EliteRefit, refit_and_sample_
+from ..reference.cem import PlanDiagnostics, check_cem_settings
+from ..reference.lewm import LeWM
 from .base import LoopBuffers, PlannerBase
+
+PlanInit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class CEMPlanner(PlannerBase):
@@ -21,7 +29,33 @@ class CEMPlanner(PlannerBase):
     first is one fused elite-refit + Philox-sampling kernel (``ops.elite_refit.refit_and_sample_``) and, on CUDA, the
     whole ``n_steps`` loop is one replayed CUDA graph; a divergence (fewer than ``topk`` finite costs) is raised after
     the plan.
+
+    ``init``: ``init(emb_ctx (B,H,D), action_history (B,H-1,A), goal_emb (B,D)) -> (B, horizon, A)``, e.g.
+    ``planning.idm.IDMInit`` (the GC-IDM's rollout in latent space): every plan starts from its mean instead of the
+    given / warm-started one; with it, ``n_steps=0`` is allowed and returns that mean unchanged.
     """
+
+    def __init__(self, model: LeWM, *args: Any, init: Optional[PlanInit] = None, **kwargs: Any):
+        self.init = init
+        super().__init__(model, *args, **kwargs)
+
+    def _check_settings(self, num_samples: int, topk: int, n_steps: int, horizon: int, receding_horizon: int,
+                        var_scale: float) -> None:
+        if n_steps == 0 and self.init is None:
+            raise ValueError("n_steps=0 (no CEM iterations) needs init=...: the plan is then init's")
+        check_cem_settings(num_samples, topk, max(n_steps, 1), horizon, receding_horizon, var_scale)
+
+    def _run(self, emb_ctx: torch.Tensor, hist: torch.Tensor, goal_emb: torch.Tensor, mean: torch.Tensor,
+             diagnostics: bool, carry: Optional[Dict[str, torch.Tensor]],
+             ) -> Tuple[torch.Tensor, Optional[PlanDiagnostics], Dict[str, torch.Tensor]]:
+        if self.init is not None:
+            seeded = self.init(emb_ctx, hist, goal_emb)
+            if tuple(seeded.shape) != tuple(mean.shape):
+                raise ValueError(f"init returned shape {tuple(seeded.shape)}, expected {tuple(mean.shape)}")
+            mean = seeded.to(mean)
+        if self.n_steps == 0:
+            return self.clip_(mean.clone()), PlanDiagnostics([], [], []) if diagnostics else None, {}
+        return super()._run(emb_ctx, hist, goal_emb, mean, diagnostics, carry)
 
     def _loop(self, buf: LoopBuffers) -> None:
         if self.which == "triton":
@@ -46,4 +80,6 @@ class CEMPlanner(PlannerBase):
                 break
             out = EliteRefit(buf.means[i], buf.stds[i], buf.elite_idx, buf.elite_costs[i])
             refit_and_sample_(cand, costs, self.topk, out, buf.bad, buf.cand[(i + 1) % 2], self.noise.seed_buf, i + 1)
+            self.clip_(buf.cand[(i + 1) % 2])
+            self.clip_(buf.means[i])
         self.advance_noise_()

@@ -1,4 +1,5 @@
-"""Inference-only fused LeWM predictor rollout: folded weights + a schedule that skips work the output never sees.
+"""Fused LeWM predictor rollout: folded weights + a schedule that skips work the output never sees. Inference
+semantics; differentiable with respect to the actions (the folded weights are constants: no weight gradients).
 
 What the schedule exploits (all exact up to float rounding; SPEC §1.4-1.5):
 - AdaLN modulations depend only on the actions: computed once per call for every action position and every block in
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.predictor import CpuOps, PredictorOps
+from ..ops.predictor import CpuOps, PredictorOps, differentiating
 from .state import persistent, version_of
 
 
@@ -248,6 +249,43 @@ class PackedLeWM:
                 "head_w2": self._cast(w2), "head_b2": self._cast(b2, f32), "head_module": None}
 
 
+def _frozen(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; in grad mode with its parameters detached (gradients reach x, never the model's parameters)."""
+    if not torch.is_grad_enabled():
+        return module(x)
+    return torch.func.functional_call(module, {n: t.detach() for n, t in module.named_parameters()}, (x,))
+
+
+class UnboundModulations:
+    """Modulations (M, T, depth, 6, Dh) that require grad, unbound into one (M, Dh) view per (action position, block,
+    kind). Autograd gives a slice of a tensor a zero-filled gradient of the whole tensor, summed over all slices: with
+    a slice per block, kind and step that is hundreds of full-size copies of a tens-of-MB tensor; unbound, each
+    window's gradient lands in its own small tensors and one stack per unbind puts them together.
+    ``self[:, c0:c1]`` is the window of positions c0..c1-1 (``_mod`` reads it like the tensor)."""
+
+    requires_grad = True
+
+    def __init__(self, mods: torch.Tensor, parts: Optional[List[List[List[torch.Tensor]]]] = None):
+        self.parts = parts if parts is not None else [
+            [list(kind.unbind(0)) for kind in pos.unbind(0)] for pos in mods.permute(1, 2, 3, 0, 4).unbind(0)
+        ]
+
+    def __getitem__(self, index: Tuple[slice, slice]) -> "UnboundModulations":
+        return UnboundModulations(None, self.parts[index[1]])
+
+    def get(self, block: int, kind: int, first: int) -> torch.Tensor:
+        """(M, S - first, Dh): modulation ``kind`` of ``block`` for window tokens first.."""
+        return torch.stack([pos[block][kind] for pos in self.parts[first:]], 1)
+
+
+def _mod(mods, block: int, kind: int, first: int = 0) -> torch.Tensor:
+    """Modulation ``kind`` (0-5: shift1, mul1, gate1, shift2, mul2, gate2) of ``block`` for the window tokens first..:
+    (M, S - first, Dh), a view of a tensor ``mods`` (M, S, depth, 6, Dh), or stacked from ``UnboundModulations``."""
+    if isinstance(mods, UnboundModulations):
+        return mods.get(block, kind, first)
+    return mods[:, first:, block, kind]
+
+
 def _fused_activation(act: nn.Module) -> Optional[str]:
     """The ``ops.adaln_linear`` activation computing ``act``: "gelu" / "gelu_tanh" for nn.GELU; None for any other
     module (then applied on its own after the GEMM)."""
@@ -257,7 +295,9 @@ def _fused_activation(act: nn.Module) -> Optional[str]:
 
 
 class FusedRollout:
-    """The rollout schedule over ``PredictorOps``; inference only (dropout off, BatchNorm running statistics)."""
+    """The rollout schedule over ``PredictorOps``; inference semantics (dropout off, BatchNorm running statistics).
+    Under grad mode with actions that require grad, every op records its backward (``ops.predictor``): the rollout
+    is differentiable with respect to the actions only, the folded weights are constants (no weight gradients)."""
 
     def __init__(self, model: nn.Module, ops: PredictorOps, dtype: torch.dtype = torch.float32):
         self.model = model
@@ -284,9 +324,9 @@ class FusedRollout:
         is tens of MB per CEM iteration, above glibc's mmap threshold: a fresh one costs as much in page faults as
         its GEMM."""
         p = self.packed
-        c = F.silu(self.packed.cond_proj(act_emb)).to(self.dtype)
+        c = F.silu(_frozen(self.packed.cond_proj, act_emb)).to(self.dtype)
         shape = (*act_emb.shape[:2], p.depth, 6, p.hidden)
-        if not (reuse and act_emb.device.type == "cpu"):
+        if not (reuse and act_emb.device.type == "cpu") or differentiating(c):  # no autograd through out=...
             return self.ops.linear(c, p.ada_w, p.ada_b).view(shape)
         rows, n = act_emb.shape[0] * act_emb.shape[1], p.ada_w.shape[0]
         if self._mods_buffer is None or self._mods_buffer.numel() < rows * n or self._mods_buffer.dtype != c.dtype:
@@ -301,7 +341,7 @@ class FusedRollout:
 
     def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """(R, T, A) -> (R, T, D) with the model's own action encoder (a small share of the work)."""
-        return self.model.action_encoder(actions)
+        return _frozen(self.model.action_encoder, actions)
 
     def blocks(
         self,
@@ -310,7 +350,8 @@ class FusedRollout:
         prefix_qkv: Optional[List[torch.Tensor]] = None,
         mode: str = "all",
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Run the transformer blocks on the residual stream x (M, S, Dh) in place.
+        """Run the transformer blocks on the residual stream x (M, S, Dh) in place (out of place when differentiating:
+        see ``differentiating``).
 
         mods (M, S, depth, 6, Dh); prefix_qkv: per block (B, P, 3*inner) keys/values of a shared window prefix.
         mode "all": every token through every block; "last": the last block only updates the last token;
@@ -321,25 +362,27 @@ class FusedRollout:
         qkvs: List[torch.Tensor] = []
         for i, w in enumerate(p.blocks):
             last = i == p.depth - 1
-            m = mods[:, :, i]
-            qkv = ops.adaln_linear(x, m[:, :, 0], m[:, :, 1], w.eps1, w.eps_attn, w.qkv_w, w.qkv_b)
+            qkv = ops.adaln_linear(x, _mod(mods, i, 0), _mod(mods, i, 1), w.eps1, w.eps_attn, w.qkv_w, w.qkv_b)
             if mode == "kv":
                 qkvs.append(qkv)
                 if last:
                     break
             nq = 1 if (last and mode == "last") else x.shape[1]
             prefix = None if prefix_qkv is None else prefix_qkv[i]
-            xs, ms = x[:, x.shape[1] - nq:], m[:, x.shape[1] - nq:]
+            first = x.shape[1] - nq
+            xs, ms = x[:, first:], [_mod(mods, i, k, first) for k in range(2, 6)]  # gate1, shift2, mul2, gate2
+            # the residual ops update xs in place (a new tensor when differentiating): carry on with what they return
             if w.out_w is None:  # to_out is an Identity
-                ops.gated_residual(xs, ops.window_attention(qkv, p.heads, prefix, nq), None, None, ms[:, :, 2])
+                xs = ops.gated_residual(xs, ops.window_attention(qkv, p.heads, prefix, nq), None, None, ms[0])
             else:
-                ops.attention_residual(xs, qkv, p.heads, w.out_w, w.out_b, ms[:, :, 2], prefix)
-            f = ops.adaln_linear(xs, ms[:, :, 3], ms[:, :, 4], w.eps2, w.eps_mlp, w.fc1_w, w.fc1_b, act or "none")
+                xs = ops.attention_residual(xs, qkv, p.heads, w.out_w, w.out_b, ms[0], prefix)
+            f = ops.adaln_linear(xs, ms[1], ms[2], w.eps2, w.eps_mlp, w.fc1_w, w.fc1_b, act or "none")
             if act is None:
                 f = p.mlp_act(f)
-            ops.gated_residual(xs, f, w.fc2_w, w.fc2_b, ms[:, :, 5])
+            xs = ops.gated_residual(xs, f, w.fc2_w, w.fc2_b, ms[3])
             if last:
                 return xs, qkvs
+            x = xs  # every token went through this block
         return x, qkvs
 
     def _window_args(self) -> tuple:
@@ -369,7 +412,7 @@ class FusedRollout:
 
     def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]]) -> torch.Tensor:
         """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh)."""
-        if not self.whole_window:
+        if not self.whole_window or differentiating(x, mods):
             return self.blocks(x, mods, prefix_qkv, "last")[0]
         weights, eps, head, packed = self._window_args()
         p = self.packed
@@ -385,7 +428,7 @@ class FusedRollout:
     ) -> torch.Tensor:
         """One rollout step: the blocks on the window x (M, S, Dh) and the head on its last token -> the next latents
         (M, D) float32, or with ``goal`` (B, D) the costs (M,) of those latents."""
-        if self.whole_step:
+        if self.whole_step and not differentiating(x, mods):
             weights, eps, head, packed = self._window_args()
             p = self.packed
             return self.ops.window_blocks(
@@ -403,7 +446,7 @@ class FusedRollout:
         n = F.layer_norm(x, (x.shape[-1],), eps=p.final_eps).to(p.head_w.dtype)
         y = self.ops.linear(n, p.head_w, p.head_b)
         if p.head_module is not None:
-            return p.head_module(y.float().reshape(-1, y.shape[-1])).view(*y.shape[:-1], -1)
+            return _frozen(p.head_module, y.float().reshape(-1, y.shape[-1])).view(*y.shape[:-1], -1)
         return p.head_act(y)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -425,7 +468,7 @@ class FusedRollout:
     def tokens(self, latents: torch.Tensor, first_pos: int) -> torch.Tensor:
         """latents (M, S, D) at window positions first_pos.. -> residual stream (M, S, Dh) float32."""
         x = latents + self.packed.pos[first_pos:first_pos + latents.shape[1]]
-        return self.packed.input_proj(x).contiguous()
+        return _frozen(self.packed.input_proj, x).contiguous()
 
     # ------------------------------------------------------------------ entry points
     def predict(self, emb: torch.Tensor, act_emb: torch.Tensor) -> torch.Tensor:
@@ -435,9 +478,11 @@ class FusedRollout:
         x, _ = self.blocks(x, self.modulations(act_emb.float()), None, "all")
         return self.head(x)
 
+    @torch.no_grad()
     def context(self, emb_ctx: torch.Tensor, action_history: torch.Tensor) -> "PlanContext":
         """Keys/values of the window tokens every candidate shares (context latents paired with history actions), for
-        each rollout step that has such a prefix. Depends on the context and the weights only: one per plan."""
+        each rollout step that has such a prefix. Depends on the context and the weights only: one per plan (no
+        gradient flows into it)."""
         p = self.packed
         p.refresh_if_stale()
         b, h_ctx, _ = emb_ctx.shape
@@ -490,8 +535,10 @@ class FusedRollout:
         m = b * n
         w = p.num_frames
         mods_c = self.modulations(self.embed_actions(candidates.reshape(m, t_hor, -1)), reuse=True)  # (M, T, depth, 6, Dh)
+        if differentiating(mods_c):
+            mods_c = UnboundModulations(mods_c)
         lat = emb_ctx.new_empty(b, n, h_ctx + steps, emb_ctx.shape[-1], dtype=torch.float32)
-        lat[:, :, :h_ctx] = emb_ctx.unsqueeze(1)
+        lat[:, :, :h_ctx] = emb_ctx.detach().unsqueeze(1)  # constants: gradients reach the candidates only
         lat = lat.view(m, h_ctx + steps, -1)
         cost = None
         for t in range(steps):
@@ -501,9 +548,9 @@ class FusedRollout:
             first = max(end - w, 0) + shared  # first per-candidate token; its action is candidate first - lag
             c0 = first - lag
             x = self.tokens(lat[:, first:end], shared)
-            mods = mods_c[:, c0:c0 + end - first]
+            mods = mods_c[:, c0:c0 + end - first]  # (M, S, depth, 6, Dh)
             if goal is not None and t == steps - 1:
-                cost = self.step(x, mods, prefix, goal.float())
+                cost = self.step(x, mods, prefix, goal.detach().float())
             else:
                 lat[:, end] = self.step(x, mods, prefix)
         if goal is not None:

@@ -10,6 +10,7 @@ import torch
 
 from ..reference.lewm import LeWM
 from .base import LoopBuffers, PlannerBase, warm_start
+from .bounds import DEFAULT_PENALTY_WEIGHT, BoundsLike
 from .rollout import RolloutEngine
 
 
@@ -63,6 +64,9 @@ class ICEMPlanner(PlannerBase):
         engine: Optional[RolloutEngine] = None,
         cuda_graph: bool = True,
         precision: str = "ieee",
+        action_bounds: Optional[BoundsLike] = None,
+        bounds_mode: str = "clip",
+        bounds_weight: float = DEFAULT_PENALTY_WEIGHT,
     ):
         if not noise_beta >= 0:
             raise ValueError(f"noise_beta must be >= 0, got {noise_beta}")
@@ -73,7 +77,8 @@ class ICEMPlanner(PlannerBase):
         super().__init__(
             model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon,
             receding_horizon=receding_horizon, var_scale=var_scale, backend=backend, dtype=dtype, seed=seed,
-            engine=engine, cuda_graph=cuda_graph, precision=precision,
+            engine=engine, cuda_graph=cuda_graph, precision=precision, action_bounds=action_bounds,
+            bounds_mode=bounds_mode, bounds_weight=bounds_weight,
         )
         self.noise_beta, self.momentum = float(noise_beta), float(momentum)
         self.n_keep = min(int(round(keep_elites * topk)), num_samples - 1)
@@ -111,9 +116,11 @@ class ICEMPlanner(PlannerBase):
             cand[:, 0] = mean
             keep = x["init_elites"] if i == 0 else x["kept"]
             kept_rows.copy_(torch.where(torch.isnan(keep), kept_rows, keep))  # NaN: no elite for that step
+            self.clip_(cand)
             costs = self.loop_costs(buf, cand)
             self.refit_(buf, cand, costs, x["elite_mean"], x["elite_std"], i)
             torch.gather(cand, 1, index, out=x["kept"])
             mean = torch.lerp(x["elite_mean"], mean, self.momentum, out=buf.means[i])
             std = torch.lerp(x["elite_std"], std, self.momentum, out=buf.stds[i])
+            self.clip_(mean)
         self.advance_noise_()

@@ -8,6 +8,7 @@ import torch
 
 from ..reference.lewm import LeWM
 from .base import LoopBuffers, PlannerBase
+from .bounds import DEFAULT_PENALTY_WEIGHT, BoundsLike
 from .rollout import RolloutEngine
 
 
@@ -41,13 +42,17 @@ class MPPIPlanner(PlannerBase):
         engine: Optional[RolloutEngine] = None,
         cuda_graph: bool = True,
         precision: str = "ieee",
+        action_bounds: Optional[BoundsLike] = None,
+        bounds_mode: str = "clip",
+        bounds_weight: float = DEFAULT_PENALTY_WEIGHT,
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         super().__init__(
             model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon,
             receding_horizon=receding_horizon, var_scale=var_scale, backend=backend, dtype=dtype, seed=seed,
-            engine=engine, cuda_graph=cuda_graph, precision=precision,
+            engine=engine, cuda_graph=cuda_graph, precision=precision, action_bounds=action_bounds,
+            bounds_mode=bounds_mode, bounds_weight=bounds_weight,
         )
         self.temperature = float(temperature)
         self.elites_only = bool(elites_only)
@@ -71,6 +76,7 @@ class MPPIPlanner(PlannerBase):
             logits = torch.where(finite, (best - weighed) / self.temperature, float("-inf"))
             weights = torch.softmax(logits, dim=1).nan_to_num_(0.0)  # an all-diverged env: zero mean, flagged in bad
             torch.bmm(weights.unsqueeze(1), pool, out=buf.means[i].view(mean.shape[0], 1, -1))
+            self.clip_(buf.means[i])
             buf.stds[i].copy_(std)
             mean = buf.means[i]
         self.advance_noise_()

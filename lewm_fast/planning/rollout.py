@@ -9,6 +9,7 @@ name ``"torch"`` is taken as ``"reference"``, with a DeprecationWarning.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Optional
 
@@ -25,6 +26,30 @@ from .fused_predictor import FusedRollout, PlanContext
 DTYPES = (None, torch.float32, torch.bfloat16)
 
 
+def _grad_scope(candidates: torch.Tensor):
+    """``torch.no_grad()`` unless grad mode is on and ``candidates`` requires grad: then a no-op context, and what
+    runs inside is differentiable with respect to ``candidates`` (only: the weights are constants)."""
+    if torch.is_grad_enabled() and candidates.requires_grad:
+        return contextlib.nullcontext()
+    return torch.no_grad()
+
+
+class _FrozenRollout(nn.Module):
+    """``LeWM.rollout`` as a module's forward, for ``torch.func.functional_call`` with detached weights: autograd
+    then reaches the candidates but never the parameters (no ``.grad`` is written to the model)."""
+
+    def __init__(self, model: LeWM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, emb_ctx: torch.Tensor, action_history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.model.rollout(emb_ctx, action_history, candidates)
+
+    def frozen(self, emb_ctx: torch.Tensor, action_history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        return torch.func.functional_call(self, params, (emb_ctx, action_history, candidates))
+
+
 def _model_device(model: nn.Module) -> torch.device:
     try:
         return next(model.predictor.parameters()).device
@@ -35,6 +60,9 @@ def _model_device(model: nn.Module) -> torch.device:
 class RolloutEngine:
     """Fast candidate rollouts / CEM costs of ``model`` (a LeWM, or any module with stable-worldmodel's ``predictor``,
     ``action_encoder`` and ``pred_proj``). Inference semantics: dropout off, BatchNorm running statistics.
+    ``costs`` / ``paired_costs`` / ``rollout`` are differentiable with respect to the candidate actions (grad mode on
+    and ``candidates.requires_grad``; for gradient planners); weight gradients are not provided (the weights are
+    constants of the backward).
 
     dtype None / float32: float32 everywhere (parity with the reference). bfloat16: bf16 weights and GEMM/attention
     inputs with float32 accumulation, float32 residual stream, LayerNorm statistics and costs (Triton backend only).
@@ -60,6 +88,7 @@ class RolloutEngine:
         self.reference_model = model if isinstance(model, LeWM) else LeWM(
             getattr(model, "encoder", nn.Identity()), model.predictor, model.action_encoder, getattr(model, "projector", None),
             model.pred_proj)
+        self._frozen_reference = _FrozenRollout(self.reference_model)
         self.device = _model_device(model)
         if backend == "torch":  # the engine's old name of its plain-PyTorch path
             warnings.warn("RolloutEngine backend 'torch' is deprecated: use 'reference'", DeprecationWarning,
@@ -136,7 +165,6 @@ class RolloutEngine:
         self._check(emb_ctx, action_history)
         return None if self.fused is None else self.fused.context(emb_ctx, action_history)
 
-    @torch.no_grad()
     def costs(
         self,
         emb_ctx: torch.Tensor,
@@ -148,19 +176,25 @@ class RolloutEngine:
         """emb_ctx (B,H,D), action_history (B,H-1,A), goal_emb (B,D), candidates (B,N,T,A) -> costs (B,N) float32:
         ``||last rolled-out latent - goal||^2`` summed over D, as the reference ``CEMSolver.costs`` (same context for
         all N candidates). Non-finite candidates give non-finite costs (no check: that would sync the device).
-        ``context``: ``prepare(emb_ctx, action_history)``, to skip recomputing it. Graph-capturable on CUDA."""
-        self._check(emb_ctx, action_history, candidates, goal_emb)
-        if self.fused is None:
-            return goal_mse_cost(self.rollout(emb_ctx, action_history, candidates)[:, :, -1], goal_emb).float()
-        return self.fused.run(emb_ctx, action_history, candidates, goal_emb, context)
+        ``context``: ``prepare(emb_ctx, action_history)``, to skip recomputing it. Graph-capturable on CUDA.
 
-    @torch.no_grad()
+        Differentiable with respect to ``candidates`` when grad mode is on and ``candidates.requires_grad`` (for
+        gradient planners); the weights are constants: no gradient reaches the model's parameters, emb_ctx,
+        action_history or goal_emb. Otherwise it runs under ``torch.no_grad``."""
+        self._check(emb_ctx, action_history, candidates, goal_emb)
+        with _grad_scope(candidates):
+            if self.fused is None:
+                lat = self.rollout(emb_ctx, action_history, candidates)[:, :, -1]
+                return goal_mse_cost(lat, goal_emb.detach()).float()
+            return self.fused.run(emb_ctx, action_history, candidates, goal_emb, context)
+
     def paired_costs(self, emb_ctx: torch.Tensor, goal_emb: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """stable-worldmodel's pairing (its ``LeWM.get_cost``): emb_ctx (B,H,D), goal_emb (B,D), candidates (B,N,T,A)
         with T >= H -> costs (B,N) float32. Candidate blocks 0..H-1 ride with the H context frames (no action
         history) and T - H + 1 latents are rolled out; at H = 1 this is ``costs`` with an empty history. No window
         token is shared by all candidates, so there is nothing to ``prepare``, and no per-candidate context is built:
-        the candidates' windows are rolled out as in ``costs``. Graph-capturable on CUDA."""
+        the candidates' windows are rolled out as in ``costs``. Graph-capturable on CUDA. Differentiable with respect
+        to ``candidates`` (only) as ``costs``."""
         check_tensor(emb_ctx, "emb_ctx", ndim=3, last_dim=self.latent_dim)
         check_tensor(candidates, "candidates", ndim=4, last_dim=self.action_dim)
         b, h = emb_ctx.shape[:2]
@@ -168,13 +202,13 @@ class RolloutEngine:
             raise ValueError(f"candidates must have shape (B={b}, N, T>={h}, {self.action_dim}) for emb_ctx "
                              f"{tuple(emb_ctx.shape)} (blocks 0..H-1 ride with the context), got {tuple(candidates.shape)}")
         self._check(emb_ctx, candidates[:, 0, : h - 1], candidates, goal_emb)  # the history argument only stands in
-        if self.fused is None:
-            ctx = emb_ctx.unsqueeze(1).expand(b, candidates.shape[1], *emb_ctx.shape[1:])
-            lat = self.reference_model.rollout(ctx, candidates[:, :, : h - 1], candidates[:, :, h - 1:])
-            return goal_mse_cost(lat[:, :, -1], goal_emb).float()
-        return self.fused.run(emb_ctx, None, candidates, goal_emb, paired=True)
+        with _grad_scope(candidates):
+            if self.fused is None:
+                ctx = emb_ctx.detach().unsqueeze(1).expand(b, candidates.shape[1], *emb_ctx.shape[1:])
+                lat = self._reference_rollout(ctx, candidates[:, :, : h - 1], candidates[:, :, h - 1:])
+                return goal_mse_cost(lat[:, :, -1], goal_emb.detach()).float()
+            return self.fused.run(emb_ctx, None, candidates, goal_emb, paired=True)
 
-    @torch.no_grad()
     def rollout(
         self,
         emb_ctx: torch.Tensor,
@@ -183,14 +217,23 @@ class RolloutEngine:
         context: Optional[PlanContext] = None,
     ) -> torch.Tensor:
         """emb_ctx (B,H,D), action_history (B,H-1,A), candidates (B,N,T,A) -> latents (B,N,H+T,D) float32, as
-        ``LeWM.rollout`` with the context expanded over the N candidates; the first H latents are the context."""
+        ``LeWM.rollout`` with the context expanded over the N candidates; the first H latents are the context.
+        Differentiable with respect to ``candidates`` (only) as ``costs``."""
         self._check(emb_ctx, action_history, candidates)
-        if self.fused is None:
-            b, n = candidates.shape[:2]
-            ctx = emb_ctx.unsqueeze(1).expand(b, n, *emb_ctx.shape[1:])
-            hist = action_history.unsqueeze(1).expand(b, n, *action_history.shape[1:])
-            return self.reference_model.rollout(ctx, hist, candidates).float()
-        return self.fused.run(emb_ctx, action_history, candidates, context=context)
+        with _grad_scope(candidates):
+            if self.fused is None:
+                b, n = candidates.shape[:2]
+                ctx = emb_ctx.detach().unsqueeze(1).expand(b, n, *emb_ctx.shape[1:])
+                hist = action_history.detach().unsqueeze(1).expand(b, n, *action_history.shape[1:])
+                return self._reference_rollout(ctx, hist, candidates).float()
+            return self.fused.run(emb_ctx, action_history, candidates, context=context)
+
+    def _reference_rollout(self, emb_ctx: torch.Tensor, action_history: torch.Tensor,
+                           candidates: torch.Tensor) -> torch.Tensor:
+        """The oracle's rollout; with grad (of the candidates) wanted, through detached weights."""
+        if not torch.is_grad_enabled():
+            return self.reference_model.rollout(emb_ctx, action_history, candidates)
+        return self._frozen_reference.frozen(emb_ctx, action_history, candidates)
 
     @torch.no_grad()
     def predict(self, emb: torch.Tensor, act_emb: torch.Tensor) -> torch.Tensor:
