@@ -72,7 +72,7 @@ class IDMPolicy:
     Deterministic: ``reseed`` does nothing.
     """
 
-    which = "torch"  # plain PyTorch (the IDM and the model's own encoder / predictor), no fused backend
+    which = "reference"  # plain PyTorch (the IDM and the model's own encoder / predictor), no fused backend
 
     def __init__(self, model: LeWM, idm: GCIDM, receding_horizon: int = 1, remaining: str = "countdown"):
         _check_idm(model, idm)
