@@ -108,6 +108,13 @@ def _build_mppi(model: LeWM, cfg: DictConfig, inputs: PlannerInputs):
                        elites_only=bool(p.elites_only))
 
 
+def _validate_idm_path(cfg: DictConfig) -> None:
+    """``planner.idm``: the GC-IDM's folder or idm.pt, or null (``<run>/idm``)."""
+    idm = require_key(cfg, "planner.idm")
+    if idm is not None and not isinstance(idm, str):
+        raise ValueError(f"planner.idm must be a path (or null: <run>/idm), got {idm!r}")
+
+
 def validate_idm(cfg: DictConfig) -> None:
     """``planner=idm``: the GC-IDM policy (``planner.idm``: its folder or idm.pt, null = ``<run>/idm``)."""
     if cfg.get("viewer"):
@@ -116,17 +123,13 @@ def validate_idm(cfg: DictConfig) -> None:
     require_int(cfg, "planner.receding_horizon")
     require_choice(cfg, "planner.remaining", ("countdown", "fixed"))
     require_choice(cfg, "planner.backend", BACKENDS)
-    idm = require_key(cfg, "planner.idm")
-    if idm is not None and not isinstance(idm, str):
-        raise ValueError(f"planner.idm must be a path (or null: <run>/idm), got {idm!r}")
+    _validate_idm_path(cfg)
 
 
 def validate_idm_cem(cfg: DictConfig) -> None:
     """``planner=idm_cem``: CEM seeded with the GC-IDM's latent rollout; ``planner.n_steps`` may be 0."""
     validate_sampling(cfg, min_steps=0)
-    idm = require_key(cfg, "planner.idm")
-    if idm is not None and not isinstance(idm, str):
-        raise ValueError(f"planner.idm must be a path (or null: <run>/idm), got {idm!r}")
+    _validate_idm_path(cfg)
 
 
 def _load_idm(model: LeWM, cfg: DictConfig, inputs: Optional[PlannerInputs]):
