@@ -22,6 +22,19 @@ from ._launch import launch
 
 
 @triton.jit
+def window_kv(own, shared, j: tl.constexpr, s_qs, s_pp, offs, mask, P: tl.constexpr, INNER: tl.constexpr):
+    """Key and value (float32, BLOCK_H x BLOCK_D) of window position ``j``: shared prefix token ``j`` when j < P,
+    else own token ``j - P`` (a token's value sits INNER after its key)."""
+    if j < P:
+        kv = shared + j * s_pp + INNER
+    else:
+        kv = own + (j - P) * s_qs + INNER
+    k = tl.load(kv + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(kv + INNER + offs, mask=mask, other=0.0).to(tl.float32)
+    return k, v
+
+
+@triton.jit
 def _window_attention_kernel(
     qkv_ptr, pre_ptr, out_ptr,
     heads, rows_per_prefix, scale,
@@ -42,12 +55,7 @@ def _window_attention_kernel(
         l_i = tl.zeros([BLOCK_H], tl.float32)
         acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
         for j in tl.static_range(P + S - NQ + qi + 1):
-            if j < P:
-                kv = shared + j * s_pp + INNER
-            else:
-                kv = own + (j - P) * s_qs + INNER
-            k = tl.load(kv + offs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(kv + INNER + offs, mask=mask, other=0.0).to(tl.float32)
+            k, v = window_kv(own, shared, j, s_qs, s_pp, offs, mask, P, INNER)
             score = tl.sum(q * k, axis=1)
             m_new = tl.maximum(m_i, score)
             alpha = tl.exp(m_i - m_new)

@@ -18,6 +18,27 @@ import triton
 import triton.language as tl
 
 from ._launch import launch
+from .window_attention import window_kv
+
+
+@triton.jit
+def _query_stats(q, g, own, shared, s_qs, s_pp, offs, mask, P: tl.constexpr, INNER: tl.constexpr,
+                 KEYS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Softmax statistics of one (scaled) query over its first KEYS window keys: running max m, sum l and
+    delta = sum_k p_k dO.v_k (g = dO), by the forward's online recurrence."""
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    d_i = tl.zeros([BLOCK_H], tl.float32)
+    for j in tl.static_range(KEYS):
+        k, v = window_kv(own, shared, j, s_qs, s_pp, offs, mask, P, INNER)
+        score = tl.sum(q * k, axis=1)
+        m_new = tl.maximum(m_i, score)
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(score - m_new)
+        l_i = l_i * alpha + p
+        d_i = d_i * alpha + p * tl.sum(g * v, axis=1)
+        m_i = m_new
+    return m_i, l_i, d_i / l_i
 
 
 @triton.jit
@@ -44,39 +65,16 @@ def _window_attention_backward_kernel(
         i = S - NQ + qi
         q = tl.load(own + i * s_qs + offs, mask=mask, other=0.0).to(tl.float32) * scale
         g = tl.load(grad + qi * s_gq + offs, mask=mask, other=0.0).to(tl.float32)
-        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # online softmax max, sum, and delta = sum_k p_k dO.v_k
-        l_i = tl.zeros([BLOCK_H], tl.float32)
-        d_i = tl.zeros([BLOCK_H], tl.float32)
-        for j in tl.static_range(P + S - NQ + qi + 1):
-            if j < P:  # key j of the window (its value sits INNER after it)
-                kv = shared + j * s_pp + INNER
-            else:
-                kv = own + (j - P) * s_qs + INNER
-            k = tl.load(kv + offs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(kv + INNER + offs, mask=mask, other=0.0).to(tl.float32)
-            score = tl.sum(q * k, axis=1)
-            m_new = tl.maximum(m_i, score)
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(score - m_new)
-            l_i = l_i * alpha + p
-            d_i = d_i * alpha + p * tl.sum(g * v, axis=1)
-            m_i = m_new
-        delta = d_i / l_i
+        m_i, l_i, delta = _query_stats(q, g, own, shared, s_qs, s_pp, offs, mask, P, INNER, P + S - NQ + qi + 1,
+                                       BLOCK_H)
         dq = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
         for j in tl.static_range(P + S - NQ + qi + 1):
-            if j < P:
-                kv = shared + j * s_pp + INNER
-            else:
-                kv = own + (j - P) * s_qs + INNER
-            k = tl.load(kv + offs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(kv + INNER + offs, mask=mask, other=0.0).to(tl.float32)
+            k, v = window_kv(own, shared, j, s_qs, s_pp, offs, mask, P, INNER)
             p = tl.exp(tl.sum(q * k, axis=1) - m_i) / l_i
             dq += (p * (tl.sum(g * v, axis=1) - delta))[:, None] * k
         tl.store(dst + i * s_ds + offs, (dq * scale).to(dqkv_ptr.dtype.element_ty), mask=mask)
     for jo in tl.static_range(S):  # dk, dv of each own key, from the queries that see it
-        kv_j = own + jo * s_qs + INNER
-        k_j = tl.load(kv_j + offs, mask=mask, other=0.0).to(tl.float32)
-        v_j = tl.load(kv_j + INNER + offs, mask=mask, other=0.0).to(tl.float32)
+        k_j, v_j = window_kv(own, shared, P + jo, s_qs, s_pp, offs, mask, P, INNER)
         dk = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
         for qi in tl.static_range(NQ):
@@ -84,24 +82,8 @@ def _window_attention_backward_kernel(
                 i = S - NQ + qi
                 q = tl.load(own + i * s_qs + offs, mask=mask, other=0.0).to(tl.float32) * scale
                 g = tl.load(grad + qi * s_gq + offs, mask=mask, other=0.0).to(tl.float32)
-                m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # query i's statistics, as above
-                l_i = tl.zeros([BLOCK_H], tl.float32)
-                d_i = tl.zeros([BLOCK_H], tl.float32)
-                for j in tl.static_range(P + S - NQ + qi + 1):
-                    if j < P:
-                        kv = shared + j * s_pp + INNER
-                    else:
-                        kv = own + (j - P) * s_qs + INNER
-                    k = tl.load(kv + offs, mask=mask, other=0.0).to(tl.float32)
-                    v = tl.load(kv + INNER + offs, mask=mask, other=0.0).to(tl.float32)
-                    score = tl.sum(q * k, axis=1)
-                    m_new = tl.maximum(m_i, score)
-                    alpha = tl.exp(m_i - m_new)
-                    p = tl.exp(score - m_new)
-                    l_i = l_i * alpha + p
-                    d_i = d_i * alpha + p * tl.sum(g * v, axis=1)
-                    m_i = m_new
-                delta = d_i / l_i
+                m_i, l_i, delta = _query_stats(q, g, own, shared, s_qs, s_pp, offs, mask, P, INNER,
+                                               P + S - NQ + qi + 1, BLOCK_H)
                 p_j = tl.exp(tl.sum(q * k_j, axis=1) - m_i) / l_i
                 dv += p_j[:, None] * g
                 dk += (p_j * (tl.sum(g * v_j, axis=1) - delta))[:, None] * q  # q carries the scale
