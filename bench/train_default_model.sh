@@ -62,4 +62,5 @@ json.dump({
 }, open(card, "w"), indent=1)
 print(f"{card}: success {summary['successes']}/{summary['episodes']} = {100 * summary['success_rate']:.0f} %")
 EOF
+bench/train_default_idm.sh "$WORK"  # the GC-IDM shipped beside it (lewm_fast/assets/two_room/idm)
 du -sh "$ASSET"

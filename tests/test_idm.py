@@ -1,11 +1,13 @@
 """GC-IDM (lewm-train-idm, IDMPolicy, CEMPlanner(init=IDMInit)): training lowers the held-out loss of a tiny run and
 resumes exactly, the IDM recovers the action of a synthetic linear latent system, idm_cem with 0 iterations returns
-the IDM's plan, the policy is batched over envs, and bad inputs end in one `error:` line."""
+the IDM's plan, the policy is batched over envs, and bad inputs end in one `error:` line; the shipped Two-Room IDM
+belongs to the shipped model, and lewm-fast web exports a site again when the run's IDM changes."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +254,43 @@ def test_idm_onnx_matches_pytorch_and_is_described_in_the_manifest(trained, data
     assert "idm" not in export_onnx(other, tmp_path / "plain", action_bounds="none")  # no IDM, no entry
     with pytest.raises(ExportError, match="another world model"):
         export_onnx(other, tmp_path / "bad", action_bounds="none", idm=trained / "idm")
+
+
+def test_web_site_is_exported_again_when_the_runs_idm_changes(data, tmp_path):
+    """lewm-fast web reuses a site folder only while the run's default IDM (or its absence) is the one exported."""
+    pytest.importorskip("onnxruntime")
+    from lewm_fast import LeWM
+    from lewm_fast.export.onnx import ExportError
+    from lewm_fast.io.idm import save_idm
+    from lewm_fast.web.site import build_site
+
+    run = make_run(tmp_path / "run", data)
+    try:
+        assert "idm" not in build_site(run, tmp_path / "site")
+    except ExportError as exc:  # onnxruntime-web not installed (npm ci)
+        pytest.skip(str(exc))
+    exported = (tmp_path / "site" / "encoder.onnx").stat().st_mtime_ns
+    assert "idm" not in build_site(run, tmp_path / "site")
+    assert (tmp_path / "site" / "encoder.onnx").stat().st_mtime_ns == exported  # reused
+    model = LeWM.from_pretrained(run / "checkpoints" / "step_00000010")
+    save_idm(run / "idm", GCIDM(model.latent_dim, model.action_dim, hidden=8, layers=1), weights_hash(model),
+             {"env": "two_room", "frameskip": 5, "env_action_dim": 2, "horizon": 5})
+    manifest = build_site(run, tmp_path / "site")  # the run now has an IDM: exported again, with idm.onnx
+    assert manifest["idm"]["file"] == "idm.onnx" and (tmp_path / "site" / "idm.onnx").is_file()
+    assert (tmp_path / "site" / "encoder.onnx").stat().st_mtime_ns != exported
+
+
+def test_the_shipped_idm_belongs_to_the_shipped_model():
+    """lewm_fast/assets/two_room/idm: lewm-train-idm's checkpoint of the shipped Two-Room model (weights hash), weights
+    only, for its 5 x 2-d action blocks."""
+    from lewm_fast import LeWM
+    from lewm_fast.assets import DEFAULT_MODEL
+    from lewm_fast.io.idm import load_idm, read_idm_file
+
+    if not (DEFAULT_MODEL / "idm" / "idm.pt").is_file():
+        pytest.skip("the shipped model is not in this checkout")
+    model = LeWM.from_pretrained(DEFAULT_MODEL)
+    net, meta = load_idm(DEFAULT_MODEL / "idm", model)
+    assert (meta["env"], meta["frameskip"], meta["env_action_dim"], net.horizon) == ("two_room", 5, 2, 5)
+    assert read_idm_file(DEFAULT_MODEL / "idm")["train_state"] is None
+    assert not Path(meta["data"]).is_absolute()

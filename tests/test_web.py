@@ -225,8 +225,7 @@ def idm_site(tmp_path_factory):
 
 def test_policy_mode_runs_the_idm(server, idm_site, browser):
     """mode=policy: each step executes IDM(z, goal, k/K) with k counting down from K = 5 (at least 1), as lewm-eval's
-    IDMPolicy; the page's blocks equal the PyTorch IDM's on the page's latents. The shipped export has no IDM: there
-    the policy option is disabled."""
+    IDMPolicy; the page's blocks equal the PyTorch IDM's on the page's latents."""
     import torch
 
     url, idm = idm_site
@@ -249,9 +248,43 @@ def test_policy_mode_runs_the_idm(server, idm_site, browser):
         assert page.inner_text("#plan-ms").endswith("(one IDM pass)")
     assert page.errors == [] and page.warnings == []
 
-    page = open_page(browser, f"{server[0]}?mode=policy")  # no idm.onnx: plan mode, policy disabled
-    assert page.input_value("#mode") == "plan"
-    assert page.evaluate("document.querySelector('#mode [value=policy]').disabled")
+
+def test_policy_mode_on_the_shipped_model_reaches_the_goal(server, browser):
+    """The shipped model comes with its GC-IDM (lewm_fast/assets/two_room/idm): its export has idm.onnx, and policy
+    mode (one IDM pass per step) gets the agent to the clicked goal."""
+    url, site = server
+    assert json.loads((site / "manifest.json").read_text())["idm"]["file"] == "idm.onnx"
+    page = open_page(browser, f"{url}?agent={START[0]},{START[1]}&seed=0&mode=policy")
+    assert page.evaluate("window.lewm.error") is None and page.input_value("#mode") == "policy"
+    assert not page.evaluate("document.querySelector('#mode [value=policy]').disabled")
+    click_goal(page, GOAL)
+    page.click("#play")
+    page.wait_for_function(f"window.lewm.reached || window.lewm.error || window.lewm.steps >= {MAX_STEPS}",
+                           timeout=120_000)
+    lewm = page.evaluate("window.lewm")
+    assert lewm["error"] is None and lewm["mode"] == "policy"
+    assert lewm["reached"], f"not at the goal after {lewm['steps']} steps: agent {lewm['agent']}, goal {GOAL}"
+    assert page.errors == [] and page.warnings == []
+
+
+def test_policy_mode_is_off_without_an_idm(browser, tmp_path):
+    """A model folder without idm/ exports no idm.onnx: the page opens in plan mode with the policy option disabled."""
+    from lewm_fast.web.site import build_site
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "weights.pt", "normalization.json", "latent_pca.json"):
+        shutil.copy2(DEFAULT_MODEL / name, folder / name)
+    manifest = build_site(folder, tmp_path / "site")
+    assert "idm" not in manifest and not (tmp_path / "site" / "idm.onnx").exists()
+    httpd, url = serve(tmp_path / "site")
+    try:
+        page = open_page(browser, f"{url}?mode=policy")
+        assert page.input_value("#mode") == "plan"
+        assert page.evaluate("document.querySelector('#mode [value=policy]').disabled")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_out_writes_the_static_folder(server, tmp_path, capsys):

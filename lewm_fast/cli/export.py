@@ -24,7 +24,8 @@ keys:
   action_bounds=none  what planner.onnx does with the env's action box (recorded in the manifest in normalised units):
                       none | clip (clamp the candidates) | penalty (add bounds_weight * squared excess to the costs)
   bounds_weight=10    the penalty's weight
-  idm=<folder>        a GC-IDM (lewm-train-idm) to export as idm.onnx (default: the run's idm/ when it has one)
+  idm=<folder>        a GC-IDM (lewm-train-idm) to export as idm.onnx (default: the run's idm/ when it has one;
+                      the shipped model has one)
 """
 
 WEB_USAGE = """usage: lewm-fast web [checkpoint=<run or checkpoint folder>] [port=8000] [out=<dir>] [key=value ...]
@@ -39,7 +40,8 @@ keys:
   host=127.0.0.1      interface to listen on
   out=<dir>           write the site here and exit instead of serving (default: serve from a cache folder)
   data=<file.h5>      episode file for the latent PCA (see lewm-fast export-onnx --help)
-  idm=<folder>        a GC-IDM (lewm-train-idm) for the page's "policy" mode (default: the run's idm/ when it has one)
+  idm=<folder>        a GC-IDM (lewm-train-idm) for the page's "policy" mode (default: the run's idm/ when it has
+                      one; the shipped model has one)
 """
 
 

@@ -249,6 +249,7 @@ def export_idm(model: LeWM, source: Path, out: Path, idm: Optional[Union[str, os
             {"z": batch, "goal": batch, "remaining": batch, "block": batch})
     return {
         "file": IDM_FILE, "sha256": file_sha256([out / IDM_FILE]), "bytes": (out / IDM_FILE).stat().st_size,
+        "source_sha256": file_sha256([idm_file(path)]),
         "inputs": {"z": ["batch", d], "goal": ["batch", d], "remaining": ["batch"]}, "outputs": {"block": ["batch", a]},
         "horizon": int(net.horizon), "frameskip": int(meta["frameskip"]), "env_action_dim": int(meta["env_action_dim"]),
         "note": "z: the current frame's latent (encoder.onnx), goal: the goal frame's latent, remaining: k / horizon "

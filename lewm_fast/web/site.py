@@ -16,7 +16,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ..export.onnx import FORMAT, ExportError, checkpoint_hash, export_onnx, read_manifest
+from ..export.onnx import FORMAT, ExportError, checkpoint_hash, export_onnx, file_sha256, read_manifest
 from ..io import CheckpointError, resolve_checkpoint
 
 WEB = Path(__file__).resolve().parent
@@ -65,6 +65,14 @@ def source_hash(checkpoint: Union[str, os.PathLike]) -> str:
         raise ExportError(f"cannot export {checkpoint}: {exc}") from exc
 
 
+def default_idm_hash(checkpoint: Union[str, os.PathLike]) -> Optional[str]:
+    """The SHA-256 of the GC-IDM the export of ``checkpoint`` picks by default (its run's ``idm/idm.pt``), or None."""
+    from ..io.idm import default_idm_dir, idm_file
+
+    path = idm_file(default_idm_dir(resolve_checkpoint(checkpoint)))
+    return file_sha256([path]) if path.is_file() else None
+
+
 def _copy_if_changed(src: Path, dst: Path) -> None:
     if not dst.is_file() or dst.stat().st_size != src.stat().st_size or dst.stat().st_mtime < src.stat().st_mtime:
         shutil.copy2(src, dst)
@@ -75,13 +83,15 @@ def build_site(checkpoint: Union[str, os.PathLike], out: Union[str, os.PathLike]
                idm: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
     """Write the page's static folder for ``checkpoint`` (with the GC-IDM ``idm``, default: the run's own, if any)
     into ``out``, exporting the model unless ``out`` already holds this checkpoint's export (one with action bounds:
-    earlier exports lack them). -> the manifest. ExportError for what cannot be served."""
+    earlier exports lack them) and of its current default IDM (or none). -> the manifest. ExportError for what cannot
+    be served."""
     dist = ort_dist()
     out = Path(out)
     manifest = read_manifest(out)
     reusable = (manifest is not None and manifest.get("format") == FORMAT and data is None and idm is None
                 and "action_bounds" in manifest
                 and manifest.get("source", {}).get("sha256") == source_hash(checkpoint)
+                and (manifest.get("idm") or {}).get("source_sha256") == default_idm_hash(checkpoint)
                 and all((out / name).is_file() for name in manifest.get("files", {})))
     if not reusable:
         manifest = export_onnx(checkpoint, out, data=data, idm=idm)

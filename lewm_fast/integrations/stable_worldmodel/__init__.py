@@ -1,5 +1,7 @@
 """stable-worldmodel's solvers on lewm_fast: ``CEMSolver``, ``MPPISolver``, ``ICEMSolver``, ``GradientSolver``,
-``LagrangianSolver``, ``PredictiveSamplingSolver`` and the discrete ``PGDSolver`` and ``CategoricalCEMSolver``.
+``LagrangianSolver``, ``PredictiveSamplingSolver`` and the discrete ``PGDSolver`` and ``CategoricalCEMSolver``; and
+lewm_fast's ``IDMSolver`` (a GC-IDM from ``lewm-train-idm``, one forward pass per decision) behind the same protocol,
+which also seeds ``CEMSolver(idm=...)`` (``lewm-eval planner=idm_cem``).
 
 Each has stable-worldmodel 0.1.1's arguments, defaults, public attributes, return dict, ``callbacks=`` (its protocol,
 ``out["callbacks"]``; ``.callbacks`` has the recorders) and its ``Solver`` protocol (``configure(action_space=,
@@ -40,9 +42,10 @@ from typing import List
 from . import callbacks
 from ._base import HISTORY_PAIRINGS, is_lewm, prepare_init_action
 from .gradient import GradientSolver, LagrangianSolver, PGDSolver
+from .idm import IDMSolver, resolve_idm
 from .sampling import (CategoricalCEMSolver, CEMSolver, ICEMSolver, MPPISolver, PredictiveSamplingSolver,  # noqa: F401
                        _SwmCEM, _SwmICEM, _SwmMPPI)  # the planners of history_pairing="swm" (precompile, tests)
 
 __all__: List[str] = ["CEMSolver", "CategoricalCEMSolver", "GradientSolver", "HISTORY_PAIRINGS", "ICEMSolver",
-                      "LagrangianSolver", "MPPISolver", "PGDSolver", "PredictiveSamplingSolver", "callbacks", "is_lewm",
-                      "prepare_init_action"]
+                      "IDMSolver", "LagrangianSolver", "MPPISolver", "PGDSolver", "PredictiveSamplingSolver", "callbacks",
+                      "is_lewm", "prepare_init_action", "resolve_idm"]

@@ -83,6 +83,16 @@ def expand_info(info_dict: dict, lo: int, hi: int, num_samples: int, device: Any
     return out
 
 
+def env_slice(info_dict: dict, lo: int, hi: int) -> dict:
+    """Envs ``lo:hi`` of the tensors of ``info_dict``; other values as they are."""
+    return {k: v[lo:hi] if torch.is_tensor(v) else v for k, v in info_dict.items()}
+
+
+def plan_costs(cost_fn: CostFn, plan: torch.Tensor) -> list:
+    """The cost of one plan (B, T, A) per env -> B floats."""
+    return cost_fn(plan.unsqueeze(1))[:, 0].cpu().tolist()
+
+
 def check_costs(costs: Any, bs: int, num_samples: int, grad: Optional[str] = None) -> torch.Tensor:
     """stable-worldmodel's assertions on what ``get_cost`` returned (AssertionError, as there)."""
     assert isinstance(costs, torch.Tensor), f"Expected cost to be a torch.Tensor, got {type(costs)}"
@@ -230,14 +240,21 @@ class SolverBase:
             dtype = None if others == "keep" else self.dtype
             expanded = expand_info(info_dict, lo, hi, num_samples, self.device, dtype, others)
             return (lambda c: self.model.get_cost(expanded.copy() if copy else expanded, c)), expanded
-        fast = self._fast
-        sub = {k: v[lo:hi] if torch.is_tensor(v) else v for k, v in info_dict.items()}
-        pixels, goal = self._frames(sub)
+        sub = env_slice(info_dict, lo, hi)
+        return self._latent_cost_fn(*self._encode(sub)), sub
+
+    def _encode(self, info_dict: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """A LeWM's context latents (B,H,D), goal latent (B,D) and executed action history (B,H-1,A) or None (see
+        ``_history``) for the envs of ``info_dict``."""
+        pixels, goal = self._frames(info_dict)
         with torch.no_grad():
-            emb_ctx = fast.lewm.encode(pixels)
-            goal_emb = fast.lewm.encode(goal)[:, 0]
-        history = self._history(sub, emb_ctx.shape[0], emb_ctx.shape[1])
-        engine = fast.engine
+            emb_ctx = self._fast.lewm.encode(pixels)  # type: ignore[union-attr]
+            goal_emb = self._fast.lewm.encode(goal)[:, 0]  # type: ignore[union-attr]
+        return emb_ctx, goal_emb, self._history(info_dict, emb_ctx.shape[0], emb_ctx.shape[1])
+
+    def _latent_cost_fn(self, emb_ctx: torch.Tensor, goal_emb: torch.Tensor, history: Optional[torch.Tensor]) -> CostFn:
+        """The engine's costs of candidates (B, N, T, A) from encoded envs, under ``history_pairing``."""
+        engine = self._fast.engine  # type: ignore[union-attr]
 
         def costs(cand: torch.Tensor) -> torch.Tensor:
             cand = cand if cand.dtype == torch.float32 else cand.float()
@@ -245,7 +262,7 @@ class SolverBase:
                 return engine.paired_costs(emb_ctx, goal_emb, cand)  # type: ignore[union-attr]
             return engine.costs(emb_ctx, history, goal_emb, cand)  # type: ignore[union-attr]
 
-        return costs, sub
+        return costs
 
     def _frames(self, info_dict: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
         """-> context pixels (B,H,3,h,w) and the goal's last frame (B,1,3,h,w), float32 on the model's device."""
@@ -269,6 +286,9 @@ class SolverBase:
         if goal.shape[0] != pixels.shape[0]:
             raise ValueError(f"info_dict['goal'] has {goal.shape[0]} envs but info_dict['pixels'] has "
                              f"{pixels.shape[0]}")
+        if self.history_pairing == "swm" and pixels.shape[1] > 1 and self.__dict__.get("_idm_net") is not None:
+            raise ValueError(f"the IDM's rollout from {pixels.shape[1]} context frames needs the actions executed "
+                             "between them: history_pairing='executed' (and info_dict['action']), or one context frame")
         if self.history_pairing == "swm" and pixels.shape[1] > self.horizon:
             raise ValueError(f"history_pairing='swm' pairs the {pixels.shape[1]} context frames with candidate blocks, "
                              f"so the horizon ({self.horizon}) must be at least the history length")

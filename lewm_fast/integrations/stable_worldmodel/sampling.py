@@ -16,7 +16,9 @@ import torch
 from ...planning import CEMPlanner, ICEMPlanner, MPPIPlanner
 from ...planning.base import LoopBuffers
 from ...planning.categorical_cem import gumbel_max_indices
-from ._base import CostFn, SolverBase, check_batch_size, check_costs, is_box, prepare_init_action
+from ._base import (CostFn, SolverBase, check_batch_size, check_costs, env_slice, is_box, plan_costs,
+                    prepare_init_action)
+from .idm import IDMSeeded, IDMSource
 
 
 class _CandidateHistory:
@@ -109,7 +111,10 @@ class _DistributionSolver(SolverBase):
             else:
                 cost_fn, _ = self._cost_fn(info_dict, lo, hi, self.num_samples)
                 self._cb_start_batch()
-                batch_mean, batch_var, costs = self._iterate(cost_fn, mean[lo:hi], var[lo:hi])
+                batch_mean, batch_var, costs = self._iterate(cost_fn, self._seed(info_dict, lo, hi, mean[lo:hi]),
+                                                             var[lo:hi])
+                if self.n_steps == 0:  # the seed's plan (idm=): its cost
+                    costs = plan_costs(cost_fn, batch_mean)
             mean[lo:hi] = batch_mean
             var[lo:hi] = batch_var
             outputs["costs"].extend(costs)
@@ -120,15 +125,19 @@ class _DistributionSolver(SolverBase):
 
     def _plan_fused(self, info_dict: dict, lo: int, hi: int,
                     mean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, list]:
-        fast = self._fast
-        sub = {k: v[lo:hi] if torch.is_tensor(v) else v for k, v in info_dict.items()}
-        pixels, goal = self._frames(sub)
-        emb_ctx = fast.lewm.encode(pixels)  # type: ignore[union-attr]
-        goal_emb = fast.lewm.encode(goal)[:, 0]  # type: ignore[union-attr]
-        history = self._history(sub, emb_ctx.shape[0], emb_ctx.shape[1])
-        plan, diag = self.planner.plan(emb_ctx, goal_emb, history, mean.to(fast.device, torch.float32),  # type: ignore
+        emb_ctx, goal_emb, history = self._encode(env_slice(info_dict, lo, hi))
+        plan, diag = self.planner.plan(emb_ctx, goal_emb, history,  # type: ignore[union-attr]
+                                       mean.to(self._fast.device, torch.float32),  # type: ignore[union-attr]
                                        latent=True, return_diagnostics=True)
+        if not diag.std:  # n_steps=0 with idm=: the IDM's plan, at var_scale, and its cost
+            return plan.to(mean), torch.full_like(mean, self.var_scale), plan_costs(
+                self._latent_cost_fn(emb_ctx, goal_emb, history), plan)
         return plan.to(mean), diag.std[-1].to(mean), diag.elite_costs[-1].mean(1).tolist()
+
+    def _seed(self, info_dict: dict, lo: int, hi: int, mean: torch.Tensor) -> torch.Tensor:
+        """The initial mean of envs lo:hi on the loop path: the warm-started ``mean`` (the fused planners seed
+        their own)."""
+        return mean
 
     def _sample(self, bs: int) -> torch.Tensor:
         return torch.randn(bs, self.num_samples, self.horizon, self.action_dim, generator=self.torch_gen,
@@ -144,13 +153,16 @@ class _DistributionSolver(SolverBase):
         raise NotImplementedError
 
 
-class CEMSolver(_DistributionSolver):
+class CEMSolver(IDMSeeded, _DistributionSolver):
     """stable-worldmodel's ``CEMSolver`` (same arguments and defaults): ``num_samples`` candidates ~ N(mean, std)
     with candidate 0 = mean, mean / std <- the ``topk`` lowest-cost candidates' mean / unbiased std, ``n_steps`` times.
 
     lewm_fast's options: ``history_pairing`` (a LeWM's action history, see the package docstring) and ``backend``
     (the fused planner's: ``"auto"`` is Triton on CUDA, C++ on CPU; on CPU, and with ``"reference"``, its draws are
     stable-worldmodel's). ``batch_size`` envs are planned at once, as there; raise it to ``n_envs`` for speed.
+    ``idm`` (a LeWM only; a lewm-train-idm folder / idm.pt, an ``IDMPolicy`` or a ``GCIDM``, see ``resolve_idm``):
+    every plan starts from the GC-IDM's plan (``IDMSolver``'s) instead of the warm start, as ``lewm-eval
+    planner=idm_cem``; ``n_steps=0`` is then allowed and returns the IDM's plan, with its cost.
     """
 
     _planners = {"swm": _SwmCEM, "executed": CEMPlanner}
@@ -158,9 +170,19 @@ class CEMSolver(_DistributionSolver):
     def __init__(self, model: Any, batch_size: int = 1, num_samples: int = 300, var_scale: float = 1, n_steps: int = 30,
                  topk: int = 30, device: Any = "cpu", seed: int = 1234, callbacks: Optional[List[Any]] = None, *,
                  history_pairing: str = "swm", backend: str = "auto",
-                 action_bounds: Optional[Any] = None, bounds_mode: str = "clip", bounds_weight: float = 10.0) -> None:
+                 action_bounds: Optional[Any] = None, bounds_mode: str = "clip", bounds_weight: float = 10.0,
+                 idm: Optional[IDMSource] = None) -> None:
+        if n_steps == 0 and idm is None:
+            raise ValueError("n_steps=0 (no CEM iterations) needs idm=: the plan is then the IDM's")
         self._setup(model, batch_size, num_samples, var_scale, n_steps, topk, device, seed, callbacks, history_pairing,
                     backend, (action_bounds, bounds_mode, bounds_weight))
+        self._init_idm(idm)
+
+    def _planner_options(self) -> Dict[str, Any]:
+        return {} if self._plan_init is None else {"init": self._plan_init}
+
+    def _seed(self, info_dict: dict, lo: int, hi: int, mean: torch.Tensor) -> torch.Tensor:
+        return mean if self._plan_init is None else self._idm_plan(*self._encode(env_slice(info_dict, lo, hi))).to(mean)
 
     def _iterate(self, cost_fn: CostFn, mean: torch.Tensor,
                  var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, list]:
