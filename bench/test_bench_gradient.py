@@ -3,7 +3,11 @@ latent context of 3 frames): GradientPlanner on the fused rollout's backward vs 
 torch.compile of the reference costs, in the same run.
 
 CUDA: 30 steps. CPU: n_steps=3 to keep the bench short (every step is the same forward + backward; extra_info records
-n_steps), one round after a warm-up one. Encoding is excluded (``latent=True``)."""
+n_steps), one round after a warm-up one; on CPU extra_info also records each timed round's process CPU time
+(``cpu_seconds``: on a shared machine it counts this process's own work, not the time other jobs held the cores).
+Encoding is excluded (``latent=True``)."""
+
+import time
 
 import pytest
 import torch
@@ -39,11 +43,20 @@ def test_bench_gradient_plan(run_bench, benchmark, model, device, is_cuda, impl)
     ctx = torch.randn(1, 3, model.latent_dim, device=device, generator=g)
     goal = torch.randn(1, model.latent_dim, device=device, generator=g)
     benchmark.group = "gradient_plan_1env"
+    cpu_seconds = []
+
+    def plan():
+        start = time.process_time()
+        planner.plan(ctx, goal, latent=True)
+        cpu_seconds.append(time.process_time() - start)
+
     run_bench(
-        lambda: planner.plan(ctx, goal, latent=True),
+        plan,
         rounds_cpu=1,
         rounds_cuda=5,
         op="gradient_plan", impl=impl, envs=1, n_steps=n_steps, num_samples=300, horizon=5,
         backend=planner.engine.backend if impl == "fast" else "reference", dtype=str(planner.engine.dtype),
         torch_threads=torch.get_num_threads(),
     )
+    if not is_cuda:  # CUDA work is asynchronous: the host's CPU time says nothing there
+        benchmark.extra_info["cpu_seconds"] = cpu_seconds[1:]  # the first call is the warm-up round

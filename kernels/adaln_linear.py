@@ -36,7 +36,7 @@ ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
 def _adaln_linear_kernel(
     x_ptr, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr,
     R, N, D, rows_inner, eps1, eps2,
-    s_xm, s_xs, s_hm, s_hs, s_mm, s_ms, s_wn,
+    s_xm, s_xs, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os,
     MODULATE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     N_TILES: tl.constexpr,
@@ -83,7 +83,7 @@ def _adaln_linear_kernel(
         elif ACT == 2:
             inner = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
             acc = acc * tl.sigmoid(2.0 * inner)  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
-        out_ptrs = out_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
+        out_ptrs = out_ptr + (m * s_om + s * s_os)[:, None] + rn[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
@@ -122,23 +122,26 @@ def adaln_linear(
     bias: Optional[torch.Tensor],
     activation: str = "none",
     precision: str = "ieee",
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``act(LN2(LN1(x) * mul + shift) @ weight^T + bias)``: x, shift, mul (M, S, D) (strided on M, S, contiguous
-    along D), weight (N, D) row-major, bias (N,) -> (M, S, N) contiguous in weight's dtype. shift and mul None:
+    along D), weight (N, D) row-major, bias (N,) -> (M, S, N) contiguous in weight's dtype, or written into ``out``
+    ((M, S, N) in weight's dtype, strided on M, S, contiguous along N) and returned. shift and mul None:
     ``act(LN1(x) @ weight^T + bias)`` (eps2 unused). Inference only.
 
     activation: ``"none"``, ``"gelu"`` (erf) or ``"gelu_tanh"``; precision: see the module docstring. Checks and tiles
     are derived once per argument signature (``PlanCache``).
     """
-    plan = _PLANS.get(call_signature(x, shift, mul, eps1, eps2, weight, bias, activation, precision),
-                      lambda: _plan(x, shift, mul, eps1, eps2, weight, bias, activation, precision))
-    return plan(x, shift, mul, weight, bias)
+    plan = _PLANS.get(call_signature(x, shift, mul, eps1, eps2, weight, bias, activation, precision, out),
+                      lambda: _plan(x, shift, mul, eps1, eps2, weight, bias, activation, precision, out))
+    return plan(x, shift, mul, weight, bias, out)
 
 
 _PLANS = PlanCache()
 
 
-def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: str) -> Callable[..., torch.Tensor]:
+def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: str,
+          out: Optional[torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Validate an ``adaln_linear`` call; -> ``run(x, shift, mul, weight, bias)`` for every call of its signature."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(f"x must be a (M, S, D) tensor, got {getattr(x, 'shape', type(x).__name__)}")
@@ -166,9 +169,14 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     dot = dot_precision(weight.dtype, precision)
     if d > MAX_WIDTH:
         raise ValueError(f"adaln_linear holds rows of width <= {MAX_WIDTH} in registers, got D={d}")
+    if out is not None:
+        if out.shape != (m, s, n) or out.dtype != weight.dtype or out.device != x.device or out.stride(-1) != 1:
+            raise ValueError(f"out must be a ({m}, {s}, {n}) {weight.dtype} tensor on {x.device}, contiguous along its "
+                             f"last dimension, got {tuple(out.shape)} {out.dtype} on {out.device} strides {out.stride()}")
     rows = m * s
     if rows == 0:
-        return lambda x, shift, mul, weight, bias: torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
+        return lambda x, shift, mul, weight, bias, out: (
+            torch.empty(m, s, n, device=x.device, dtype=weight.dtype) if out is None else out)
     # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32)
     upcast = interpreted(x.device)
     fma = upcast or dot == "ieee"
@@ -176,13 +184,15 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, PANEL_ROWS))
     sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),
-            mu.stride(0), mu.stride(1), weight.stride(0))
+            mu.stride(0), mu.stride(1), weight.stride(0), s * n if out is None else out.stride(0),
+            n if out is None else out.stride(1))
     consts = dict(MODULATE=modulate, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot,
                   UPCAST=upcast, BLOCK_M=PANEL_ROWS, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=4,
                   num_stages=2)
 
-    def run(x, shift, mul, weight, bias):
-        out = torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
+    def run(x, shift, mul, weight, bias, out):
+        if out is None:
+            out = torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
         launch(_adaln_linear_kernel, grid, x, x if shift is None else shift, x if mul is None else mul, weight,
                bias if bias is not None else weight, out, *ints, **consts)
         return out

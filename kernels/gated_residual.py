@@ -1,5 +1,7 @@
 """AdaLN-zero gated residual fused as the epilogue of the projection GEMM (Triton):
-``x += gate * (a @ weight^T + bias)`` in place, for the predictor's ``attn.to_out`` and ``mlp.net.4`` Linears.
+``x += gate * (a @ weight^T + bias)`` in place, for the predictor's ``attn.to_out`` and ``mlp.net.4`` Linears; and
+without the gate (``project_into``) ``out = a @ weight^T + bias`` written into a strided view in out's dtype, for the
+prediction head's last Linear writing each predicted latent straight into the rollout's latent buffer.
 
 a (M, S, K) contiguous, weight (N, K), bias (N,) float32, x (M, S, N) float32 residual stream and gate (M, S, N)
 (strided views allowed on M, S: e.g. x[:, -1:] and a slice of the modulation buffer). fp32 inputs use the
@@ -29,7 +31,7 @@ def _gated_residual_kernel(
     a_ptr, w_ptr, bias_ptr, gate_ptr, x_ptr,
     R, N, K, rows_inner,
     s_am, s_wn, s_gm, s_gs, s_xm, s_xs,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, GATED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -43,10 +45,12 @@ def _gated_residual_kernel(
     m = (rm // rows_inner).to(tl.int64)
     s = (rm % rows_inner).to(tl.int64)
     mask = mmask[:, None] & nmask[None, :]
-    gate = tl.load(gate_ptr + (m * s_gm + s * s_gs)[:, None] + rn[None, :], mask=mask, other=0.0).to(tl.float32)
     x_ptrs = x_ptr + (m * s_xm + s * s_xs)[:, None] + rn[None, :]
-    x = tl.load(x_ptrs, mask=mask, other=0.0)
-    tl.store(x_ptrs, (x.to(tl.float32) + gate * acc).to(x.dtype), mask=mask)
+    if GATED:
+        gate = tl.load(gate_ptr + (m * s_gm + s * s_gs)[:, None] + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptrs, mask=mask, other=0.0)
+        acc = x.to(tl.float32) + gate * acc
+    tl.store(x_ptrs, acc.to(x_ptr.dtype.element_ty), mask=mask)
 
 
 def _block(n: int, cap: int) -> int:
@@ -78,20 +82,38 @@ def gated_residual(
     return plan(x, a, weight, bias, gate)
 
 
+def project_into(
+    out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], precision: str = "ieee"
+) -> torch.Tensor:
+    """``out = a @ weight^T + bias`` (fp32 accumulation, stored in out's dtype) and return out; out (M, S, N) strided
+    on M, S and contiguous along N (e.g. one step's slot of a latent buffer), a (M, S, K), weight (N, K). One launch
+    for what a GEMM, the bias and output casts and a copy into the slot take apart. Inference only."""
+    if weight is None:
+        raise ValueError("project_into needs a weight")
+    plan = _PLANS.get(call_signature("project", out, a, weight, bias, precision),
+                      lambda: _plan(out, a, weight, bias, None, precision))
+    return plan(out, a, weight, bias, None)
+
+
 _PLANS = PlanCache()
 
 
 def _plan(x, a, weight, bias, gate, precision: str) -> Callable[..., torch.Tensor]:
-    """Validate a ``gated_residual`` call; -> ``run(x, a, weight, bias, gate)`` for every call of its signature."""
-    for name, t in (("x", x), ("a", a), ("gate", gate)):
+    """Validate a ``gated_residual`` call (``project_into``'s when gate is None: x is its out); -> ``run(x, a,
+    weight, bias, gate)`` for every call of its signature."""
+    gated = gate is not None
+    for name, t in (("x" if gated else "out", x), ("a", a), ("gate", gate)):
+        if t is None:
+            continue
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             raise ValueError(f"{name} must be a 3-d (M, S, ·) tensor, got {getattr(t, 'shape', type(t).__name__)}")
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous along its last dimension, got strides {t.stride()}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if gate.shape != x.shape or a.shape[:2] != x.shape[:2]:
-        raise ValueError(f"x, gate (M, S, N) and a (M, S, K) must agree, got {tuple(x.shape)}, {tuple(gate.shape)}, {tuple(a.shape)}")
+    if (gated and gate.shape != x.shape) or a.shape[:2] != x.shape[:2]:
+        raise ValueError(f"x, gate (M, S, N) and a (M, S, K) must agree, got {tuple(x.shape)}, "
+                         f"{tuple(gate.shape) if gated else None}, {tuple(a.shape)}")
     if weight is None:
         if a.shape != x.shape:
             raise ValueError(f"without weight, a must have x's shape {tuple(x.shape)}, got {tuple(a.shape)}")
@@ -114,14 +136,15 @@ def _plan(x, a, weight, bias, gate, precision: str) -> Callable[..., torch.Tenso
     dot = dot_precision(a.dtype, precision)
     block_m, block_n, block_k = tiles(r, n, k, torch.float32 if upcast else a.dtype)
     grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
-    ints = (r, n, k, s, a_stride, weight.stride(0), gate.stride(0), gate.stride(1), x.stride(0), x.stride(1))
-    consts = dict(HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast,
+    g = gate if gated else x  # x stands in for the unread gate
+    ints = (r, n, k, s, a_stride, weight.stride(0), g.stride(0), g.stride(1), x.stride(0), x.stride(1))
+    consts = dict(HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast, GATED=gated,
                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3)
 
     def run(x, a, weight, bias, gate):
         a2 = a.reshape(r, k)
         launch(_gated_residual_kernel, grid, a2.contiguous() if copy else a2, weight,
-               bias if bias is not None else weight, gate, x, *ints, **consts)
+               bias if bias is not None else weight, x if gate is None else gate, x, *ints, **consts)
         return x
 
     return run

@@ -5,9 +5,11 @@ rejects, and says nothing about registers or shared memory. This module compiles
 ships in the triton wheel, every kernel specialization that the code launches:
 
 * the launches are recorded from the real code paths on meta tensors (``lewm_fast.precompile.record_*``): the planners'
-  loops (CEM, MPPI, iCEM; 1 and 50 environments, history 1 and 3, float32 and bfloat16 rollouts, action blocks of
-  10 and 25) and ``predict`` on the paper-size model, SIGReg forward/backward at the training shapes (float32,
-  bfloat16 and float16 inputs), the ``elite_refit`` op, and the same paths on the test suite's tiny model and shapes;
+  loops (every ``lewm-eval`` planner kind: CEM, MPPI, iCEM, predictive sampling, categorical CEM, and the gradient
+  planners GD, Lagrangian and PGD with the rollout's backward; 1 and 50 environments, history 1 and 3, float32 and
+  bfloat16 rollouts, action blocks of 10 and 25) and ``predict`` on the paper-size model, SIGReg forward/backward at
+  the training shapes (float32, bfloat16 and float16 inputs), the ``elite_refit`` op, and the same paths on the test
+  suite's tiny model and shapes;
 * each launch is expanded over its autotune configs, specialized exactly as Triton's JIT would specialize it
   (argument types, 16-byte alignment / divisibility, integers equal to 1) and deduplicated;
 * each specialization is compiled for every target (sm_80: A100; sm_90: H100/H200) in parallel processes, with a fresh
@@ -68,12 +70,12 @@ def _tiny_model(**overrides: Any) -> torch.nn.Module:
 
 
 def paper_launches(sm_count: int) -> List[Labelled]:
-    """Launches at the paper's shapes: planners (300 samples, top 30, horizon 5) over 1 and 50 envs (also as the
-    stable-worldmodel adapter plans at history 3; CEM also with TF32 / 3xTF32 float32 dots), SIGReg at the training shape T=4 x B=128 x D=192, M=1024 (and
+    """Launches at the paper's shapes: every planner kind (300 samples, top 30, horizon 5) over 1 and 50 envs (also as the
+    stable-worldmodel adapter plans at history 3; CEM and GD also with TF32 / 3xTF32 float32 dots), SIGReg at the training shape T=4 x B=128 x D=192, M=1024 (and
     B=8192, M=512), the refit op, ``predict``, a gradient planner's step (costs under autograd and their backward;
     also paired as the adapter plans at history 3)."""
-    from .precompile import PLANNERS, record_gradient_launches, record_plan_launches, record_predict_launches, \
-        record_refit_launches, record_sigreg_launches
+    from .precompile import PLANNERS, SWM_PAIRED, record_gradient_launches, record_plan_launches, \
+        record_predict_launches, record_refit_launches, record_sigreg_launches
 
     out: List[Labelled] = []
     for action_dim in (2, 5):  # Two-Room / PushT / Reacher; Cube
@@ -85,15 +87,16 @@ def paper_launches(sm_count: int) -> List[Labelled]:
                         label = f"paper {planner} a={action_dim} envs={n_envs} history={history} {_dt(dtype)}"
                         out += [(label, x) for x in record_plan_launches(model, n_envs, history, planner, dtype=dtype,
                                                                          sm_count=sm_count)]
-                if planner == "cem":  # the rollout's float32 tensor-core variants (every planner shares the rollout)
+                if planner in ("cem", "gd"):  # the rollout's float32 tensor-core variants, forward and backward
                     for history in (1, 3):
                         for precision in ("tf32", "tf32x3"):
-                            label = f"paper cem a={action_dim} envs={n_envs} history={history} fp32 {precision}"
-                            out += [(label, x) for x in record_plan_launches(model, n_envs, history, "cem",
+                            label = f"paper {planner} a={action_dim} envs={n_envs} history={history} fp32 {precision}"
+                            out += [(label, x) for x in record_plan_launches(model, n_envs, history, planner,
                                                                              sm_count=sm_count, precision=precision)]
-                label = f"paper {planner} a={action_dim} envs={n_envs} history=3 fp32 swm-paired"
-                out += [(label, x) for x in record_plan_launches(model, n_envs, 3, planner, sm_count=sm_count,
-                                                                 history_pairing="swm")]
+                if planner in SWM_PAIRED:
+                    label = f"paper {planner} a={action_dim} envs={n_envs} history=3 fp32 swm-paired"
+                    out += [(label, x) for x in record_plan_launches(model, n_envs, 3, planner, sm_count=sm_count,
+                                                                     history_pairing="swm")]
         for dtype in (torch.float32, torch.bfloat16):
             out += [(f"paper predict a={action_dim} {_dt(dtype)}", x)
                     for x in record_predict_launches(model, 128, dtype=dtype, sm_count=sm_count)]
@@ -117,8 +120,8 @@ def paper_launches(sm_count: int) -> List[Labelled]:
 def test_shape_launches(sm_count: int) -> List[Labelled]:
     """Launches of the test suite's tiny model and shapes (each constexpr branch they reach: short windows, prefixes,
     small heads, odd sizes, custom knot counts)."""
-    from .precompile import PLANNERS, record_gradient_launches, record_plan_launches, record_predict_launches, \
-        record_refit_launches, record_sigreg_launches
+    from .precompile import PLANNERS, SWM_PAIRED, record_gradient_launches, record_plan_launches, \
+        record_predict_launches, record_refit_launches, record_sigreg_launches
 
     out: List[Labelled] = []
     model = _tiny_model()
@@ -132,7 +135,7 @@ def test_shape_launches(sm_count: int) -> List[Labelled]:
                 out += [(f"tests cem tiny history={history} fp32 tf32", x)
                         for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4, horizon=3,
                                                       sm_count=sm_count, precision="tf32")]
-            if history > 1:
+            if history > 1 and planner in SWM_PAIRED:
                 out += [(f"tests {planner} tiny history={history} fp32 swm-paired", x)
                         for x in record_plan_launches(model, 2, history, planner, num_samples=16, topk=4, horizon=3,
                                                       sm_count=sm_count, history_pairing="swm")]

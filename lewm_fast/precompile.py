@@ -25,7 +25,10 @@ from torch import nn
 from .ops.launches import H100_SM_COUNT, Launch, record_launches
 from .planning.base import PlannerBase, default_planning_dtype
 
-PLANNERS = ("cem", "mppi", "icem")
+PLANNERS = ("cem", "mppi", "icem", "gd", "lagrangian", "predictive_sampling", "pgd", "categorical_cem")
+SWM_PAIRED = ("cem", "mppi", "icem")  # the planners the stable-worldmodel adapter runs with history_pairing="swm"
+GRADIENT = ("gd", "lagrangian", "pgd")  # planners whose steps run the rollout's backward
+DISCRETE = ("pgd", "categorical_cem")  # planners over a discrete action set (``bins`` values per action entry)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -38,15 +41,24 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 
 def _planner_class(name: str, history_pairing: str = "executed") -> type:
-    """The planner class of ``name``; ``history_pairing="swm"``: the stable-worldmodel adapter's variant."""
+    """The planner class of ``name`` (``lewm-eval``'s ``planner.kind``); ``history_pairing="swm"``: the
+    stable-worldmodel adapter's variant (of ``SWM_PAIRED``)."""
     from .integrations import stable_worldmodel as swm
-    from .planning import CEMPlanner, ICEMPlanner, MPPIPlanner
+    from . import planning
 
-    solvers = {"cem": swm.CEMSolver, "mppi": swm.MPPISolver, "icem": swm.ICEMSolver}
-    if name not in solvers:
+    classes = {"cem": planning.CEMPlanner, "mppi": planning.MPPIPlanner, "icem": planning.ICEMPlanner,
+               "gd": planning.GradientPlanner, "lagrangian": planning.LagrangianPlanner,
+               "predictive_sampling": planning.PredictiveSamplingPlanner, "pgd": planning.PGDPlanner,
+               "categorical_cem": planning.CategoricalCEMPlanner}
+    if name not in classes:
         raise ValueError(f"planner must be one of {PLANNERS}, got {name!r}")
     if history_pairing not in swm.HISTORY_PAIRINGS:
         raise ValueError(f"history_pairing must be one of {swm.HISTORY_PAIRINGS}, got {history_pairing!r}")
+    if history_pairing == "executed":
+        return classes[name]
+    if name not in SWM_PAIRED:
+        raise ValueError(f"history_pairing='swm' is the adapter's fused {SWM_PAIRED} planners, not {name!r}")
+    solvers = {"cem": swm.CEMSolver, "mppi": swm.MPPISolver, "icem": swm.ICEMSolver}
     return solvers[name]._planners[history_pairing]
 
 
@@ -54,16 +66,31 @@ def _window(model: nn.Module) -> int:
     return int(model.predictor.pos_embedding.shape[1])
 
 
+def _planner_kwargs(planner: str, action_dim: int, num_samples: int, topk: int, n_steps: int, horizon: int,
+                    bins: int) -> dict:
+    """Constructor arguments of ``planner`` that shape its launches (a Lagrangian planner: one outer round, whose
+    steps the later rounds repeat; a discrete planner: ``bins`` values spanning [-1, 1] per action entry)."""
+    kwargs: dict = dict(num_samples=num_samples, horizon=horizon, receding_horizon=horizon)
+    if planner != "predictive_sampling":
+        kwargs["n_steps"] = n_steps
+    if planner in SWM_PAIRED + ("categorical_cem",):
+        kwargs["topk"] = topk
+    if planner == "lagrangian":
+        kwargs["n_outer_steps"] = 1
+    if planner in DISCRETE:
+        kwargs.update(bins=bins, action_bounds=(-torch.ones(action_dim), torch.ones(action_dim)))
+    return kwargs
+
+
 def _meta_planner(model: nn.Module, n_steps: int, n_envs: int = 1, history: Optional[int] = None, planner: str = "cem",
                   num_samples: int = 300, topk: int = 30, horizon: int = 5, dtype: Optional[torch.dtype] = None,
-                  history_pairing: str = "executed", precision: str = "ieee"):
+                  history_pairing: str = "executed", precision: str = "ieee", bins: int = 3):
     """A Triton-backend planner on a meta copy of ``model`` and a meta context (n_envs, history, D) to plan from."""
+    cls = _planner_class(planner, history_pairing)
     meta_model = meta_copy(model).eval()
     history = _window(model) if history is None else history
-    fast = _planner_class(planner, history_pairing)(
-        meta_model, num_samples=num_samples, topk=topk, n_steps=n_steps, horizon=horizon, receding_horizon=horizon,
-        backend="triton", dtype=dtype, seed=0, cuda_graph=False, precision=precision,
-    )
+    kwargs = _planner_kwargs(planner, int(meta_model.action_dim), num_samples, topk, n_steps, horizon, bins)
+    fast = cls(meta_model, backend="triton", dtype=dtype, seed=0, cuda_graph=False, precision=precision, **kwargs)
     return fast, torch.empty(n_envs, history, int(meta_model.predictor.pos_embedding.shape[-1]), device="meta")
 
 
@@ -79,14 +106,16 @@ def record_plan_launches(
     sm_count: int = H100_SM_COUNT,
     history_pairing: str = "executed",
     precision: str = "ieee",
+    bins: int = 3,
 ) -> List[Launch]:
-    """The Triton launches of one plan of ``planner`` over ``n_envs`` environments with ``history`` context frames
-    (default: the predictor's window); ``history_pairing="swm"``: as ``lewm_fast.integrations.stable_worldmodel``'s
-    solvers plan; ``precision``: of float32 GEMMs (``RolloutEngine``). Iterations after the second repeat the second's
-    launches, so two are run."""
+    """The Triton launches of one plan of ``planner`` (one of ``PLANNERS``) over ``n_envs`` environments with
+    ``history`` context frames (default: the predictor's window); ``history_pairing="swm"``: as
+    ``lewm_fast.integrations.stable_worldmodel``'s solvers plan; ``precision``: of float32 GEMMs (``RolloutEngine``);
+    ``bins``: a discrete planner's values per action entry. Iterations (gradient steps) after the second repeat the
+    second's launches, so two are run; a gradient planner's include the rollout's backward kernels."""
     fast, emb_ctx = _meta_planner(model, 2, n_envs=n_envs, history=history, planner=planner, num_samples=num_samples,
                                   topk=topk, horizon=horizon, dtype=dtype, history_pairing=history_pairing,
-                                  precision=precision)
+                                  precision=precision, bins=bins)
     with torch.no_grad(), record_launches(sm_count) as launches:
         buf = fast._new_buffers(emb_ctx)
         fast._load_carry(buf, None)
@@ -403,54 +432,91 @@ def compile_launches(launches: Iterable[Launch], device: torch.device) -> int:
     return count
 
 
+def _planner_settings(target: PlannerBase) -> dict:
+    """``record_plan_launches`` settings of the planner ``target`` (TypeError for a class warmup does not know)."""
+    kinds = [(name, pairing) for name in PLANNERS for pairing in ("executed", "swm")
+             if pairing == "executed" or name in SWM_PAIRED]
+    kind = next((k for k in kinds if type(target) is _planner_class(*k)), None)
+    if kind is None:
+        raise TypeError(f"warmup knows the planners {PLANNERS} (and IDMPolicy), got {type(target).__name__}")
+    settings = dict(planner=kind[0], history_pairing=kind[1], num_samples=target.num_samples, topk=target.topk,
+                    horizon=target.horizon, dtype=target.engine.dtype, precision=target.engine.precision)
+    if kind[0] in DISCRETE:
+        settings["bins"] = target.bins  # type: ignore[attr-defined]
+    return settings
+
+
+def _warmup_target(target: Any, planner_settings: dict) -> Tuple[nn.Module, Optional[dict]]:
+    """-> (the model, ``record_plan_launches`` settings, or None when the target's plans launch no Triton kernel);
+    TypeError for a target or settings warmup does not take."""
+    from .planning.idm import IDMPolicy
+
+    if isinstance(target, (PlannerBase, IDMPolicy)):
+        if planner_settings:
+            raise TypeError(f"planner settings come from the planner; got extra {sorted(planner_settings)}")
+        if isinstance(target, IDMPolicy):  # plain PyTorch (the IDM, the model's own predictor)
+            return target.model, None
+        return target.model, _planner_settings(target)
+    if isinstance(target, nn.Module):
+        unknown = set(planner_settings) - {"planner", "num_samples", "topk", "horizon", "dtype", "precision", "bins"}
+        if unknown:
+            raise TypeError(f"unknown planner settings {sorted(unknown)}")
+        return target, dict(planner_settings)
+    raise TypeError(f"target must be a planner or a LeWM module, got {type(target).__name__}")
+
+
+def warmup_launches(
+    target: Union[PlannerBase, nn.Module],
+    n_envs: Union[int, Sequence[int]] = 1,
+    history: Optional[int] = None,
+    sigreg: Sequence[Tuple[int, int, int, int]] = (),
+    sm_count: Optional[int] = None,
+    **planner_settings: Any,
+) -> List[Launch]:
+    """The Triton launches ``warmup`` compiles (same arguments), recorded on meta tensors: on any device, nothing
+    runs. ``sm_count``: of the GPU to size grids for (default: the model's CUDA device, else an H100's)."""
+    model, planner_settings = _warmup_target(target, planner_settings)
+    device = next(model.parameters()).device
+    if sm_count is None:
+        sm_count = (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda"
+                    else H100_SM_COUNT)
+    launches: List[Launch] = []
+    if planner_settings is not None:
+        if planner_settings.get("dtype") is None:  # what a planner built with these settings would roll out in
+            planner_settings["dtype"] = default_planning_dtype(device, "triton",
+                                                               planner_settings.get("precision", "ieee"))
+        for n in [n_envs] if isinstance(n_envs, int) else list(n_envs):
+            launches += record_plan_launches(model, n, history, sm_count=sm_count, **planner_settings)
+    for shape in sigreg:
+        for dtype in (torch.float32, torch.bfloat16):
+            launches += record_sigreg_launches(tuple(shape), dtype=dtype, sm_count=sm_count)
+    return launches
+
+
 def warmup(
     target: Union[PlannerBase, nn.Module],
     n_envs: Union[int, Sequence[int]] = 1,
     history: Optional[int] = None,
     sigreg: Sequence[Tuple[int, int, int, int]] = (),
-    **planner_settings,
+    **planner_settings: Any,
 ) -> WarmupReport:
     """Compile, before the first plan, the Triton kernels that plans over ``n_envs`` environments (an int or several)
-    with ``history`` context frames will launch.
+    with ``history`` context frames will launch (``warmup_launches`` lists them).
 
-    ``target``: a planner (its model, class, ``num_samples``, ``topk``, ``horizon``, rollout dtype and precision are
-    used; the planner of a ``lewm_fast.integrations.stable_worldmodel`` solver is ``solver.planner``) or a LeWM (then
-    ``planner_settings`` may give ``planner`` ("cem" | "mppi" | "icem"), ``num_samples``, ``topk``, ``horizon``,
-    ``dtype``, ``precision``; defaults: CEM, 300, 30, 5, a planner's default dtype (bf16 on CUDA), "ieee"). ``sigreg``: (T, B, D, M) shapes of SIGReg
+    ``target``: a planner of any ``lewm-eval`` kind (its model, class, ``num_samples``, ``topk``, ``horizon``, rollout
+    dtype and precision, and a discrete planner's ``bins``, are used; a gradient planner's launches include the
+    rollout's backward kernels; the planner of a ``lewm_fast.integrations.stable_worldmodel`` sampling solver is
+    ``solver.planner``; an ``IDMPolicy`` launches none) or a LeWM (then ``planner_settings`` may give ``planner``
+    (one of ``PLANNERS``), ``num_samples``, ``topk``, ``horizon``, ``dtype``, ``precision``, ``bins``; defaults: CEM,
+    300, 30, 5, a planner's default dtype (bf16 on CUDA), "ieee", 3). ``sigreg``: (T, B, D, M) shapes of SIGReg
     training steps to compile too (forward and backward, float32 and bfloat16 inputs). Nothing runs on the device and no
     planner state changes. On a CPU model nothing needs compiling and the report says 0.
     """
-    if isinstance(target, PlannerBase):
-        if planner_settings:
-            raise TypeError(f"planner settings come from the planner; got extra {sorted(planner_settings)}")
-        kinds = [(name, pairing) for name in PLANNERS for pairing in ("executed", "swm")]
-        kind = next((k for k in kinds if type(target) is _planner_class(*k)), None)
-        if kind is None:
-            raise TypeError(f"warmup knows the planners {PLANNERS}, got {type(target).__name__}")
-        model = target.model
-        planner_settings = dict(planner=kind[0], history_pairing=kind[1], num_samples=target.num_samples,
-                                topk=target.topk, horizon=target.horizon, dtype=target.engine.dtype,
-                                precision=target.engine.precision)
-    elif isinstance(target, nn.Module):
-        model = target
-        unknown = set(planner_settings) - {"planner", "num_samples", "topk", "horizon", "dtype", "precision"}
-        if unknown:
-            raise TypeError(f"unknown planner settings {sorted(unknown)}")
-    else:
-        raise TypeError(f"target must be a planner or a LeWM module, got {type(target).__name__}")
-    envs = [n_envs] if isinstance(n_envs, int) else list(n_envs)
+    model, _ = _warmup_target(target, planner_settings)
     device = next(model.parameters()).device
     if device.type != "cuda":
         return WarmupReport(0, 0.0, str(device))
-    if planner_settings.get("dtype") is None:  # what a planner built with these settings would roll out in
-        planner_settings["dtype"] = default_planning_dtype(device, "triton", planner_settings.get("precision", "ieee"))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    launches: List[Launch] = []
-    for n in envs:
-        launches += record_plan_launches(model, n, history, sm_count=sms, **planner_settings)
-    for shape in sigreg:
-        for dtype in (torch.float32, torch.bfloat16):
-            launches += record_sigreg_launches(tuple(shape), dtype=dtype, sm_count=sms)
+    launches = warmup_launches(target, n_envs, history, sigreg, **planner_settings)
     start = time.perf_counter()
     count = compile_launches(launches, device)
     return WarmupReport(count, time.perf_counter() - start, torch.cuda.get_device_name(device))

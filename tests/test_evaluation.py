@@ -210,7 +210,7 @@ def test_checkpoint_without_normalization_is_rejected(checkpoint, tmp_path, caps
 def test_cli_help_lists_planner_presets(capsys):
     assert eval_main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "planner    cem*, cpu_quick" in out and "goal_offset: 25" in out and "episodes: 50" in out
+    assert "planner    categorical_cem, cem*, cpu_quick" in out and "goal_offset: 25" in out and "episodes: 50" in out
 
 
 # ---------------------------------------------------------------------------------------------------- hardening

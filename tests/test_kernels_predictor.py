@@ -83,6 +83,32 @@ def test_adaln_linear_matches_torch(dtype, precision, activation, modulate):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adaln_linear_writes_into_a_strided_out(dtype):
+    """``out=``: the result lands in a slot of a bigger buffer (the rollout's per-block key / value cache), the rest
+    of it untouched, equal to the contiguous result and to the reference op writing there."""
+    from lewm_fast.kernels.adaln_linear import adaln_linear
+
+    g = torch.Generator().manual_seed(3)
+    m, s, d, n = 9, 2, 24, 40
+    x = _randn(m, s, d, gen=g)
+    shift, mul = _randn(m, s, d, gen=g), _randn(m, s, d, gen=g) + 1.0
+    w = _randn(n, d, gen=g, dtype=dtype, scale=d ** -0.5)
+    b = _randn(n, gen=g, dtype=dtype)
+    cache = torch.full((m, 4, n), 7.0, device=DEVICE, dtype=dtype)
+    got = adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "none", "ieee", out=cache[:, 1:3])
+    assert got.data_ptr() == cache[:, 1:3].data_ptr()
+    torch.testing.assert_close(cache[:, 1:3], adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b), rtol=0, atol=0)
+    assert (cache[:, 0] == 7).all() and (cache[:, 3] == 7).all()
+    ref = torch.full_like(cache, 7.0)
+    REF.adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "none", out=ref[:, 1:3])
+    torch.testing.assert_close(cache, ref, **TOL[dtype])
+    with pytest.raises(ValueError, match="out must be"):
+        adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, out=cache[:, 1:3].float() if dtype != torch.float32
+                     else cache[:, 1:3].double())
+
+
+@needs_triton
 def test_adaln_linear_bad_inputs():
     from lewm_fast.kernels.adaln_linear import adaln_linear
 
@@ -255,6 +281,51 @@ def test_gated_residual_matches_torch(dtype, precision, shape):
     x0, y = x.clone(), _randn(m, s, n, gen=g)
     gated_residual(x, y, None, None, gate)  # an Identity projection: x += gate * y
     torch.testing.assert_close(x, x0 + gate * y, **TOL[torch.float32])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.bfloat16, "ieee")])
+@pytest.mark.parametrize("shape", [(7, 1, 37, 29), (300, 1, 24, 70), (5, 2, 16, 16)])
+def test_project_into_matches_torch(dtype, precision, shape):
+    """``project_into``: ``a @ w^T + b`` (fp32 accumulation) stored in a float32 slot of a latent buffer (strided on
+    the row axes), neighbours untouched; the reference op writes the same."""
+    from lewm_fast.kernels.gated_residual import project_into
+
+    m, s, n, k = shape
+    g = torch.Generator().manual_seed(2)
+    lat = torch.full((m, s + 3, n), 5.0, device=DEVICE)
+    a = _randn(m, s, k, gen=g, dtype=dtype)
+    w = _randn(n, k, gen=g, dtype=dtype, scale=k ** -0.5)
+    bias = _randn(n, gen=g)
+    out = project_into(lat[:, 2:2 + s], a, w, bias, precision)
+    assert out.data_ptr() == lat[:, 2:2 + s].data_ptr()
+    want = a.float() @ w.float().t() + bias
+    torch.testing.assert_close(lat[:, 2:2 + s], want, **_tol(dtype, precision))
+    assert (lat[:, :2] == 5).all() and (lat[:, 2 + s:] == 5).all()
+    ref = torch.full_like(lat, 5.0)
+    REF.project_into(ref[:, 2:2 + s], a, w, bias)
+    torch.testing.assert_close(ref, lat, **TOL[dtype])
+    with pytest.raises(ValueError, match="needs a weight"):
+        project_into(lat[:, 2:2 + s], a, None, None)
+    with pytest.raises(ValueError, match="must agree"):
+        project_into(lat[:, 2:2 + s], a[:-1], w, bias)
+
+
+@needs_triton
+@pytest.mark.parametrize("precision", ["ieee", "tf32", "tf32x3"])
+@pytest.mark.parametrize("shape", [(6, 20), (5, 3, 20)])
+def test_triton_ops_linear_follows_the_precision(precision, shape):
+    """``TritonOps.linear`` on float32 operands: cuBLAS / the reference GEMM in the exact mode, the Triton projection
+    kernel at a tensor-core precision (the interpreter multiplies exact fp32); bf16 operands stay on the GEMM."""
+    g = torch.Generator().manual_seed(4)
+    x = _randn(*shape, gen=g)
+    w, b = _randn(33, 20, gen=g, scale=20 ** -0.5), _randn(33, gen=g)
+    got = TritonOps(precision).linear(x, w, b)
+    assert got.shape == (*shape[:-1], 33) and got.is_contiguous()
+    torch.testing.assert_close(got, REF.linear(x, w, b), **_tol(torch.float32, precision))
+    out = torch.full((*shape[:-1], 33), 9.0, device=DEVICE)
+    assert TritonOps(precision).linear(x, w, b, out=out).data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, REF.linear(x, w, b), **_tol(torch.float32, precision))
 
 
 @needs_triton

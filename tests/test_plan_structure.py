@@ -38,20 +38,35 @@ def _iteration(model, dtype, precision="ieee", n_envs=1):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_launches_per_iteration(paper_model, dtype):
     """Four fused kernels per block and rollout step (pre-norm + QKV; attention + out-projection + gated residual;
-    pre-norm + fc1 + GELU; fc2 + gated residual), the head's norm + first Linear + GELU per step, the goal cost and the
-    refit + sampling once: 127 Triton launches, where there were 152 Triton and 127 aten ones (279 in all)."""
+    pre-norm + fc1 + GELU; fc2 + gated residual), the head's norm + first Linear + GELU per step, its last Linear
+    written straight into the latent buffer (``project_into``: no GEMM, cast and copy launches), the goal cost and
+    the refit + sampling once: 131 Triton launches, where there were 152 Triton and 127 aten ones (279 in all)."""
     it = _iteration(paper_model, dtype)
     triton = Counter(op.name for op in it if isinstance(op, Launch))
     assert triton == {
         "_adaln_linear_kernel": 2 * DEPTH * HORIZON + HORIZON,
         "_attention_residual_kernel": DEPTH * HORIZON,
-        "_gated_residual_kernel": DEPTH * HORIZON,
+        "_gated_residual_kernel": DEPTH * HORIZON + HORIZON - 1,
         "_goal_cost_kernel": 1,
         "_elite_refit_sample_kernel": 1,
     }
     aten = Counter(op.name for op in it if not isinstance(op, Launch))
     assert "gelu" not in aten and "layer_norm" not in aten and "native_layer_norm" not in aten
-    assert len(it) <= (150 if dtype == torch.float32 else 160)
+    assert aten["_to_copy"] <= 1 and aten["copy_"] <= 1  # no per-step casts or copies of the predicted latents
+    assert len(it) <= 146
+
+
+def test_growing_window_runs_the_new_token_only(paper_model):
+    """Until the window slides (history 1: steps 1-3 of 5 with a 3-frame window) a step computes its new token only
+    and attends to the keys / values kept from the steps before (a per-candidate prefix): the QKV pre-norm GEMMs of
+    the five steps run 300, 300, 300, 900, 900 rows, where a full window ran 300, 600, 900, 900, 900."""
+    it = _iteration(paper_model, torch.bfloat16)
+    qkv = [op for op in it if isinstance(op, Launch) and op.name == "_adaln_linear_kernel"
+           and op.args[3].shape[0] == 3 * 16 * 64]
+    rows = [int(op.args[6]) for op in qkv]
+    assert rows == [300] * DEPTH * 3 + [900] * DEPTH * 2
+    att = [op for op in it if isinstance(op, Launch) and op.name == "_attention_residual_kernel"]
+    assert [(op.kwargs["P"], op.kwargs["S"]) for op in att[::DEPTH]] == [(0, 1), (1, 1), (2, 1), (0, 3), (0, 3)]
 
 
 @pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.bfloat16, "ieee")])
@@ -80,7 +95,7 @@ def test_fifty_envs_walk_columns_first(paper_model):
             n = op.args[weight_arg[op.name]].shape[0]  # output columns
             assert op.grid[0] == math.ceil(n / op.kwargs["BLOCK_N"]), (op.name, op.grid)
             checked += 1
-    assert checked == 2 * DEPTH * HORIZON
+    assert checked == 2 * DEPTH * HORIZON + HORIZON - 1  # + the head's projection into the latent buffer
 
 
 def _aot_rows():

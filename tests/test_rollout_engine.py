@@ -175,7 +175,7 @@ def test_prepared_context_is_reused(tiny_model, backend):
 
 # ---------------------------------------------------------------------------------------------------------- Triton
 @needs_triton
-@pytest.mark.parametrize("h,t", [(3, 3), (1, 2)])
+@pytest.mark.parametrize("h,t", [(3, 3), (1, 2), (1, 5)])  # (1, 5): kept keys / values, then the window slides
 def test_triton_costs_match_reference(tiny_model, h, t):
     model = tiny_model.to(DEVICE)
     ctx, hist, goal, cand = _problem(model, h=h, t=t, device=DEVICE)

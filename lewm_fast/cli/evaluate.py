@@ -26,6 +26,7 @@ EXAMPLES = (
     "lewm-eval checkpoint=pusht/lewm_object.ckpt env=pusht dataset=pusht_expert_val.h5   # a stable-worldmodel run",
     "lewm-eval checkpoint=runs/quickstart planner.n_steps=10 planner.num_samples=200",
     "lewm-eval checkpoint=lewm_fast/assets/two_room planner=gd planner.lr=0.05   # gradient descent on the actions",
+    "lewm-eval checkpoint=lewm_fast/assets/two_room planner=pgd planner.bins=5   # 5 values per action entry, in the box",
 )
 
 

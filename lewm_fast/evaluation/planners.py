@@ -265,6 +265,64 @@ def _build_predictive_sampling(model: LeWM, cfg: DictConfig, inputs: PlannerInpu
                                      **_rollout_kwargs(cfg), **bounds_kwargs(cfg, inputs))
 
 
+def _validate_discrete(cfg: DictConfig) -> None:
+    """What both discrete planners share: ``planner.bins`` (values per action entry, >= 2) and no action bounds (the
+    discrete set spans the env's action box)."""
+    require_int(cfg, "planner.bins", 2)
+    if cfg.planner.get("action_bounds") not in (None, "none"):
+        raise ValueError(f"planner.action_bounds={cfg.planner.action_bounds} does not apply to planner.kind="
+                         f"{cfg.planner.kind}: its {cfg.planner.bins} values per action entry span the env's action "
+                         "box")
+
+
+def _action_grid_box(inputs: Optional[PlannerInputs], kind: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The env's action box in the model's normalised units: what the discrete planners' values span."""
+    from ..planning.bounds import normalized_box
+
+    if inputs is None:
+        raise ValueError(f"planner.kind={kind} plans over values spanning the env's action box: it needs the box and "
+                         "the run's action statistics (PlannerInputs)")
+    return normalized_box(inputs.codec, inputs.action_low, inputs.action_high)
+
+
+def validate_pgd(cfg: DictConfig) -> None:
+    """``planner=pgd``: projected gradient descent on the simplex of a discrete action set."""
+    validate_gradient(cfg)
+    _validate_discrete(cfg)
+
+
+def _build_pgd(model: LeWM, cfg: DictConfig, inputs: PlannerInputs):
+    from ..planning.pgd import PGDPlanner
+
+    grad_clip = cfg.planner.grad_clip
+    return PGDPlanner(model, _action_grid_box(inputs, "pgd"), bins=int(cfg.planner.bins), **_gradient_kwargs(cfg),
+                      grad_clip=None if grad_clip is None else float(grad_clip))
+
+
+def validate_categorical_cem(cfg: DictConfig) -> None:
+    """``planner=categorical_cem``: CEM over categorical distributions on a discrete action set."""
+    for key in ("num_samples", "topk", "n_steps", "horizon", "receding_horizon"):
+        require_int(cfg, f"planner.{key}")
+    if cfg.planner.topk > cfg.planner.num_samples:
+        raise ValueError(f"planner.topk ({cfg.planner.topk}) must be <= planner.num_samples "
+                         f"({cfg.planner.num_samples})")
+    require_number(cfg, "planner.smoothing", 0.0)
+    require_number(cfg, "planner.alpha", 0.0, 1.0)
+    if cfg.planner.alpha == 1:
+        raise ValueError("planner.alpha must be < 1 (alpha 1 never moves the distribution), got 1")
+    _validate_discrete(cfg)
+    _validate_rollout_settings(cfg)
+
+
+def _build_categorical_cem(model: LeWM, cfg: DictConfig, inputs: PlannerInputs):
+    from ..planning.categorical_cem import CategoricalCEMPlanner
+
+    p = cfg.planner
+    return CategoricalCEMPlanner(model, _action_grid_box(inputs, "categorical_cem"), bins=int(p.bins),
+                                 num_samples=int(p.num_samples), topk=int(p.topk), n_steps=int(p.n_steps),
+                                 smoothing=float(p.smoothing), alpha=float(p.alpha), **_rollout_kwargs(cfg))
+
+
 PLANNERS: Dict[str, PlannerKind] = {
     "cem": PlannerKind(validate_sampling, _build_cem),
     "icem": PlannerKind(validate_icem, _build_icem),
@@ -274,6 +332,8 @@ PLANNERS: Dict[str, PlannerKind] = {
     "gd": PlannerKind(validate_gradient, _build_gd),
     "lagrangian": PlannerKind(validate_lagrangian, _build_lagrangian),
     "predictive_sampling": PlannerKind(validate_predictive_sampling, _build_predictive_sampling),
+    "pgd": PlannerKind(validate_pgd, _build_pgd),
+    "categorical_cem": PlannerKind(validate_categorical_cem, _build_categorical_cem),
 }
 
 

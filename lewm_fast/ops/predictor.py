@@ -33,6 +33,17 @@ def differentiating(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _row_view(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """t (M, S, N) as a (M * S, N) view (rows at one stride, contiguous along N: what a BLAS output can be), or
+    None when its strides do not allow one."""
+    if t.stride(-1) != 1:
+        return None
+    try:
+        return t.view(-1, t.shape[-1])
+    except RuntimeError:
+        return None
+
+
 class PredictorOps:
     """Plain-PyTorch ops (reference semantics; used on any device and as the fallback)."""
 
@@ -59,11 +70,11 @@ class PredictorOps:
         self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], out: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         """(M, S, K) @ weight (N, K)^T + bias -> (M, S, N) contiguous (cuBLAS / MKL GEMM); written into ``out``
-        (contiguous, (M, S, N)) when given."""
+        ((M, S, N) whose rows are one strided 2-d view, e.g. contiguous or a (M, 1, N) slice) when given."""
         x2 = x.reshape(-1, x.shape[-1])
         if bias is not None and bias.dtype != x2.dtype:
             bias = bias.to(x2.dtype)
-        y = None if out is None else out.view(x2.shape[0], weight.shape[0])
+        y = None if out is None else _row_view(out)
         if bias is not None:
             y = torch.addmm(bias, x2, weight.t(), out=y)
         else:
@@ -80,16 +91,28 @@ class PredictorOps:
         weight: torch.Tensor,
         bias: Optional[torch.Tensor],
         activation: str = "none",
+        out: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """The pre-norm and the Linear after it: ``act(LN2(LN1(x) * mul + shift) @ weight^T + bias)``, or with shift /
-        mul None ``act(LN1(x) @ weight^T + bias)``. x (M, S, D) -> (M, S, N) in weight's dtype; activation one of
-        ``ACTIVATIONS``."""
+        mul None ``act(LN1(x) @ weight^T + bias)``. x (M, S, D) -> (M, S, N) in weight's dtype, or written into
+        ``out`` ((M, S, N), strided on M, S) and returned; activation one of ``ACTIVATIONS``."""
         if shift is None:
             h = F.layer_norm(x, (x.shape[-1],), eps=eps1).to(weight.dtype)
         else:
             h = self.adaln_layernorm(x, shift, mul, eps1, eps2, weight.dtype)
+        if out is not None and activation == "none" and _row_view(out) is not None:
+            return self.linear(h, weight, bias, out=out)  # the GEMM writes into out (a leading-dimension stride)
         y = self.linear(h, weight, bias)
-        return y if activation == "none" else F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+        y = y if activation == "none" else F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+        return y if out is None else out.copy_(y)
+
+    def project_into(
+        self, out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``out = a @ weight^T + bias`` in out's dtype: a (M, S, K), out (M, S, N) strided on M, S (a slot of the
+        rollout's latent buffer); returns out. Under autograd a new tensor (out untouched)."""
+        y = self.linear(a, weight, bias).to(out.dtype)
+        return y if differentiating(a) else out.copy_(y)
 
     def window_attention(
         self, qkv: torch.Tensor, heads: int, prefix_qkv: Optional[torch.Tensor] = None, num_queries: Optional[int] = None
@@ -230,15 +253,29 @@ class TritonOps(PredictorOps):
     it (with the MLP's GELU) at one environment's sizes, attention fused into ``to_out`` with its gated residual, the
     gated residual into ``mlp``'s last GEMM, the goal cost into the head's last GEMM. ``precision``: the ``tl.dot``
     input precision of float32 operands, ``"ieee"`` (exact, the parity mode), ``"tf32"`` or ``"tf32x3"`` (tensor
-    cores); bf16 operands always use tensor cores. The remaining GEMMs (action encoder, modulations, the head's first
-    Linear without GELU) stay on cuBLAS via ``PredictorOps.linear``. Under autograd (``differentiating``) the window
-    attention keeps its Triton forward, with a Triton backward kernel; the other ops run as ``PredictorOps`` (cuBLAS
-    GEMMs and torch ops; only input gradients: each Linear's backward is one GEMM ``grad_out @ W``)."""
+    cores); bf16 operands always use tensor cores. ``linear`` (the modulations' GEMM, the head's first Linear without
+    GELU) stays on cuBLAS, except float32 operands with a tensor-core precision, which take the Triton projection
+    kernel at that precision (cuBLAS would multiply them in exact fp32 unless TF32 were switched on globally). The
+    action encoder is the model's own module. Under autograd (``differentiating``) the window
+    attention and the gated GEMMs (``gated_residual``, attention_residual's projection) keep Triton forwards, with
+    Triton backward kernels (input gradients only: weights are frozen); the other ops run as ``PredictorOps`` (cuBLAS
+    GEMMs and torch ops; each Linear's backward is one GEMM ``grad_out @ W``)."""
 
     def __init__(self, precision: str = "ieee"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
+
+    def linear(self, x, weight, bias, out=None):
+        if self.precision == "ieee" or x.dtype != torch.float32 or differentiating(x):
+            return super().linear(x, weight, bias, out)
+        from ..kernels.gated_residual import project_into
+
+        if out is None:
+            out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=x.dtype)
+        rows = out if out.dim() == 3 else out.view(-1, 1, out.shape[-1])
+        project_into(rows, x.reshape(rows.shape[0], rows.shape[1], -1), weight, bias, self.precision)
+        return out
 
     def adaln_layernorm(self, x, shift, mul, eps1, eps2, out_dtype, weight=None, bias=None):
         if differentiating(x, shift, mul):
@@ -247,15 +284,22 @@ class TritonOps(PredictorOps):
 
         return adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype=out_dtype, weight=weight, bias=bias)
 
-    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none"):
+    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none", out=None):
         """One fused kernel up to ``kernels.adaln_linear.MAX_ROWS`` rows (the latency case); above, the pre-norm
         kernel, a cuBLAS GEMM and the activation (cuBLAS' large tiles read the weight far fewer times)."""
         from ..kernels import adaln_linear as fused
 
         fits = x.shape[0] * x.shape[1] <= fused.MAX_ROWS and x.shape[-1] <= fused.MAX_WIDTH
         if fits and not differentiating(x, shift, mul):
-            return fused.adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, self.precision)
-        return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation)
+            return fused.adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, self.precision, out)
+        return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
+
+    def project_into(self, out, a, weight, bias):
+        if differentiating(a):
+            return super().project_into(out, a, weight, bias)
+        from ..kernels.gated_residual import project_into
+
+        return project_into(out, a, weight, bias, self.precision)
 
     def window_attention(self, qkv, heads, prefix_qkv=None, num_queries=None):
         if differentiating(qkv):  # Triton forward and backward (kernels/window_attention_backward.py)
@@ -276,15 +320,19 @@ class TritonOps(PredictorOps):
         return window_attention_backward(grad_out, qkv, heads, prefix_qkv, num_queries)
 
     def attention_residual(self, x, qkv, heads, weight, bias, gate, prefix_qkv=None):
-        if differentiating(x, qkv, gate):  # the Triton window attention, then cuBLAS and torch ops
+        if differentiating(x, qkv, gate):  # the Triton window attention, then the differentiable gated GEMM below
             return super().attention_residual(x, qkv, heads, weight, bias, gate, prefix_qkv)
         from ..kernels.attention_residual import attention_residual
 
         return attention_residual(x, qkv, heads, weight, bias, gate, prefix_qkv, self.precision)
 
     def gated_residual(self, x, a, weight, bias, gate):
-        if differentiating(x, a, gate):
-            return super().gated_residual(x, a, weight, bias, gate)
+        if differentiating(x, a, gate):  # Triton forward and backward (kernels/gated_residual_backward.py)
+            if weight is None or differentiating(weight, bias):  # Identity, or weights that want a gradient: torch
+                return super().gated_residual(x, a, weight, bias, gate)
+            from ..kernels.gated_residual_backward import gated_residual_grad
+
+            return gated_residual_grad(x, a, weight, bias, gate, self.precision)
         from ..kernels.gated_residual import gated_residual
 
         return gated_residual(x, a, weight, bias, gate, self.precision)

@@ -10,3 +10,6 @@ from .idm import IDMInit, IDMPolicy, idm_rollout
 from .gradient import GradientPlanner
 from .lagrangian import LagrangianPlanner, box_constraints
 from .predictive_sampling import PredictiveSamplingPlanner
+from .discrete import ActionGrid
+from .pgd import PGDPlanner
+from .categorical_cem import CategoricalCEMPlanner

@@ -349,20 +349,24 @@ class FusedRollout:
         mods: torch.Tensor,
         prefix_qkv: Optional[List[torch.Tensor]] = None,
         mode: str = "all",
+        qkv_out: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run the transformer blocks on the residual stream x (M, S, Dh) in place (out of place when differentiating:
         see ``differentiating``).
 
-        mods (M, S, depth, 6, Dh); prefix_qkv: per block (B, P, 3*inner) keys/values of a shared window prefix.
-        mode "all": every token through every block; "last": the last block only updates the last token;
-        "kv": stop after the last block's to_qkv (a prefix pass). Returns (rows of x that are final, per-block qkv).
+        mods (M, S, depth, 6, Dh); prefix_qkv: per block (B, P, 3*inner) keys/values of the window tokens before x's
+        (B divides M: shared by each group of M // B rows). mode "all": every token through every block; "last": the
+        last block only updates the last token; "kv": stop after the last block's to_qkv (a prefix pass).
+        qkv_out (depth, M, S, 3*inner): where each block's to_qkv output is written (kept for later steps).
+        Returns (rows of x that are final, per-block qkv).
         """
         p, ops = self.packed, self.ops
         act = self.mlp_activation
         qkvs: List[torch.Tensor] = []
         for i, w in enumerate(p.blocks):
             last = i == p.depth - 1
-            qkv = ops.adaln_linear(x, _mod(mods, i, 0), _mod(mods, i, 1), w.eps1, w.eps_attn, w.qkv_w, w.qkv_b)
+            qkv = ops.adaln_linear(x, _mod(mods, i, 0), _mod(mods, i, 1), w.eps1, w.eps_attn, w.qkv_w, w.qkv_b,
+                                   out=None if qkv_out is None else qkv_out[i])
             if mode == "kv":
                 qkvs.append(qkv)
                 if last:
@@ -410,10 +414,12 @@ class FusedRollout:
         self._window_args_cache = (p.signature, (weights, eps, head, packed))
         return weights, eps, head, packed
 
-    def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]]) -> torch.Tensor:
-        """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh)."""
+    def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]],
+                   qkv_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh). ``qkv_out``: see
+        ``blocks`` (ignored by the whole-window C++ path, which keeps no keys / values)."""
         if not self.whole_window or differentiating(x, mods):
-            return self.blocks(x, mods, prefix_qkv, "last")[0]
+            return self.blocks(x, mods, prefix_qkv, "last", qkv_out)[0]
         weights, eps, head, packed = self._window_args()
         p = self.packed
         packed = packed if head is None else None  # packed with the head's weights: only for calls with the head
@@ -425,17 +431,23 @@ class FusedRollout:
         mods: torch.Tensor,
         prefix_qkv: Optional[List[torch.Tensor]],
         goal: Optional[torch.Tensor] = None,
+        out: Optional[torch.Tensor] = None,
+        qkv_out: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """One rollout step: the blocks on the window x (M, S, Dh) and the head on its last token -> the next latents
-        (M, D) float32, or with ``goal`` (B, D) the costs (M,) of those latents."""
+        (M, D) float32 (written into ``out`` (M, D), a strided view, when given), or with ``goal`` (B, D) the costs
+        (M,) of those latents. ``qkv_out``: see ``blocks`` (not on the whole-window C++ path)."""
         if self.whole_step and not differentiating(x, mods):
             weights, eps, head, packed = self._window_args()
             p = self.packed
-            return self.ops.window_blocks(
+            y = self.ops.window_blocks(
                 x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate, head, goal, packed
             )
-        x_last = self.last_token(x, mods, prefix_qkv)
-        return self.head(x_last)[:, 0] if goal is None else self.head_cost(x_last, goal)
+            return y if out is None or goal is not None else out.copy_(y)
+        x_last = self.last_token(x, mods, prefix_qkv, qkv_out)
+        if goal is not None:
+            return self.head_cost(x_last, goal)
+        return self.head(x_last, None if out is None else out.unsqueeze(1))[:, 0]
 
     def head_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm + folded pred_proj up to its activation: x (M, S, Dh) -> (M, S, hidden) or, for a pred_proj
@@ -449,13 +461,20 @@ class FusedRollout:
             return _frozen(p.head_module, y.float().reshape(-1, y.shape[-1])).view(*y.shape[:-1], -1)
         return p.head_act(y)
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """x (M, S, Dh) -> next latents (M, S, D) float32."""
+    def head(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (M, S, Dh) -> next latents (M, S, D) float32, written into ``out`` (M, S, D) when given (one fused
+        projection on the Triton backend: no cast or copy launches)."""
         p = self.packed
         h = self.head_hidden(x)
         if p.head_module is not None:
-            return h.float()
-        return self.ops.linear(h, p.head_w2, p.head_b2).float()
+            y = h.float()
+        elif out is None:
+            return self.ops.linear(h, p.head_w2, p.head_b2).float()
+        else:
+            y = self.ops.project_into(out, h, p.head_w2, p.head_b2)
+            if y is out:
+                return out
+        return y if out is None else out.copy_(y)
 
     def head_cost(self, x: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         """x (M, 1, Dh) -> squared distance of the predicted latent to goal (B, D), summed over D: (M,) float32."""
@@ -469,6 +488,19 @@ class FusedRollout:
         """latents (M, S, D) at window positions first_pos.. -> residual stream (M, S, Dh) float32."""
         x = latents + self.packed.pos[first_pos:first_pos + latents.shape[1]]
         return _frozen(self.packed.input_proj, x).contiguous()
+
+    def _kv_cache(self, m: int, window: int, mods: torch.Tensor) -> Optional[torch.Tensor]:
+        """Keys / values kept across the steps of one rollout, (depth, M, window - 1, 3*inner) in the compute dtype,
+        or None where not used (the whole-window C++ path, which recomputes the window in one call, and autograd).
+
+        While the window still starts at its first token (the first ``window`` steps of a plan from one context
+        frame) a step's window is the previous one plus one token, at the same positions: causal attention makes the
+        earlier tokens' keys and values at every block what the previous step computed. So such a step runs the
+        new token only (M rows instead of M x S) and attends to the kept ones, exactly (SPEC §1.4)."""
+        if self.whole_window or differentiating(mods) or window < 2:
+            return None
+        p = self.packed
+        return torch.empty(p.depth, m, window - 1, 3 * p.heads * p.dim_head, device=mods.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ entry points
     def predict(self, emb: torch.Tensor, act_emb: torch.Tensor) -> torch.Tensor:
@@ -540,19 +572,29 @@ class FusedRollout:
         lat = emb_ctx.new_empty(b, n, h_ctx + steps, emb_ctx.shape[-1], dtype=torch.float32)
         lat[:, :, :h_ctx] = emb_ctx.detach().unsqueeze(1)  # constants: gradients reach the candidates only
         lat = lat.view(m, h_ctx + steps, -1)
+        cache = self._kv_cache(m, w, mods_c)
+        cached = 0  # leading window tokens whose keys / values sit in `cache` (see _kv_cache)
         cost = None
         for t in range(steps):
             end = h_ctx + t  # latents 0..end-1 exist; predict latent `end`
             prefix = prefixes[t] if t < len(prefixes) else None
             shared = 0 if prefix is None else prefix[0].shape[1]
             first = max(end - w, 0) + shared  # first per-candidate token; its action is candidate first - lag
+            qkv_out = None
+            if cache is not None and shared == 0 and end <= w:  # the window starts at token 0 and has not slid
+                if cached:
+                    prefix = [c[:, :cached] for c in cache]
+                    first = shared = cached
+                if end < w:  # the next step's window starts there too: keep this step's keys / values
+                    qkv_out = cache[:, :, first:end]
+                    cached = end
             c0 = first - lag
             x = self.tokens(lat[:, first:end], shared)
             mods = mods_c[:, c0:c0 + end - first]  # (M, S, depth, 6, Dh)
             if goal is not None and t == steps - 1:
-                cost = self.step(x, mods, prefix, goal.detach().float())
+                cost = self.step(x, mods, prefix, goal.detach().float(), qkv_out=qkv_out)
             else:
-                lat[:, end] = self.step(x, mods, prefix)
+                self.step(x, mods, prefix, out=lat[:, end], qkv_out=qkv_out)
         if goal is not None:
             return cost.view(b, n)
         return lat.view(b, n, h_ctx + steps, -1)
