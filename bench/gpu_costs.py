@@ -218,7 +218,8 @@ class CostModel:
             a2, w, _, gate, x = args[:5]
             R, K = a2.shape
             N = w.shape[0]
-            extra = gate.numel() * gate.element_size() + 2 * _nbytes(x)
+            # gated: gate read, x read and written; project_into (GATED False): its out written once
+            extra = gate.numel() * gate.element_size() + 2 * _nbytes(x) if kw.get("GATED", True) else _nbytes(x)
             # the kernel with a PRECISION constexpr walks the columns fastest (its A panel is read once); before, rows
             rows_first = "PRECISION" not in kw
             return self.tile_gemm(launch, R, N, K, a2.dtype, 2.0 * R * N * K, extra, a_reread=rows_first)

@@ -1,5 +1,6 @@
-"""Shared Triton building block (not an op of its own): one output tile of ``a @ w^T + bias`` accumulated in fp32,
-for the kernels that fuse an epilogue into a projection GEMM (``gated_residual``, ``goal_cost``)."""
+"""Shared Triton building blocks (not ops of their own): one output tile of ``a @ w^T + bias`` accumulated in fp32,
+for the kernels that fuse an epilogue into a projection GEMM (``gated_residual``, ``goal_cost``), and the GELU
+epilogue of ``adaln_linear`` and ``project_into``."""
 
 import torch
 import triton
@@ -44,4 +45,19 @@ def tile_matmul_bias(
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+"""The GEMM epilogues ``activate`` computes (the ``ACT`` constexpr): none, GELU (erf), GELU's tanh approximation."""
+
+
+@triton.jit
+def activate(acc, ACT: tl.constexpr):
+    """``acc`` (fp32) through activation ``ACT`` (``ACTIVATIONS``), as ``F.gelu`` computes it."""
+    if ACT == 1:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    elif ACT == 2:
+        inner = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
+        acc = acc * tl.sigmoid(2.0 * inner)  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
     return acc

@@ -27,9 +27,7 @@ import triton
 import triton.language as tl
 
 from ._launch import PlanCache, call_signature, interpreted, launch
-from ._tile_matmul import SMALL_ROWS, dot_precision
-
-ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision
 
 
 @triton.jit
@@ -78,11 +76,7 @@ def _adaln_linear_kernel(
             acc = tl.dot(a, w, input_precision=PRECISION)
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        if ACT == 1:
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        elif ACT == 2:
-            inner = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
-            acc = acc * tl.sigmoid(2.0 * inner)  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
+        acc = activate(acc, ACT)
         out_ptrs = out_ptr + (m * s_om + s * s_os)[:, None] + rn[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ._launch import PlanCache, call_signature, interpreted, launch
-from ._tile_matmul import SMALL_ROWS, dot_precision, tile_matmul_bias
+from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, tile_matmul_bias
 
 
 @triton.jit
@@ -31,7 +31,7 @@ def _gated_residual_kernel(
     a_ptr, w_ptr, bias_ptr, gate_ptr, x_ptr,
     R, N, K, rows_inner,
     s_am, s_wn, s_gm, s_gs, s_xm, s_xs,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, GATED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -50,6 +50,8 @@ def _gated_residual_kernel(
         gate = tl.load(gate_ptr + (m * s_gm + s * s_gs)[:, None] + rn[None, :], mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptrs, mask=mask, other=0.0)
         acc = x.to(tl.float32) + gate * acc
+    else:
+        acc = activate(acc, ACT)
     tl.store(x_ptrs, acc.to(x_ptr.dtype.element_ty), mask=mask)
 
 
@@ -83,22 +85,26 @@ def gated_residual(
 
 
 def project_into(
-    out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], precision: str = "ieee"
+    out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], precision: str = "ieee",
+    activation: str = "none",
 ) -> torch.Tensor:
-    """``out = a @ weight^T + bias`` (fp32 accumulation, stored in out's dtype) and return out; out (M, S, N) strided
-    on M, S and contiguous along N (e.g. one step's slot of a latent buffer), a (M, S, K), weight (N, K). One launch
-    for what a GEMM, the bias and output casts and a copy into the slot take apart. Inference only."""
+    """``out = act(a @ weight^T + bias)`` (fp32 accumulation and activation, stored in out's dtype) and return out;
+    out (M, S, N) strided on M, S and contiguous along N (e.g. one step's slot of a latent buffer), a (M, S, K),
+    weight (N, K); activation ``"none"``, ``"gelu"`` or ``"gelu_tanh"``. One launch for what a GEMM, the bias and
+    output casts, a copy into the slot or a GELU take apart. Inference only."""
     if weight is None:
         raise ValueError("project_into needs a weight")
-    plan = _PLANS.get(call_signature("project", out, a, weight, bias, precision),
-                      lambda: _plan(out, a, weight, bias, None, precision))
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    plan = _PLANS.get(call_signature("project", out, a, weight, bias, precision, activation),
+                      lambda: _plan(out, a, weight, bias, None, precision, ACTIVATIONS[activation]))
     return plan(out, a, weight, bias, None)
 
 
 _PLANS = PlanCache()
 
 
-def _plan(x, a, weight, bias, gate, precision: str) -> Callable[..., torch.Tensor]:
+def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..., torch.Tensor]:
     """Validate a ``gated_residual`` call (``project_into``'s when gate is None: x is its out); -> ``run(x, a,
     weight, bias, gate)`` for every call of its signature."""
     gated = gate is not None
@@ -138,7 +144,7 @@ def _plan(x, a, weight, bias, gate, precision: str) -> Callable[..., torch.Tenso
     grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
     g = gate if gated else x  # x stands in for the unread gate
     ints = (r, n, k, s, a_stride, weight.stride(0), g.stride(0), g.stride(1), x.stride(0), x.stride(1))
-    consts = dict(HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast, GATED=gated,
+    consts = dict(HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast, GATED=gated, ACT=act,
                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3)
 
     def run(x, a, weight, bias, gate):

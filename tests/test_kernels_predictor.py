@@ -305,8 +305,14 @@ def test_project_into_matches_torch(dtype, precision, shape):
     ref = torch.full_like(lat, 5.0)
     REF.project_into(ref[:, 2:2 + s], a, w, bias)
     torch.testing.assert_close(ref, lat, **TOL[dtype])
+    for act in ("gelu", "gelu_tanh"):
+        project_into(lat[:, 2:2 + s], a, w, bias, precision, act)
+        gelu = F.gelu(want, approximate="tanh" if act == "gelu_tanh" else "none")
+        torch.testing.assert_close(lat[:, 2:2 + s], gelu, **_tol(dtype, precision))
     with pytest.raises(ValueError, match="needs a weight"):
         project_into(lat[:, 2:2 + s], a, None, None)
+    with pytest.raises(ValueError, match="activation must be"):
+        project_into(lat[:, 2:2 + s], a, w, bias, precision, "relu")
     with pytest.raises(ValueError, match="must agree"):
         project_into(lat[:, 2:2 + s], a[:-1], w, bias)
 
@@ -578,8 +584,8 @@ def test_window_blocks_cpp_bad_inputs(tiny_model):
 
 @needs_triton
 def test_triton_ops_adaln_linear_above_the_fused_size_runs_apart():
-    """Above MAX_ROWS rows (many environments) TritonOps runs the pre-norm kernel, the GEMM and the GELU apart: the
-    same values, no fused launch."""
+    """Above MAX_ROWS rows (many environments) TritonOps runs the pre-norm kernel apart from the GEMM (cuBLAS without
+    an activation; with a GELU, the projection kernel with the GELU as its epilogue): the same values."""
     from lewm_fast.kernels import adaln_linear as fused
     from lewm_fast.ops.launches import record_launches
     from lewm_fast.ops.predictor import TritonOps
@@ -593,4 +599,8 @@ def test_triton_ops_adaln_linear_above_the_fused_size_runs_apart():
     meta = [t.to("meta") for t in (x, shift, mul, w, b)]
     with record_launches() as launches:
         TritonOps().adaln_linear(meta[0], meta[1], meta[2], 1e-6, 1e-5, meta[3], meta[4], "gelu")
+    assert [x.name for x in launches] == ["_adaln_layernorm_kernel", "_gated_residual_kernel"]
+    assert launches[1].kwargs["ACT"] == 1 and not launches[1].kwargs["GATED"]
+    with record_launches() as launches:
+        TritonOps().adaln_linear(meta[0], meta[1], meta[2], 1e-6, 1e-5, meta[3], meta[4], "none")
     assert [x.name for x in launches] == ["_adaln_layernorm_kernel"]

@@ -290,9 +290,23 @@ class TritonOps(PredictorOps):
         from ..kernels import adaln_linear as fused
 
         fits = x.shape[0] * x.shape[1] <= fused.MAX_ROWS and x.shape[-1] <= fused.MAX_WIDTH
-        if fits and not differentiating(x, shift, mul):
+        if differentiating(x, shift, mul):
+            return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
+        if fits:
             return fused.adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, self.precision, out)
-        return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
+        if activation == "none":
+            return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
+        # many rows with a GELU: the pre-norm kernel, then the GEMM with the GELU as its epilogue (the GEMM's output
+        # is written once, in the weight's dtype, instead of written, read and written again by a GELU kernel)
+        from ..kernels.gated_residual import project_into
+
+        if shift is None:
+            h = F.layer_norm(x, (x.shape[-1],), eps=eps1).to(weight.dtype)
+        else:
+            h = self.adaln_layernorm(x, shift, mul, eps1, eps2, weight.dtype)
+        if out is None:
+            out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=weight.dtype)
+        return project_into(out, h, weight, bias, self.precision, activation)
 
     def project_into(self, out, a, weight, bias):
         if differentiating(a):
