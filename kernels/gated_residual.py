@@ -27,13 +27,13 @@ from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, tile
 
 
 @triton.jit
-def _gated_residual_kernel(
-    a_ptr, w_ptr, bias_ptr, gate_ptr, x_ptr,
-    R, N, K, rows_inner,
-    s_am, s_wn, s_gm, s_gs, s_xm, s_xs,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
+def projection_tile(
+    a_ptr, w_ptr, bias_ptr, R, N, K, rows_inner, s_am, s_wn,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """This program's (row tile = axis 1, column tile = axis 0) output tile of ``a @ w^T + bias`` in fp32, with its
+    rows' (M, S) indices m, s, its rows rm and columns rn, and the tile's mask."""
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask = rm < R
@@ -44,7 +44,19 @@ def _gated_residual_kernel(
     )
     m = (rm // rows_inner).to(tl.int64)
     s = (rm % rows_inner).to(tl.int64)
-    mask = mmask[:, None] & nmask[None, :]
+    return acc, m, s, rm, rn, mmask[:, None] & nmask[None, :]
+
+
+@triton.jit
+def _gated_residual_kernel(
+    a_ptr, w_ptr, bias_ptr, gate_ptr, x_ptr,
+    R, N, K, rows_inner,
+    s_am, s_wn, s_gm, s_gs, s_xm, s_xs,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, GATED: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    acc, m, s, rm, rn, mask = projection_tile(a_ptr, w_ptr, bias_ptr, R, N, K, rows_inner, s_am, s_wn,
+                                              HAS_BIAS, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
     x_ptrs = x_ptr + (m * s_xm + s * s_xs)[:, None] + rn[None, :]
     if GATED:
         gate = tl.load(gate_ptr + (m * s_gm + s * s_gs)[:, None] + rn[None, :], mask=mask, other=0.0).to(tl.float32)

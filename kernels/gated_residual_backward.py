@@ -28,8 +28,8 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from ._launch import PlanCache, call_signature, interpreted, launch
-from ._tile_matmul import SMALL_ROWS, dot_precision, tile_matmul_bias
-from .gated_residual import tiles
+from ._tile_matmul import SMALL_ROWS, dot_precision
+from .gated_residual import projection_tile, tiles
 
 
 @triton.jit
@@ -40,17 +40,8 @@ def _gated_residual_save_kernel(
     HAS_BIAS: tl.constexpr, SAVE_Y: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = rm < R
-    nmask = rn < N
-    acc = tile_matmul_bias(
-        a_ptr, w_ptr, bias_ptr, rm, rn, mmask, nmask, K, s_am, s_wn,
-        HAS_BIAS, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K,
-    )
-    m = (rm // rows_inner).to(tl.int64)
-    s = (rm % rows_inner).to(tl.int64)
-    mask = mmask[:, None] & nmask[None, :]
+    acc, m, s, rm, rn, mask = projection_tile(a_ptr, w_ptr, bias_ptr, R, N, K, rows_inner, s_am, s_wn,
+                                              HAS_BIAS, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
     gate = tl.load(gate_ptr + (m * s_gm + s * s_gs)[:, None] + rn[None, :], mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + (m * s_xm + s * s_xs)[:, None] + rn[None, :], mask=mask, other=0.0)
     dense = rm.to(tl.int64)[:, None] * N + rn[None, :]
