@@ -30,20 +30,8 @@ void attend_group_scalar(const scalar_t* q, const scalar_t* const* keys, int64_t
   const scalar_t scale = scalar_t(1) / std::sqrt(scalar_t(dh));
   for (int64_t h = 0; h < heads; ++h) {
     const int64_t off = h * dh;
-    scalar_t mx = -std::numeric_limits<scalar_t>::infinity();
-    for (int64_t j = 0; j < visible; ++j) {
-      const scalar_t* k = keys[j] + off;
-      scalar_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t e = 0; e < dh; ++e) acc += q[off + e] * k[e];
-      score[j] = acc * scale;
-      mx = std::max(mx, score[j]);
-    }
-    scalar_t total = 0;
-    for (int64_t j = 0; j < visible; ++j) {
-      score[j] = std::exp(score[j] - mx);
-      total += score[j];
-    }
+    const scalar_t total =
+        softmax_weights(q + off, [&](int64_t j) { return keys[j] + off; }, visible, dh, scale, score);
     const scalar_t inv = scalar_t(1) / total;
     scalar_t* oh = o + off;
     std::fill(oh, oh + dh, scalar_t(0));

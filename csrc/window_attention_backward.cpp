@@ -7,9 +7,7 @@
 //   of own tokens 0..S-q-1 (not in the output) get zero. Rows are independent: one thread writes each row's gradient.
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "ops.h"
@@ -33,20 +31,8 @@ void attend_backward_row(const scalar_t* own, const scalar_t* pre, const scalar_
     scalar_t* dq = d_own + i * width;
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t off = h * dh;
-      scalar_t mx = -std::numeric_limits<scalar_t>::infinity();
-      for (int64_t j = 0; j < visible; ++j) {
-        const scalar_t* k = key(j) + off;
-        scalar_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t e = 0; e < dh; ++e) acc += q[off + e] * k[e];
-        prob[j] = acc * scale;
-        mx = std::max(mx, prob[j]);
-      }
-      scalar_t total = 0;
-      for (int64_t j = 0; j < visible; ++j) {
-        prob[j] = std::exp(prob[j] - mx);
-        total += prob[j];
-      }
+      const scalar_t total =
+          softmax_weights(q + off, [&](int64_t j) { return key(j) + off; }, visible, dh, scale, prob);
       scalar_t dsum = 0;
       for (int64_t j = 0; j < visible; ++j) {
         prob[j] /= total;
