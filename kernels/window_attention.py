@@ -35,6 +35,19 @@ def window_kv(own, shared, j: tl.constexpr, s_qs, s_pp, offs, mask, P: tl.conste
 
 
 @triton.jit
+def window_program(qkv_ptr, pre_ptr, heads, rows_per_prefix, s_qm, s_pb, DH: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    """What a (row, block of heads) program of the window-attention kernels works on: its row, the mask and offsets
+    of its heads' (BLOCK_H, BLOCK_D) slices, and the row's own tokens and shared prefix."""
+    row = tl.program_id(0).to(tl.int64)
+    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ds = tl.arange(0, BLOCK_D)
+    mask = (hs < heads)[:, None] & (ds < DH)[None, :]
+    offs = hs[:, None] * DH + ds[None, :]
+    return row, mask, offs, qkv_ptr + row * s_qm, pre_ptr + (row // rows_per_prefix) * s_pb
+
+
+@triton.jit
 def _window_attention_kernel(
     qkv_ptr, pre_ptr, out_ptr,
     heads, rows_per_prefix, scale,
@@ -42,13 +55,8 @@ def _window_attention_kernel(
     S: tl.constexpr, P: tl.constexpr, NQ: tl.constexpr, INNER: tl.constexpr, DH: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ds = tl.arange(0, BLOCK_D)
-    mask = (hs < heads)[:, None] & (ds < DH)[None, :]
-    offs = hs[:, None] * DH + ds[None, :]
-    own = qkv_ptr + row * s_qm
-    shared = pre_ptr + (row // rows_per_prefix) * s_pb
+    row, mask, offs, own, shared = window_program(qkv_ptr, pre_ptr, heads, rows_per_prefix, s_qm, s_pb,
+                                                  DH, BLOCK_H, BLOCK_D)
     for qi in tl.static_range(NQ):
         q = tl.load(own + (S - NQ + qi) * s_qs + offs, mask=mask, other=0.0).to(tl.float32) * scale
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)

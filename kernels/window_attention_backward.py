@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._launch import launch
-from .window_attention import window_kv
+from .window_attention import window_kv, window_program
 
 
 @triton.jit
@@ -49,13 +49,8 @@ def _window_attention_backward_kernel(
     S: tl.constexpr, P: tl.constexpr, NQ: tl.constexpr, INNER: tl.constexpr, DH: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ds = tl.arange(0, BLOCK_D)
-    mask = (hs < heads)[:, None] & (ds < DH)[None, :]
-    offs = hs[:, None] * DH + ds[None, :]
-    own = qkv_ptr + row * s_qm
-    shared = pre_ptr + (row // rows_per_prefix) * s_pb
+    row, mask, offs, own, shared = window_program(qkv_ptr, pre_ptr, heads, rows_per_prefix, s_qm, s_pb,
+                                                  DH, BLOCK_H, BLOCK_D)
     grad = grad_ptr + row * s_gm
     dst = dqkv_ptr + row * s_dm
     zero = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
