@@ -15,7 +15,7 @@ import torch
 
 from ...planning import CEMPlanner, ICEMPlanner, MPPIPlanner
 from ...planning.base import LoopBuffers
-from ...planning.categorical_cem import gumbel_max_indices
+from ...planning.categorical_cem import gumbel_max_indices, refit_probs
 from ._base import (CostFn, SolverBase, check_batch_size, check_costs, env_slice, is_box, plan_costs,
                     prepare_init_action)
 from .idm import IDMSeeded, IDMSource
@@ -464,12 +464,8 @@ class CategoricalCEMSolver(SolverBase):
                 vals, inds = torch.topk(costs, k=self.topk, dim=1, largest=False)
                 rows = torch.arange(bs, device=self.device).unsqueeze(1).expand(-1, self.topk)
                 elites = one_hot[rows, inds]
-                new_probs = elites.mean(dim=1)
-                if self.smoothing > 0:
-                    new_probs = new_probs + self.smoothing
-                    new_probs = new_probs / new_probs.sum(dim=-1, keepdim=True)
                 prev_probs = batch_probs
-                batch_probs = self.alpha * batch_probs + (1 - self.alpha) * new_probs if self.alpha > 0 else new_probs
+                batch_probs = refit_probs(batch_probs, elites, self.smoothing, self.alpha)
                 self._cb_step(step=step, candidates=cand, costs=costs, topk_vals=vals, topk_inds=inds,
                               topk_candidates=elites, probs=batch_probs, prev_probs=prev_probs)
                 final = vals.mean(dim=1).cpu().tolist()
