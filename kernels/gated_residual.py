@@ -116,9 +116,11 @@ def project_into(
 _PLANS = PlanCache()
 
 
-def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..., torch.Tensor]:
-    """Validate a ``gated_residual`` call (``project_into``'s when gate is None: x is its out); -> ``run(x, a,
-    weight, bias, gate)`` for every call of its signature."""
+def check_projection(x, a, weight, bias, gate) -> None:
+    """The argument checks of a gated projection ``x (+)= gate * (a @ weight^T + bias)``, shared with its autograd
+    Function (``gated_residual_backward``): x (``project_into``'s out when gate is None), a, gate 3-d, contiguous
+    along the last dimension, on x's device, of agreeing shapes; weight (when given) a row-major (N, K) tensor of a's
+    dtype, bias (N,)."""
     gated = gate is not None
     for name, t in (("x" if gated else "out", x), ("a", a), ("gate", gate)):
         if t is None:
@@ -133,17 +135,29 @@ def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..
         raise ValueError(f"x, gate (M, S, N) and a (M, S, K) must agree, got {tuple(x.shape)}, "
                          f"{tuple(gate.shape) if gated else None}, {tuple(a.shape)}")
     if weight is None:
-        if a.shape != x.shape:
-            raise ValueError(f"without weight, a must have x's shape {tuple(x.shape)}, got {tuple(a.shape)}")
-        return lambda x, a, weight, bias, gate: x.addcmul_(gate, a.to(x.dtype))
-    m, s, n = x.shape
-    k = a.shape[2]
+        return
+    n, k = x.shape[2], a.shape[2]
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight must be a row-major ({n}, {k}) tensor, got {type(weight).__name__}")
     if weight.shape != (n, k) or weight.stride(-1) != 1:
         raise ValueError(f"weight must be a row-major ({n}, {k}) tensor, got {tuple(weight.shape)} strides {weight.stride()}")
     if weight.dtype != a.dtype:
         raise ValueError(f"a and weight must share a dtype, got {a.dtype} and {weight.dtype}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+
+
+def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..., torch.Tensor]:
+    """Validate a ``gated_residual`` call (``project_into``'s when gate is None: x is its out); -> ``run(x, a,
+    weight, bias, gate)`` for every call of its signature."""
+    check_projection(x, a, weight, bias, gate)
+    gated = gate is not None
+    if weight is None:
+        if a.shape != x.shape:
+            raise ValueError(f"without weight, a must have x's shape {tuple(x.shape)}, got {tuple(a.shape)}")
+        return lambda x, a, weight, bias, gate: x.addcmul_(gate, a.to(x.dtype))
+    m, s, n = x.shape
+    k = a.shape[2]
     r = m * s
     if r == 0:
         return lambda x, a, weight, bias, gate: x

@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from ._launch import PlanCache, call_signature, interpreted, launch
 from ._tile_matmul import SMALL_ROWS, dot_precision
-from .gated_residual import projection_tile, tiles
+from .gated_residual import check_projection, projection_tile, tiles
 
 
 @triton.jit
@@ -96,23 +96,13 @@ def _gated_residual_backward_kernel(
 
 
 def _check(x, a, weight, bias, gate) -> None:
-    for name, t in (("x", x), ("a", a), ("gate", gate)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 3:
-            raise ValueError(f"{name} must be a 3-d (M, S, ·) tensor, got {getattr(t, 'shape', type(t).__name__)}")
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous along its last dimension, got strides {t.stride()}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if gate.shape != x.shape or a.shape[:2] != x.shape[:2]:
-        raise ValueError(f"x, gate (M, S, N) and a (M, S, K) must agree, got {tuple(x.shape)}, {tuple(gate.shape)}, "
-                         f"{tuple(a.shape)}")
-    n, k = x.shape[2], a.shape[2]
-    if not isinstance(weight, torch.Tensor) or weight.shape != (n, k) or weight.stride(-1) != 1:
-        raise ValueError(f"weight must be a row-major ({n}, {k}) tensor, got {getattr(weight, 'shape', weight)}")
-    if weight.dtype != a.dtype:
-        raise ValueError(f"a and weight must share a dtype, got {a.dtype} and {weight.dtype}")
-    if bias is not None and bias.shape != (n,):
-        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    """``check_projection``, with the gate and weight this Function always has (an Identity projection takes the
+    torch ops)."""
+    if gate is None:
+        raise ValueError("gate must be a 3-d (M, S, ·) tensor, got NoneType")
+    check_projection(x, a, weight, bias, gate)
+    if weight is None:
+        raise ValueError(f"weight must be a row-major ({x.shape[2]}, {a.shape[2]}) tensor, got None")
 
 
 def gated_residual_forward(
