@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import PlanCache, call_signature, interpreted, launch
+from ._launch import H100_SM_COUNT, PlanCache, call_signature, interpreted, launch, multiprocessor_count
 from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision
 
 
@@ -82,7 +82,11 @@ def _adaln_linear_kernel(
 
 
 PANEL_ROWS = 16
-"""Rows of a program's panel (the grid fills the GPU at one environment's 300-900 rows)."""
+"""Rows of a program's panel for exact float32 dots on the FMA units (the grid fills the GPU at one environment's
+300-900 rows)."""
+WIDE_PANEL_ROWS = 64
+"""Rows of a program's panel for tensor-core dots (bf16 / fp16 weights, float32 with ``"tf32"`` / ``"tf32x3"``): four
+times fewer weight reads from L2 than 16-row panels, and on sm_90 the ``wgmma`` instruction (64-row operands)."""
 MAX_ROWS = SMALL_ROWS
 """Above this many rows the rollout runs the pre-norm, the GEMM and the activation apart (``TritonOps``): 16-row
 panels would re-read the whole weight from L2 once per 16 rows."""
@@ -90,20 +94,32 @@ MAX_WIDTH = 256
 """Widest model dimension D the panel holds in registers (next power of two)."""
 
 
-def tiles(rows: int, n: int, d: int, dtype: torch.dtype, fma: bool) -> tuple:
-    """(BLOCK_N, BLOCK_D, N_TILES) for ``PANEL_ROWS``-row panels of the whole width D (padded to a power of two),
-    BLOCK_N-wide column tiles (64; 32 for float32 operands, whose weight tiles take twice the registers; 16 for exact
-    float32 dots on the FMA units (``fma``), which hold the whole K in registers), N_TILES (>= 2) of them per
-    program so that about 2-3 programs per SM of an H100 remain: the panel's normalisation is paid once per
-    N_TILES tiles, and the grid still fills the GPU at one environment (300-900 rows)."""
+def tiles(rows: int, n: int, d: int, dtype: torch.dtype, fma: bool, sm_count: Optional[int] = None) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, N_TILES, num_warps): panels of BLOCK_M rows and the whole width D (padded to a power
+    of two), BLOCK_N-wide column tiles (64; 32 for float32 operands, whose weight tiles take twice the registers; 16
+    for exact float32 dots on the FMA units (``fma``), which hold the whole K in registers), N_TILES of them per
+    program, the panel's normalisation paid once per N_TILES tiles.
+
+    Tensor-core dots take ``WIDE_PANEL_ROWS``-row panels (8 warps, so that the float32 panel stays in registers) with
+    4 column tiles per program, or 2 where 4 would leave fewer programs than half of the ``sm_count`` SMs (H100's 132
+    when unknown); if even 2 would, 16-row panels as for the FMA units. The choice is the cost model's
+    (``bench/gpu_model.py``, docs/gpu.md "Step 3"): at one environment's 300-900 rows 64-row panels read the weights
+    from L2 four times less often than 16-row panels, which the model finds the bound of the 16-row kernels. FMA dots
+    keep 16-row panels and N_TILES (>= 2) chosen so that about 2-3 programs per SM of an H100 remain."""
     block_d = max(16, triton.next_power_of_2(d))
     block_n = 16 if fma else 32 if dtype == torch.float32 else 64
-    row_tiles = triton.cdiv(rows, PANEL_ROWS)
     col_tiles = triton.cdiv(n, block_n)
+    if not fma:
+        half = (sm_count or H100_SM_COUNT) // 2
+        for n_tiles in (4, 2):
+            n_tiles *= 64 // block_n  # the same 256 / 128 columns per program for 32-wide float32 tiles
+            if triton.cdiv(rows, WIDE_PANEL_ROWS) * triton.cdiv(col_tiles, n_tiles) >= half:
+                return WIDE_PANEL_ROWS, block_n, block_d, n_tiles, 8
+    row_tiles = triton.cdiv(rows, PANEL_ROWS)
     n_tiles = 2  # a loop of one tile is not software-pipelined: the FMA (IEEE float32) dot then spills
     while n_tiles < col_tiles and row_tiles * triton.cdiv(col_tiles, n_tiles * 2) >= 264:  # 2 programs per SM
         n_tiles *= 2
-    return block_n, block_d, n_tiles
+    return PANEL_ROWS, block_n, block_d, n_tiles, 4
 
 
 def adaln_linear(
@@ -171,17 +187,18 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     if rows == 0:
         return lambda x, shift, mul, weight, bias, out: (
             torch.empty(m, s, n, device=x.device, dtype=weight.dtype) if out is None else out)
-    # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32)
+    # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32): it runs the
+    # tiles the GPU would, in exact fp32
     upcast = interpreted(x.device)
-    fma = upcast or dot == "ieee"
-    block_n, block_d, n_tiles = tiles(rows, n, d, torch.float32 if upcast else weight.dtype, fma)
-    grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, PANEL_ROWS))
+    block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, weight.dtype, dot == "ieee",
+                                                      multiprocessor_count(x.device))
+    grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, block_m))
     sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),
             mu.stride(0), mu.stride(1), weight.stride(0), s * n if out is None else out.stride(0),
             n if out is None else out.stride(1))
     consts = dict(MODULATE=modulate, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot,
-                  UPCAST=upcast, BLOCK_M=PANEL_ROWS, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=4,
+                  UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=warps,
                   num_stages=2)
 
     def run(x, shift, mul, weight, bias, out):

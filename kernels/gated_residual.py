@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import PlanCache, call_signature, interpreted, launch
+from ._launch import H100_SM_COUNT, PlanCache, call_signature, interpreted, launch, multiprocessor_count
 from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, tile_matmul_bias
 
 
@@ -71,14 +71,22 @@ def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
-def tiles(rows: int, n: int, k: int, dtype: torch.dtype) -> tuple:
+def tiles(rows: int, n: int, k: int, dtype: torch.dtype, tensor_cores: bool = False,
+          sm_count: Optional[int] = None) -> tuple:
     """(BLOCK_M, BLOCK_N, BLOCK_K) for a (rows, k) @ (k, n) product (see the module docstring). float32 operands take
     K slices of 32: IEEE dots on the FMA units hold every K slice of a thread's rows / columns in registers, and
-    3xTF32 splits each operand in two (64 x 64 x 64 fp32 tiles spill on sm_80 either way)."""
+    3xTF32 splits each operand in two (64 x 64 x 64 fp32 tiles spill on sm_80 either way).
+
+    ``tensor_cores`` (the forward of a plan with bf16 / fp16 or TF32 dots): up to ``SMALL_ROWS`` rows, 64 x 32 tiles
+    where they still give at least half of the ``sm_count`` SMs (H100's 132 when unknown) a program: at one
+    environment's 900-row fc2 (K = 2048) they read the weight from L2 four times less often than 16 x 32 tiles, the
+    bound the cost model finds for those (docs/gpu.md "Step 3"); on sm_90 the dot is a ``wgmma``."""
     small = rows <= SMALL_ROWS
     block_m = 16 if small else _block(rows, 64)
     block_n = _block(n, 32 if small else 64)
     block_k = _block(k, 32 if dtype == torch.float32 else 64)
+    if small and tensor_cores and triton.cdiv(rows, 64) * triton.cdiv(n, block_n) >= (sm_count or H100_SM_COUNT) // 2:
+        block_m = 64
     return block_m, block_n, block_k
 
 
@@ -166,7 +174,8 @@ def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..
     a_stride = k if copy else a2.stride(0)
     upcast = interpreted(a.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(a.dtype, precision)
-    block_m, block_n, block_k = tiles(r, n, k, torch.float32 if upcast else a.dtype)
+    block_m, block_n, block_k = tiles(r, n, k, torch.float32 if upcast else a.dtype,
+                                      a.dtype != torch.float32 or dot != "ieee", multiprocessor_count(a.device))
     grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
     g = gate if gated else x  # x stands in for the unread gate
     ints = (r, n, k, s, a_stride, weight.stride(0), g.stride(0), g.stride(1), x.stride(0), x.stride(1))

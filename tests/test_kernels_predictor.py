@@ -255,6 +255,86 @@ def test_attention_residual_bad_inputs():
         attention_residual(x, qkv, 2, w, None, x, torch.zeros(3, 1, 48, device=DEVICE))
 
 
+# ------------------------------------------------------------------------------------- wide tiles (tensor cores)
+@pytest.fixture
+def few_sms(monkeypatch):
+    """Kernels planned for a GPU of 2 SMs: small shapes then take the wide row tiles that tensor-core dots use at one
+    environment's 300-900 rows on an H100 (``tiles``: at least half the SMs busy). Plans cached for other SM counts
+    are dropped before and after."""
+    from lewm_fast.kernels import adaln_linear, attention_residual, gated_residual
+
+    mods = (adaln_linear, attention_residual, gated_residual)
+    for mod in mods:
+        monkeypatch.setattr(mod, "multiprocessor_count", lambda device: 2)
+        mod._PLANS.clear()
+    yield
+    for mod in mods:
+        mod._PLANS.clear()
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "tf32"), (torch.bfloat16, "ieee")])
+@pytest.mark.parametrize("modulate", [True, False])
+def test_adaln_linear_wide_panels_match_torch(dtype, precision, modulate, few_sms):
+    """64-row panels (8 warps), several row panels and a partial last column group, against the reference op."""
+    from lewm_fast.kernels.adaln_linear import adaln_linear, tiles
+
+    m, s, d, n = 50, 3, 37, 300
+    assert tiles(m * s, n, d, dtype, False, 2)[0] == 64
+    g = torch.Generator().manual_seed(5)
+    x = _randn(m, s + 1, d, gen=g, scale=3.0)[:, 1:] + 1.0
+    mods = _randn(m, s, 4, d, gen=g)
+    shift, mul = (mods[:, :, 0], mods[:, :, 2] + 1.0) if modulate else (None, None)
+    w = _randn(n, d, gen=g, dtype=dtype, scale=d ** -0.5)
+    b = _randn(n, gen=g, dtype=dtype)
+    got = adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu", precision)
+    want = REF.adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu")
+    torch.testing.assert_close(got, want, **_tol(dtype, precision))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "tf32"), (torch.bfloat16, "ieee")])
+@pytest.mark.parametrize("p", [0, 2])
+def test_attention_residual_wide_tiles_match_torch(dtype, precision, p, few_sms):
+    """32 x 64 tiles over several row tiles and a partial last column tile, with and without a prefix."""
+    from lewm_fast.kernels.attention_residual import attention_residual, tiles
+
+    m, s, heads, dh, n = 70, 3 if p == 0 else 1, 2, 16, 80
+    assert tiles(m * s, n, dtype, True, 2)[:2] == (32, 64)
+    qkv, prefix = _attention_inputs(m, s, 5 if p else None, p, heads, dh, dtype, seed=4)
+    g = torch.Generator().manual_seed(6)
+    w = _randn(n, heads * dh, gen=g, dtype=dtype, scale=(heads * dh) ** -0.5)
+    bias = _randn(n, gen=g)
+    x = _randn(m, s, n, gen=g)
+    gate = _randn(m, s, 3, n, gen=g)[:, :, 1]
+    want = x.clone()
+    REF.attention_residual(want, qkv, heads, w, bias, gate, prefix)
+    attention_residual(x, qkv, heads, w, bias, gate, prefix, precision)
+    tol = _tol(dtype, precision)
+    torch.testing.assert_close(x, want, rtol=tol["rtol"], atol=tol["atol"] * 2)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "tf32"), (torch.bfloat16, "ieee")])
+def test_gated_residual_wide_tiles_match_torch(dtype, precision, few_sms):
+    """64 x 32 tiles over several row tiles, a partial last row tile and strided x / gate."""
+    from lewm_fast.kernels.gated_residual import gated_residual, tiles
+
+    m, s, n, k = 45, 3, 40, 70
+    assert tiles(m * s, n, k, dtype, True, 2)[0] == 64
+    g = torch.Generator().manual_seed(7)
+    x_full = _randn(m, s + 1, n, gen=g)
+    gate = _randn(m, s, 6, n, gen=g)[:, :, 2]
+    a = _randn(m, s, k, gen=g, dtype=dtype)
+    w = _randn(n, k, gen=g, dtype=dtype, scale=k ** -0.5)
+    bias = _randn(n, gen=g)
+    x = x_full[:, 1:]
+    want = x.clone()
+    REF.gated_residual(want, a, w, bias, gate)
+    gated_residual(x, a, w, bias, gate, precision)
+    torch.testing.assert_close(x_full[:, 1:], want, **_tol(dtype, precision))
+
+
 # -------------------------------------------------------------------------------------------------- gated_residual
 @needs_triton
 @pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.bfloat16, "ieee")])

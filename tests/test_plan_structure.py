@@ -83,6 +83,38 @@ def test_predictor_kernels_fill_the_sms_at_one_env(paper_model, dtype, precision
             assert programs >= SMS // 2, (op.name, op.grid)
 
 
+@pytest.mark.parametrize("dtype, precision", [(torch.bfloat16, "ieee"), (torch.float32, "tf32")])
+def test_tensor_core_plans_take_wide_row_tiles(paper_model, dtype, precision):
+    """With tensor-core dots the one-env kernels read each weight from L2 fewer times (docs/gpu.md "Step 3"): every
+    pre-norm GEMM takes 64-row panels (8 warps; wgmma on sm_90), the 900-row fc2 64 x 32 tiles and the 900-row
+    attention + out-projection 32 x 64 tiles; at 300 rows the latter two keep 16 x 32 tiles (wider ones would leave
+    fewer than 66 programs)."""
+    shapes = Counter()
+    for op in _iteration(paper_model, dtype, precision):
+        if not isinstance(op, Launch) or op.name not in GEMM_KERNELS[:3]:
+            continue
+        rows = op.args[6] if op.name != "_gated_residual_kernel" else op.args[5]
+        k = op.kwargs
+        shapes[(op.name, int(rows), k["BLOCK_M"], k["BLOCK_N"], k["num_warps"])] += 1
+    for (name, rows, bm, bn, warps), n in shapes.items():
+        if name == "_adaln_linear_kernel":
+            assert (bm, warps) == (64, 8), (name, rows, bm, bn, warps)
+        elif name == "_gated_residual_kernel" and rows >= 900:  # fc2; with TF32 also the 1500-row modulation GEMM
+            assert (bm, bn) == (64, 32), (name, rows, bm, bn)
+        elif name == "_attention_residual_kernel" and rows == 900:
+            assert (bm, bn) == (32, 64), (name, rows, bm, bn)
+        else:
+            assert (bm, bn) == (16, 32), (name, rows, bm, bn)
+    assert {("_gated_residual_kernel", 900), ("_attention_residual_kernel", 900)} <= {k[:2] for k in shapes}
+
+
+def test_exact_float32_plans_keep_16_row_tiles(paper_model):
+    """IEEE float32 dots run on the FMA units, whose tiles hold every K slice in registers: 16-row tiles throughout."""
+    for op in _iteration(paper_model, torch.float32, "ieee"):
+        if isinstance(op, Launch) and op.name in GEMM_KERNELS:
+            assert op.kwargs["BLOCK_M"] == 16, (op.name, op.kwargs)
+
+
 def test_fifty_envs_walk_columns_first(paper_model):
     """At 50 envs the fused GEMM grids put the output columns on the fastest axis: the programs sharing an A panel
     run together and read it once from HBM. The pre-norms run apart from their GEMMs there: cuBLAS for to_qkv, the
