@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from lewm_fast.ops.predictor import PredictorOps
+from lewm_fast.ops.predictor import PredictorOps, activate
 from lewm_fast.planning import CEMPlanner, RolloutEngine
 from lewm_fast.planning.fused_predictor import FusedRollout
 
@@ -104,7 +104,7 @@ EVAL_SEED = 100000  # lewm-eval's default seed: episode e draws its start/goal (
 
 # the ops FusedRollout calls; a new one would bypass the emulation, so refuse to run rather than report wrong numbers
 EMULATED_OPS = {"adaln_layernorm", "adaln_linear", "attention_residual", "gated_residual", "goal_cost", "linear",
-                "window_attention"}
+                "linear_act", "project_into", "window_attention"}
 
 
 # ---------------------------------------------------------------------------------------------------- roundings
@@ -221,6 +221,25 @@ class EmulatedOps(PredictorOps):
             return out
         return y
 
+    def linear_act(self, x, weight, bias, activation, out_dtype=None):
+        """``TritonOps.linear_act`` (the folded action conditioning): float32 operands at the dots' float32 precision
+        (3xTF32 when the result is stored in 16 bits: the bf16 modes' second projection), fp32 bias and activation,
+        one rounding to ``out_dtype`` at the store."""
+        self.calls["linear_act"] += 1
+        out_dtype = out_dtype or x.dtype
+        dots = "ieee" if self.dots == "bf16" else self.dots
+        dots = "tf32x3" if dots == "ieee" and out_dtype.itemsize == 2 else dots
+        y = self._mm(x.reshape(-1, x.shape[-1]).float(), weight, bias, dots)
+        y = activate(y, activation)
+        return self._store(y, out_dtype).view(*x.shape[:-1], weight.shape[0])
+
+    def project_into(self, out, a, weight, bias):
+        """``kernels/gated_residual.py`` without the gate (the head's last Linear into the latent buffer): fp32
+        accumulate + fp32 bias, one rounding to out's dtype at the store."""
+        self.calls["project_into"] += 1
+        y = self._mm(a.reshape(-1, a.shape[-1]), weight, bias, self.dots)
+        return out.copy_(self._store(y, out.dtype).view(out.shape))
+
     def adaln_layernorm(self, x, shift, mul, eps1, eps2, out_dtype, weight=None, bias=None):
         """fp32 statistics and arithmetic, output rounded to ``out_dtype``."""
         self.calls["adaln_layernorm"] += 1
@@ -319,8 +338,8 @@ class EmulatedRollout(FusedRollout):
             return TF32Modules(conv_only=not self.mode.cublas_tf32)
         return contextlib.nullcontext()
 
-    def modulations(self, act_emb, reuse=False):
-        return super().modulations(act_emb, reuse=False)
+    def modulations(self, c, reuse=False):
+        return super().modulations(c, reuse=False)
 
     def context(self, *args, **kwargs):
         with self._modules():

@@ -48,16 +48,19 @@ def tile_matmul_bias(
     return acc
 
 
-ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
-"""The GEMM epilogues ``activate`` computes (the ``ACT`` constexpr): none, GELU (erf), GELU's tanh approximation."""
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
+"""The GEMM epilogues ``activate`` computes (the ``ACT`` constexpr): none, GELU (erf), GELU's tanh approximation, SiLU
+(the action encoder's)."""
 
 
 @triton.jit
 def activate(acc, ACT: tl.constexpr):
-    """``acc`` (fp32) through activation ``ACT`` (``ACTIVATIONS``), as ``F.gelu`` computes it."""
+    """``acc`` (fp32) through activation ``ACT`` (``ACTIVATIONS``), as ``F.gelu`` / ``F.silu`` compute it."""
     if ACT == 1:
         acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
     elif ACT == 2:
         inner = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
         acc = acc * tl.sigmoid(2.0 * inner)  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
+    elif ACT == 3:
+        acc = acc * tl.sigmoid(acc)
     return acc

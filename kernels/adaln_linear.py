@@ -94,22 +94,25 @@ MAX_WIDTH = 256
 """Widest model dimension D the panel holds in registers (next power of two)."""
 
 
-def tiles(rows: int, n: int, d: int, dtype: torch.dtype, fma: bool, sm_count: Optional[int] = None) -> tuple:
+def tiles(rows: int, n: int, d: int, dtype: torch.dtype, dot: str, sm_count: Optional[int] = None) -> tuple:
     """(BLOCK_M, BLOCK_N, BLOCK_D, N_TILES, num_warps): panels of BLOCK_M rows and the whole width D (padded to a power
     of two), BLOCK_N-wide column tiles (64; 32 for float32 operands, whose weight tiles take twice the registers; 16
-    for exact float32 dots on the FMA units (``fma``), which hold the whole K in registers), N_TILES of them per
-    program, the panel's normalisation paid once per N_TILES tiles.
+    for exact float32 dots on the FMA units (``dot`` ``"ieee"``), which hold the whole K in registers), N_TILES of
+    them per program, the panel's normalisation paid once per N_TILES tiles.
 
-    Tensor-core dots take ``WIDE_PANEL_ROWS``-row panels (8 warps, so that the float32 panel stays in registers) with
+    Single-pass tensor-core dots (16-bit weights; float32 with ``dot`` ``"tf32"``; 3xTF32 splits each operand in two,
+    whose wide tiles spill and overflow sm_80's shared memory) take ``WIDE_PANEL_ROWS``-row panels (8 warps, so that the
+    float32 panel stays in registers) with
     4 column tiles per program, or 2 where 4 would leave fewer programs than half of the ``sm_count`` SMs (H100's 132
     when unknown); if even 2 would, 16-row panels as for the FMA units. The choice is the cost model's
     (``bench/gpu_model.py``, docs/gpu.md "Step 3"): at one environment's 300-900 rows 64-row panels read the weights
     from L2 four times less often than 16-row panels, which the model finds the bound of the 16-row kernels. FMA dots
-    keep 16-row panels and N_TILES (>= 2) chosen so that about 2-3 programs per SM of an H100 remain."""
+    and 3xTF32 keep 16-row panels and N_TILES (>= 2) chosen so that about 2-3 programs per SM of an H100 remain."""
     block_d = max(16, triton.next_power_of_2(d))
+    fma = dtype == torch.float32 and dot == "ieee"
     block_n = 16 if fma else 32 if dtype == torch.float32 else 64
     col_tiles = triton.cdiv(n, block_n)
-    if not fma:
+    if dtype != torch.float32 or dot == "tf32":
         half = (sm_count or H100_SM_COUNT) // 2
         for n_tiles in (4, 2):
             n_tiles *= 64 // block_n  # the same 256 / 128 columns per program for 32-wide float32 tiles
@@ -190,8 +193,7 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32): it runs the
     # tiles the GPU would, in exact fp32
     upcast = interpreted(x.device)
-    block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, weight.dtype, dot == "ieee",
-                                                      multiprocessor_count(x.device))
+    block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, weight.dtype, dot, multiprocessor_count(x.device))
     grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, block_m))
     sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),

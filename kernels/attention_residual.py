@@ -95,10 +95,11 @@ def tiles(rows: int, n: int, dtype: torch.dtype, tensor_cores: bool = False, sm_
     the SMs) and for float32 operands at any size (the unrolled key loop keeps every key / value slice live: larger
     fp32 tiles spill); 64 x 64 tiles for 16-bit operands above.
 
-    ``tensor_cores`` (bf16 / fp16, or TF32 dots) up to ``SMALL_ROWS`` rows: 32 x 64 tiles where they still give at
-    least half of the ``sm_count`` SMs (H100's 132 when unknown) a program. Each program recomputes its rows'
-    attention for its column tile, so wider column tiles recompute it fewer times; at one environment's 900 rows the
-    cost model finds them 1.6x faster than 16 x 32 (docs/gpu.md "Step 3"), at 300 rows too few programs remain."""
+    ``tensor_cores`` (bf16 / fp16, or single-pass TF32 dots; 3xTF32's split operands spill) up to ``SMALL_ROWS``
+    rows: 32 x 64 tiles where they still give at least half of the ``sm_count`` SMs (H100's 132 when unknown) a
+    program. Each program recomputes its rows' attention for its column tile, so wider column tiles recompute it
+    fewer times; at one environment's 900 rows the cost model finds them 1.6x faster than 16 x 32 (docs/gpu.md
+    "Step 3"); at 300 rows too few programs remain."""
     half = (sm_count or H100_SM_COUNT) // 2
     if rows <= SMALL_ROWS and tensor_cores and triton.cdiv(rows, 32) * triton.cdiv(n, 64) >= half:
         return 32, 64, 4, 2
@@ -164,7 +165,7 @@ def _plan(x, qkv, heads, weight, bias, gate, prefix_qkv, precision: str) -> Call
     dh = inner // heads
     upcast = interpreted(x.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(qkv.dtype, precision)
-    block_m, block_n, warps, stages = tiles(rows, n, qkv.dtype, qkv.dtype != torch.float32 or dot != "ieee",
+    block_m, block_n, warps, stages = tiles(rows, n, qkv.dtype, qkv.dtype != torch.float32 or dot == "tf32",
                                             multiprocessor_count(x.device))
     block_n = max(16, min(block_n, triton.next_power_of_2(n)))
     block_d = max(16, triton.next_power_of_2(dh))

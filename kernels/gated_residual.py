@@ -77,7 +77,8 @@ def tiles(rows: int, n: int, k: int, dtype: torch.dtype, tensor_cores: bool = Fa
     K slices of 32: IEEE dots on the FMA units hold every K slice of a thread's rows / columns in registers, and
     3xTF32 splits each operand in two (64 x 64 x 64 fp32 tiles spill on sm_80 either way).
 
-    ``tensor_cores`` (the forward of a plan with bf16 / fp16 or TF32 dots): up to ``SMALL_ROWS`` rows, 64 x 32 tiles
+    ``tensor_cores`` (the forward of a plan with bf16 / fp16 or single-pass TF32 dots; 3xTF32's split operands
+    spill in wide tiles): up to ``SMALL_ROWS`` rows, 64 x 32 tiles
     where they still give at least half of the ``sm_count`` SMs (H100's 132 when unknown) a program: at one
     environment's 900-row fc2 (K = 2048) they read the weight from L2 four times less often than 16 x 32 tiles, the
     bound the cost model finds for those (docs/gpu.md "Step 3"); on sm_90 the dot is a ``wgmma``."""
@@ -110,8 +111,8 @@ def project_into(
 ) -> torch.Tensor:
     """``out = act(a @ weight^T + bias)`` (fp32 accumulation and activation, stored in out's dtype) and return out;
     out (M, S, N) strided on M, S and contiguous along N (e.g. one step's slot of a latent buffer), a (M, S, K),
-    weight (N, K); activation ``"none"``, ``"gelu"`` or ``"gelu_tanh"``. One launch for what a GEMM, the bias and
-    output casts, a copy into the slot or a GELU take apart. Inference only."""
+    weight (N, K); activation ``"none"``, ``"gelu"``, ``"gelu_tanh"`` or ``"silu"``. One launch for what a GEMM, the
+    bias and output casts, a copy into the slot or an activation take apart. Inference only."""
     if weight is None:
         raise ValueError("project_into needs a weight")
     if activation not in ACTIVATIONS:
@@ -175,7 +176,7 @@ def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..
     upcast = interpreted(a.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(a.dtype, precision)
     block_m, block_n, block_k = tiles(r, n, k, torch.float32 if upcast else a.dtype,
-                                      a.dtype != torch.float32 or dot != "ieee", multiprocessor_count(a.device))
+                                      a.dtype != torch.float32 or dot == "tf32", multiprocessor_count(a.device))
     grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
     g = gate if gated else x  # x stands in for the unread gate
     ints = (r, n, k, s, a_stride, weight.stride(0), g.stride(0), g.stride(1), x.stride(0), x.stride(1))

@@ -280,7 +280,7 @@ def test_adaln_linear_wide_panels_match_torch(dtype, precision, modulate, few_sm
     from lewm_fast.kernels.adaln_linear import adaln_linear, tiles
 
     m, s, d, n = 50, 3, 37, 300
-    assert tiles(m * s, n, d, dtype, False, 2)[0] == 64
+    assert tiles(m * s, n, d, dtype, "tf32", 2)[0] == 64
     g = torch.Generator().manual_seed(5)
     x = _randn(m, s + 1, d, gen=g, scale=3.0)[:, 1:] + 1.0
     mods = _randn(m, s, 4, d, gen=g)

@@ -40,20 +40,23 @@ def test_launches_per_iteration(paper_model, dtype):
     """Four fused kernels per block and rollout step (pre-norm + QKV; attention + out-projection + gated residual;
     pre-norm + fc1 + GELU; fc2 + gated residual), the head's norm + first Linear + GELU per step, its last Linear
     written straight into the latent buffer (``project_into``: no GEMM, cast and copy launches), the goal cost and
-    the refit + sampling once: 131 Triton launches, where there were 152 Triton and 127 aten ones (279 in all)."""
+    the refit + sampling once, and the action conditioning as two projections with their SiLUs (Conv1d folded in;
+    no convolution, bias add, SiLU or cast launches): 133 Triton launches, where there were 152 Triton and 127 aten
+    ones (279 in all)."""
     it = _iteration(paper_model, dtype)
     triton = Counter(op.name for op in it if isinstance(op, Launch))
     assert triton == {
         "_adaln_linear_kernel": 2 * DEPTH * HORIZON + HORIZON,
         "_attention_residual_kernel": DEPTH * HORIZON,
-        "_gated_residual_kernel": DEPTH * HORIZON + HORIZON - 1,
+        "_gated_residual_kernel": DEPTH * HORIZON + HORIZON - 1 + 2,
         "_goal_cost_kernel": 1,
         "_elite_refit_sample_kernel": 1,
     }
     aten = Counter(op.name for op in it if not isinstance(op, Launch))
     assert "gelu" not in aten and "layer_norm" not in aten and "native_layer_norm" not in aten
-    assert aten["_to_copy"] <= 1 and aten["copy_"] <= 1  # no per-step casts or copies of the predicted latents
-    assert len(it) <= 146
+    assert not {"convolution", "silu", "_to_copy", "mm"} & set(aten), aten  # the action conditioning: 2 launches
+    assert aten["copy_"] <= 1  # no per-step copies of the predicted latents
+    assert len(it) <= 140
 
 
 def test_growing_window_runs_the_new_token_only(paper_model):
@@ -95,12 +98,14 @@ def test_tensor_core_plans_take_wide_row_tiles(paper_model, dtype, precision):
             continue
         rows = op.args[6] if op.name != "_gated_residual_kernel" else op.args[5]
         k = op.kwargs
-        shapes[(op.name, int(rows), k["BLOCK_M"], k["BLOCK_N"], k["num_warps"])] += 1
-    for (name, rows, bm, bn, warps), n in shapes.items():
+        # a bf16 plan's action conditioning: float32 operands, IEEE / 3xTF32 dots (narrow tiles)
+        narrow = op.args[0].dtype == torch.float32 and k["PRECISION"] != "tf32"
+        shapes[(op.name, int(rows), k["BLOCK_M"], k["BLOCK_N"], k["num_warps"], narrow)] += 1
+    for (name, rows, bm, bn, warps, narrow), n in shapes.items():
         if name == "_adaln_linear_kernel":
             assert (bm, warps) == (64, 8), (name, rows, bm, bn, warps)
-        elif name == "_gated_residual_kernel" and rows >= 900:  # fc2; with TF32 also the 1500-row modulation GEMM
-            assert (bm, bn) == (64, 32), (name, rows, bm, bn)
+        elif name == "_gated_residual_kernel" and rows >= 900 and not narrow:  # fc2; TF32: also the 1500-row
+            assert (bm, bn) == (64, 32), (name, rows, bm, bn)                 # action conditioning, modulations
         elif name == "_attention_residual_kernel" and rows == 900:
             assert (bm, bn) == (32, 64), (name, rows, bm, bn)
         else:
@@ -108,9 +113,11 @@ def test_tensor_core_plans_take_wide_row_tiles(paper_model, dtype, precision):
     assert {("_gated_residual_kernel", 900), ("_attention_residual_kernel", 900)} <= {k[:2] for k in shapes}
 
 
-def test_exact_float32_plans_keep_16_row_tiles(paper_model):
-    """IEEE float32 dots run on the FMA units, whose tiles hold every K slice in registers: 16-row tiles throughout."""
-    for op in _iteration(paper_model, torch.float32, "ieee"):
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_exact_float32_plans_keep_16_row_tiles(paper_model, precision):
+    """IEEE float32 dots run on the FMA units, whose tiles hold every K slice in registers, and 3xTF32 splits each
+    operand in two (wide tiles spill, and overflow sm_80's shared memory): 16-row tiles throughout."""
+    for op in _iteration(paper_model, torch.float32, precision):
         if isinstance(op, Launch) and op.name in GEMM_KERNELS:
             assert op.kwargs["BLOCK_M"] == 16, (op.name, op.kwargs)
 
@@ -128,8 +135,9 @@ def test_fifty_envs_walk_columns_first(paper_model):
             n = op.args[weight_arg[op.name]].shape[0]  # output columns
             assert op.grid[0] == math.ceil(n / op.kwargs["BLOCK_N"]), (op.name, op.grid)
             checked += 1
-    # + mlp.net.1 and the head's first Linear with their GELUs, + the head's projection into the latent buffer
-    assert checked == 3 * DEPTH * HORIZON + 2 * HORIZON - 1
+    # + mlp.net.1 and the head's first Linear with their GELUs, + the head's projection into the latent buffer, + the
+    # action conditioning's two projections
+    assert checked == 3 * DEPTH * HORIZON + 2 * HORIZON - 1 + 2
     aten = Counter(op.name for op in it if not isinstance(op, Launch))
     assert "gelu" not in aten
 

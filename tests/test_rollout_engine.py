@@ -151,6 +151,58 @@ def test_engine_follows_weight_updates(tiny_model):
     _close_costs(replaced, _reference_costs(tiny_model, ctx, hist, goal, cand))
 
 
+def _ops(kind):
+    if kind == "triton" and not triton_available(torch.device("cpu")):
+        pytest.skip("needs triton with TRITON_INTERPRET=1")
+    return PredictorOps() if kind == "reference" else make_ops("triton")
+
+
+@pytest.mark.parametrize("ops", ["reference", "triton"])
+@pytest.mark.parametrize("cond_proj", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_action_conditioning_is_two_folded_linears(tiny_model, ops, cond_proj, dtype):
+    """``condition_actions``: the Conv1d folded into the first Linear, ``cond_proj`` (Identity, or a Linear) into
+    the second, each SiLU an epilogue; equal to ``silu(cond_proj(action_encoder(a)))`` of the modules (fp32 2e-5;
+    a bf16 plan rounds the result once to bf16)."""
+    if cond_proj:
+        d = tiny_model.predictor.transformer.cond_proj
+        tiny_model.predictor.transformer.cond_proj = proj = nn.Linear(32, 32)
+        randomize_(proj, seed=4)
+        assert isinstance(d, nn.Identity)
+    fused = FusedRollout(tiny_model, _ops(ops), dtype)
+    assert fused.packed.act_w1 is not None
+    actions = torch.randn(5, 4, tiny_model.action_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = torch.nn.functional.silu(tiny_model.predictor.transformer.cond_proj(tiny_model.action_encoder(actions)))
+        got = fused.condition_actions(actions)
+    assert got.dtype == dtype and got.shape == want.shape
+    tol = FP32 if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got.float(), want, **tol)
+
+
+def test_action_conditioning_of_another_structure_runs_the_modules(tiny_model):
+    """An action encoder whose MLP is not Linear -> SiLU -> Linear is not folded: the modules run, costs unchanged."""
+    tiny_model.action_encoder.embed[1] = nn.GELU()
+    ctx, hist, goal, cand = _problem(tiny_model, t=3)
+    engine = RolloutEngine(tiny_model, backend="reference")
+    engine.fused = FusedRollout(tiny_model, PredictorOps())
+    assert engine.fused.packed.act_w1 is None
+    _close_costs(engine.costs(ctx, hist, goal, cand), _reference_costs(tiny_model, ctx, hist, goal, cand))
+
+
+def test_engine_follows_action_encoder_updates(tiny_model):
+    """The folded action conditioning is re-folded when the action encoder's weights change."""
+    ctx, hist, goal, cand = _problem(tiny_model, t=3)
+    engine = RolloutEngine(tiny_model, backend="reference")
+    engine.fused = FusedRollout(tiny_model, PredictorOps())
+    before = engine.costs(ctx, hist, goal, cand)
+    with torch.no_grad():
+        tiny_model.action_encoder.patch_embed.weight.mul_(1.5)
+    after = engine.costs(ctx, hist, goal, cand)
+    assert not torch.allclose(before, after)
+    _close_costs(after, _reference_costs(tiny_model, ctx, hist, goal, cand))
+
+
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_prepared_context_is_reused(tiny_model, backend):
     engine = RolloutEngine(tiny_model, backend=backend)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from .attention_grad import window_attention_grad
 
 
-ACTIVATIONS = ("none", "gelu", "gelu_tanh")
-"""The activations ``adaln_linear`` fuses: none, GELU (erf) and GELU's tanh approximation."""
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")
+"""The activations ``adaln_linear`` and ``linear_act`` fuse: none, GELU (erf), GELU's tanh approximation, SiLU."""
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 """Input precisions of float32 GEMM operands on the Triton backend (``TritonOps``)."""
 
@@ -31,6 +31,15 @@ def differentiating(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether autograd records an op on ``tensors``: grad mode is on and one of them requires grad. The ops then
     run out of place (the in-place residual updates would overwrite what the backward needs)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def activate(y: torch.Tensor, activation: str) -> torch.Tensor:
+    """``y`` through one of ``ACTIVATIONS``."""
+    if activation == "none":
+        return y
+    if activation == "silu":
+        return F.silu(y)
+    return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
 
 
 def _row_view(t: torch.Tensor) -> Optional[torch.Tensor]:
@@ -103,8 +112,17 @@ class PredictorOps:
         if out is not None and activation == "none" and _row_view(out) is not None:
             return self.linear(h, weight, bias, out=out)  # the GEMM writes into out (a leading-dimension stride)
         y = self.linear(h, weight, bias)
-        y = y if activation == "none" else F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+        y = activate(y, activation)
         return y if out is None else out.copy_(y)
+
+    def linear_act(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
+        out_dtype: Optional[torch.dtype] = None,
+    ) -> torch.Tensor:
+        """``act(x @ weight^T + bias)``: x (M, S, K) in weight's dtype -> (M, S, N) contiguous in ``out_dtype``
+        (default x's), the activation in x's dtype; one of ``ACTIVATIONS``. The action conditioning's two Linears."""
+        y = activate(self.linear(x, weight, bias), activation)
+        return y if out_dtype is None else y.to(out_dtype)
 
     def project_into(
         self, out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
@@ -256,7 +274,8 @@ class TritonOps(PredictorOps):
     cores); bf16 operands always use tensor cores. ``linear`` (the modulations' GEMM, the head's first Linear without
     GELU) stays on cuBLAS, except float32 operands with a tensor-core precision, which take the Triton projection
     kernel at that precision (cuBLAS would multiply them in exact fp32 unless TF32 were switched on globally). The
-    action encoder is the model's own module. Under autograd (``differentiating``) the window
+    action conditioning's two folded Linears (``linear_act``) are projection kernels with their SiLUs as epilogues.
+    Under autograd (``differentiating``) the window
     attention and the gated GEMMs (``gated_residual``, attention_residual's projection) keep Triton forwards, with
     Triton backward kernels (input gradients only: weights are frozen); the other ops run as ``PredictorOps`` (cuBLAS
     GEMMs and torch ops; each Linear's backward is one GEMM ``grad_out @ W``)."""
@@ -307,6 +326,21 @@ class TritonOps(PredictorOps):
         if out is None:
             out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=weight.dtype)
         return project_into(out, h, weight, bias, self.precision, activation)
+
+    def linear_act(self, x, weight, bias, activation, out_dtype=None):
+        """One projection kernel (the activation and the output cast as its epilogue) in place of a GEMM, a bias
+        add, the activation and a cast. float32 operands whose result is stored in 16 bits (a bf16 plan's action
+        conditioning) take 3xTF32 tensor-core dots where the precision is ``"ieee"``: about 1e-6 relative error, far
+        below the store's rounding, at a fraction of the FMA units' time."""
+        if differentiating(x):
+            return super().linear_act(x, weight, bias, activation, out_dtype)
+        from ..kernels.gated_residual import project_into
+
+        out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=out_dtype or x.dtype)
+        rows = out if out.dim() == 3 else out.view(-1, 1, out.shape[-1])
+        precision = "tf32x3" if self.precision == "ieee" and out.element_size() == 2 else self.precision
+        return project_into(rows, x.reshape(rows.shape[0], rows.shape[1], -1), weight, bias, precision,
+                            activation).view(out.shape)
 
     def project_into(self, out, a, weight, bias):
         if differentiating(a):

@@ -8,6 +8,9 @@ What the schedule exploits (all exact up to float rounding; SPEC §1.4-1.5):
   ``output_proj`` -> ``pred_proj.net.0``) and eval-mode BatchNorm (``pred_proj.net.1``) are folded into that Linear.
   Of the resulting ``to_qkv`` bias only the query part is kept: a key bias shifts all scores of a query equally
   (softmax-invariant) and a value bias passes through attention unchanged, so it is folded into ``to_out``'s bias.
+- The action encoder (Conv1d with kernel 1 -> Linear -> SiLU -> Linear) and the predictor's ``cond_proj`` (Identity
+  or Linear) before the modulations' SiLU are two linear maps around one SiLU: folded into two Linears, each with its
+  activation as the epilogue (``PredictorOps.linear_act``).
 - Causality: a window token whose latent and action (and those of all earlier window tokens) come from the context /
   action history is the same for every candidate; such a shared prefix runs once per environment (B rows, not B*N),
   and the candidates' tokens attend to its keys/values.
@@ -102,7 +105,8 @@ class PackedLeWM:
         self.final_eps = float(_layernorm(tr.norm, "predictor.transformer.norm").eps)
         # the submodules whose parameters / buffers are folded (like blocks_src, the module tree is taken as fixed;
         # a parameter or buffer replaced inside it, or changed in place, is seen by the signature)
-        self._source_modules = [*model.predictor.modules(), *model.pred_proj.modules()]
+        self._source_modules = [*model.predictor.modules(), *model.pred_proj.modules(),
+                                *model.action_encoder.modules()]
         self._signature = None
         self.blocks: List[BlockWeights] = []
         self.pack()
@@ -209,7 +213,37 @@ class PackedLeWM:
             "blocks": blocks,
         }
         fresh.update(self._fold_head())
+        fresh.update(self._fold_actions())
         return fresh
+
+    def _fold_actions(self) -> dict:
+        """The action conditioning ``silu(cond_proj(embed(patch_embed(a))))`` as ``silu(W2 silu(W1 a + b1) + b2)``
+        in float32: the kernel-1 Conv1d folded into the first Linear, ``cond_proj`` (Identity or Linear) into the
+        second. ``act_w1`` None where the action encoder has another structure (then it runs as its module)."""
+        none = {"act_w1": None, "act_b1": None, "act_w2": None, "act_b2": None}
+        enc = self.model.action_encoder
+        conv, embed = getattr(enc, "patch_embed", None), getattr(enc, "embed", None)
+        if not (isinstance(conv, nn.Conv1d) and conv.kernel_size == (1,) and conv.stride == (1,)
+                and conv.padding == (0,) and conv.dilation == (1,) and conv.groups == 1
+                and isinstance(embed, nn.Sequential) and len(embed) == 3 and isinstance(embed[0], nn.Linear)
+                and isinstance(embed[1], nn.SiLU) and isinstance(embed[2], nn.Linear)
+                and isinstance(self.cond_proj, (nn.Identity, nn.Linear))):
+            return none
+        f64 = torch.float64
+        wc = conv.weight.detach()[:, :, 0].to(f64)
+        bc = conv.bias.detach().to(f64) if conv.bias is not None else torch.zeros(wc.shape[0], dtype=f64,
+                                                                                   device=wc.device)
+        w1, b1 = _linear_wb(embed[0], "action_encoder.embed.0")
+        w2, b2 = _linear_wb(embed[2], "action_encoder.embed.2")
+        w1, w2 = w1.to(f64), w2.to(f64)
+        b1 = w1 @ bc + (b1.to(f64) if b1 is not None else 0.0)
+        b2 = b2.to(f64) if b2 is not None else torch.zeros(w2.shape[0], dtype=f64, device=w2.device)
+        if isinstance(self.cond_proj, nn.Linear):
+            wp, bp = _linear_wb(self.cond_proj, "predictor.transformer.cond_proj")
+            w2, b2 = wp.to(f64) @ w2, wp.to(f64) @ b2 + (bp.to(f64) if bp is not None else 0.0)
+        f32 = torch.float32
+        return {"act_w1": self._cast(w1 @ wc, f32), "act_b1": self._cast(b1, f32), "act_w2": self._cast(w2, f32),
+                "act_b2": self._cast(b2, f32)}
 
     def _fold_head(self) -> dict:
         """Final LN affine -> output_proj -> pred_proj.net.0 -> BatchNorm, composed into one Linear over LN(x)."""
@@ -317,18 +351,32 @@ class FusedRollout:
         self._window_args_cache: Optional[tuple] = None
 
     # ------------------------------------------------------------------ pieces
-    def modulations(self, act_emb: torch.Tensor, reuse: bool = False) -> torch.Tensor:
-        """act_emb (R, T, D) -> AdaLN (shift, 1+scale, gate) x 2 for every block: (R, T, depth, 6, Dh), in one GEMM.
+    def condition(self, act_emb: torch.Tensor) -> torch.Tensor:
+        """act_emb (R, T, D) -> the modulations' input ``silu(cond_proj(act_emb))`` (R, T, Dh) in the compute dtype."""
+        return F.silu(_frozen(self.packed.cond_proj, act_emb)).to(self.dtype)
+
+    def condition_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions (R, T, A) -> ``condition(embed_actions(actions))`` (R, T, Dh) in the compute dtype: two folded
+        Linears with their SiLUs as epilogues (``PackedLeWM._fold_actions``) where they exist and nothing is
+        differentiated, else the modules."""
+        p = self.packed
+        if p.act_w1 is None or differentiating(actions):
+            return self.condition(self.embed_actions(actions))
+        h = self.ops.linear_act(actions.float(), p.act_w1, p.act_b1, "silu")
+        return self.ops.linear_act(h, p.act_w2, p.act_b2, "silu", self.dtype)
+
+    def modulations(self, c: torch.Tensor, reuse: bool = False) -> torch.Tensor:
+        """c (R, T, Dh) from ``condition`` -> AdaLN (shift, 1+scale, gate) x 2 for every block: (R, T, depth, 6, Dh),
+        in one GEMM.
 
         reuse: on CPU, write into this rollout's persistent buffer (valid until the next ``reuse`` call). The tensor
         is tens of MB per CEM iteration, above glibc's mmap threshold: a fresh one costs as much in page faults as
         its GEMM."""
         p = self.packed
-        c = F.silu(_frozen(self.packed.cond_proj, act_emb)).to(self.dtype)
-        shape = (*act_emb.shape[:2], p.depth, 6, p.hidden)
-        if not (reuse and act_emb.device.type == "cpu") or differentiating(c):  # no autograd through out=...
+        shape = (*c.shape[:2], p.depth, 6, p.hidden)
+        if not (reuse and c.device.type == "cpu") or differentiating(c):  # no autograd through out=...
             return self.ops.linear(c, p.ada_w, p.ada_b).view(shape)
-        rows, n = act_emb.shape[0] * act_emb.shape[1], p.ada_w.shape[0]
+        rows, n = c.shape[0] * c.shape[1], p.ada_w.shape[0]
         if self._mods_buffer is None or self._mods_buffer.numel() < rows * n or self._mods_buffer.dtype != c.dtype:
             with persistent():
                 self._mods_buffer = torch.empty(rows * n, dtype=c.dtype)
@@ -507,7 +555,7 @@ class FusedRollout:
         """LeWM.predict: emb, act_emb (B, T, D) -> pred_proj(predictor(emb, act_emb)) (B, T, D)."""
         self.packed.refresh_if_stale()
         x = self.tokens(emb.float(), 0)
-        x, _ = self.blocks(x, self.modulations(act_emb.float()), None, "all")
+        x, _ = self.blocks(x, self.modulations(self.condition(act_emb.float())), None, "all")
         return self.head(x)
 
     @torch.no_grad()
@@ -519,7 +567,7 @@ class FusedRollout:
         p.refresh_if_stale()
         b, h_ctx, _ = emb_ctx.shape
         emb = emb_ctx.float()
-        mods_h = self.modulations(self.embed_actions(action_history)) if h_ctx > 1 else None  # (B, H-1, ...)
+        mods_h = self.modulations(self.condition_actions(action_history)) if h_ctx > 1 else None  # (B, H-1, ...)
         prefixes: List[List[torch.Tensor]] = []
         for t in range(p.num_frames):  # a prefix exists while the window start is before token h_ctx - 1
             start = max(h_ctx + t - p.num_frames, 0)
@@ -566,7 +614,7 @@ class FusedRollout:
         steps = t_hor - (h_ctx - 1 - lag)  # latents to predict
         m = b * n
         w = p.num_frames
-        mods_c = self.modulations(self.embed_actions(candidates.reshape(m, t_hor, -1)), reuse=True)  # (M, T, depth, 6, Dh)
+        mods_c = self.modulations(self.condition_actions(candidates.reshape(m, t_hor, -1)), reuse=True)  # (M, T, depth, 6, Dh)
         if differentiating(mods_c):
             mods_c = UnboundModulations(mods_c)
         lat = emb_ctx.new_empty(b, n, h_ctx + steps, emb_ctx.shape[-1], dtype=torch.float32)
