@@ -223,12 +223,12 @@ class EmulatedOps(PredictorOps):
 
     def linear_act(self, x, weight, bias, activation, out_dtype=None):
         """``TritonOps.linear_act`` (the folded action conditioning): float32 operands at the dots' float32 precision
-        (3xTF32 when the result is stored in 16 bits: the bf16 modes' second projection), fp32 bias and activation,
-        one rounding to ``out_dtype`` at the store."""
+        (3xTF32 when the result is stored in 16 bits: the bf16 modes' second projection; exact in the interpreter,
+        which ignores TF32), fp32 bias and activation, one rounding to ``out_dtype`` at the store."""
         self.calls["linear_act"] += 1
         out_dtype = out_dtype or x.dtype
         dots = "ieee" if self.dots == "bf16" else self.dots
-        dots = "tf32x3" if dots == "ieee" and out_dtype.itemsize == 2 else dots
+        dots = "tf32x3" if dots == "ieee" and out_dtype.itemsize == 2 and not self.interpreter else dots
         y = self._mm(x.reshape(-1, x.shape[-1]).float(), weight, bias, dots)
         y = activate(y, activation)
         return self._store(y, out_dtype).view(*x.shape[:-1], weight.shape[0])
@@ -246,9 +246,10 @@ class EmulatedOps(PredictorOps):
         return super().adaln_layernorm(x.float(), shift.float(), mul.float(), eps1, eps2, out_dtype,
                                        None if weight is None else weight.float(), None if bias is None else bias.float())
 
-    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none"):
+    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none", out=None):
         """``kernels/adaln_linear.py``: the normalised rows in fp32, cast to the weight's dtype as the dot's A operand,
-        fp32 accumulate + bias, the GELU on the fp32 accumulator, one rounding to the weight's dtype at the store."""
+        fp32 accumulate + bias, the GELU on the fp32 accumulator, one rounding to the weight's dtype at the store
+        (into ``out`` when given: the rollout's key / value cache)."""
         self.calls["adaln_linear"] += 1
         d = x.shape[-1]
         if shift is None:
@@ -258,9 +259,8 @@ class EmulatedOps(PredictorOps):
                              eps=eps2)
         h = self._operand(h, weight.dtype)
         y = self._mm(h.reshape(-1, d), weight, bias, self.dots)
-        if activation != "none":
-            y = F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
-        return self._store(y, weight.dtype).view(*x.shape[:-1], weight.shape[0])
+        y = self._store(activate(y, activation), weight.dtype).view(*x.shape[:-1], weight.shape[0])
+        return y if out is None else out.copy_(y)
 
     def _operand(self, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """An fp32 value computed in registers becoming a dot operand of ``dtype`` (``a.to(w.dtype)``)."""
