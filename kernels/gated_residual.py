@@ -180,8 +180,11 @@ def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..
     grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
     g = gate if gated else x  # x stands in for the unread gate
     ints = (r, n, k, s, a_stride, weight.stride(0), g.stride(0), g.stride(1), x.stride(0), x.stride(1))
+    # 3xTF32 splits each float32 operand in two: its 64 x 64 tiles (above SMALL_ROWS) spill on sm_80 with 4 warps
+    # once an activation epilogue is added (the action conditioning's SiLU)
+    warps = 8 if block_m == 64 and block_n == 64 and dot == "tf32x3" and a.dtype == torch.float32 else 4
     consts = dict(HAS_BIAS=bias is not None, PRECISION=dot, UPCAST=upcast, GATED=gated, ACT=act,
-                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3)
+                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=3)
 
     def run(x, a, weight, bias, gate):
         a2 = a.reshape(r, k)
