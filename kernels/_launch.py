@@ -131,6 +131,17 @@ def multiprocessor_count(device: torch.device) -> Optional[int]:
     return None
 
 
+def shared_memory_per_block(device: torch.device) -> Optional[int]:
+    """Shared memory a program may use on a CUDA device (Triton's own launch limit: the opt-in maximum per block), in
+    bytes; None for meta tensors (recorded for sm_80 / sm_90, 163 / 227 KiB) and the interpreter."""
+    if device.type != "cuda":
+        return None
+    from triton.runtime import driver
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
 def interpreted(device: torch.device) -> bool:
     """Whether tensors on ``device`` run through the Triton interpreter (CPU tensors under TRITON_INTERPRET=1)."""
     return device.type == "cpu"

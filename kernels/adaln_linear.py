@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import H100_SM_COUNT, PlanCache, call_signature, interpreted, launch, multiprocessor_count
+from ._launch import (H100_SM_COUNT, PlanCache, call_signature, interpreted, launch, multiprocessor_count,
+                      shared_memory_per_block)
 from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision
 
 
@@ -94,7 +95,13 @@ MAX_WIDTH = 256
 """Widest model dimension D the panel holds in registers (next power of two)."""
 
 
-def tiles(rows: int, n: int, d: int, dtype: torch.dtype, dot: str, sm_count: Optional[int] = None) -> tuple:
+WIDE_PANEL_SHARED_MEMORY = 160 * 1024
+"""Shared memory a GPU must offer a program for the wide panels (they take up to 104 KiB on sm_80 and 136 KiB on
+sm_90; the 99-101 KiB of sm_86 / sm_89 / sm_120 GPUs keep the 16-row panels, which take at most 66 KiB)."""
+
+
+def tiles(rows: int, n: int, d: int, dtype: torch.dtype, dot: str, sm_count: Optional[int] = None,
+          shared_memory: Optional[int] = None) -> tuple:
     """(BLOCK_M, BLOCK_N, BLOCK_D, N_TILES, num_warps): panels of BLOCK_M rows and the whole width D (padded to a power
     of two), BLOCK_N-wide column tiles (64; 32 for float32 operands, whose weight tiles take twice the registers; 16
     for exact float32 dots on the FMA units (``dot`` ``"ieee"``), which hold the whole K in registers), N_TILES of
@@ -104,15 +111,17 @@ def tiles(rows: int, n: int, d: int, dtype: torch.dtype, dot: str, sm_count: Opt
     whose wide tiles spill and overflow sm_80's shared memory) take ``WIDE_PANEL_ROWS``-row panels (8 warps, so that the
     float32 panel stays in registers) with
     4 column tiles per program, or 2 where 4 would leave fewer programs than half of the ``sm_count`` SMs (H100's 132
-    when unknown); if even 2 would, 16-row panels as for the FMA units. The choice is the cost model's
-    (``bench/gpu_model.py``, docs/gpu.md "Step 3"): at one environment's 300-900 rows 64-row panels read the weights
+    when unknown); if even 2 would, or the GPU offers less than ``WIDE_PANEL_SHARED_MEMORY`` per program
+    (``shared_memory``; None: an A100 / H100 class GPU), 16-row panels as for the FMA units. The choice is the cost
+    model's (``bench/gpu_model.py``, docs/gpu.md "Step 3"): at one environment's 300-900 rows 64-row panels read the weights
     from L2 four times less often than 16-row panels, which the model finds the bound of the 16-row kernels. FMA dots
     and 3xTF32 keep 16-row panels and N_TILES (>= 2) chosen so that about 2-3 programs per SM of an H100 remain."""
     block_d = max(16, triton.next_power_of_2(d))
     fma = dtype == torch.float32 and dot == "ieee"
     block_n = 16 if fma else 32 if dtype == torch.float32 else 64
     col_tiles = triton.cdiv(n, block_n)
-    if dtype != torch.float32 or dot == "tf32":
+    roomy = shared_memory is None or shared_memory >= WIDE_PANEL_SHARED_MEMORY
+    if (dtype != torch.float32 or dot == "tf32") and roomy:
         half = (sm_count or H100_SM_COUNT) // 2
         for n_tiles in (4, 2):
             n_tiles *= 64 // block_n  # the same 256 / 128 columns per program for 32-wide float32 tiles
@@ -193,7 +202,8 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32): it runs the
     # tiles the GPU would, in exact fp32
     upcast = interpreted(x.device)
-    block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, weight.dtype, dot, multiprocessor_count(x.device))
+    block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, weight.dtype, dot, multiprocessor_count(x.device),
+                                                      shared_memory_per_block(x.device))
     grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, block_m))
     sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),

@@ -292,6 +292,20 @@ def test_adaln_linear_wide_panels_match_torch(dtype, precision, modulate, few_sm
     torch.testing.assert_close(got, want, **_tol(dtype, precision))
 
 
+def test_adaln_linear_wide_panels_need_an_a100_class_shared_memory():
+    """64-row panels take up to 136 KiB of shared memory: GPUs offering 99-101 KiB per program (sm_86 / sm_89 /
+    sm_120) keep 16-row panels; exact float32 and 3xTF32 dots keep them everywhere."""
+    pytest.importorskip("triton")
+    from lewm_fast.kernels.adaln_linear import tiles
+
+    assert tiles(900, 3072, 192, torch.bfloat16, "tf32", 132, None)[::4] == (64, 8)
+    assert tiles(900, 3072, 192, torch.bfloat16, "tf32", 108, 166912)[::4] == (64, 8)  # A100
+    assert tiles(900, 3072, 192, torch.bfloat16, "tf32", 128, 101376)[::4] == (16, 4)  # RTX 4090
+    assert tiles(900, 3072, 192, torch.float32, "tf32", 58, 101376)[0] == 16  # L4
+    for dot in ("ieee", "tf32x3"):
+        assert tiles(900, 3072, 192, torch.float32, dot, 132, None)[0] == 16
+
+
 @needs_triton
 @pytest.mark.parametrize("dtype, precision", [(torch.float32, "tf32"), (torch.bfloat16, "ieee")])
 @pytest.mark.parametrize("p", [0, 2])
