@@ -246,8 +246,10 @@ class CostModel:
             R, N, D = int(args[6]), w.shape[0], w.shape[1]
             extra = _nbytes(shift) + _nbytes(mul) + _nbytes(out) - R * D * _elt(w.dtype)
             n_tiles = kw.get("N_TILES", 1)
-            # the float32 row panel (x, and mul / shift when modulated) is loaded once per program for N_TILES tiles
-            panel = (3 if kw.get("MODULATE", True) else 1) * 4 / _elt(w.dtype) / n_tiles
+            # the row panel (x, and mul / shift when modulated, each at its own element size) is loaded once per
+            # program for N_TILES tiles
+            panel_bytes = x.element_size() + (shift.element_size() + mul.element_size() if kw.get("MODULATE", True) else 0)
+            panel = panel_bytes / _elt(w.dtype) / n_tiles
             return self.tile_gemm(launch, R, N, D, w.dtype, 2.0 * R * N * D, _nbytes(x) + extra, a_reread=False,
                                   a_passes=panel, n_tiles=n_tiles)
         if name in ("_elite_refit_sample_kernel", "_cem_refit_sample_kernel"):

@@ -12,7 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
 # 1.1: rules for the fused rollout kernels (adaln_linear panels, attention_residual, column-first grids)
-MODEL_VERSION = "gpu_model 1.1 (2026-12-07)"
+# 1.2: adaln_linear's row panel charged at its operands' element sizes (a bf16 plan's modulations are bf16; 1.1
+#      charged x, shift and mul at 4 bytes each whatever their dtype)
+MODEL_VERSION = "gpu_model 1.2 (2026-12-07)"
 
 
 @dataclass(frozen=True)
