@@ -95,7 +95,9 @@ class PlanCache:
     sizes, grid, integer arguments), kept per ``call_signature`` so that a wrapper called again with the same
     signature (every call of a plan after its first iteration) skips it and only launches. Bounded: past
     ``capacity`` signatures the oldest is dropped. A signature that cannot be hashed (a bad argument type) is not
-    cached: ``build`` then runs, and raises, every time."""
+    cached: ``build`` then runs, and raises, every time. Plans recorded on meta tensors are kept per recorder SM count
+    (``record_launches``), since tiles and grids follow it: recording for an A100 and then for an H100 must not reuse
+    the A100's plans."""
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
@@ -103,6 +105,8 @@ class PlanCache:
 
     def get(self, key: Tuple[Any, ...], build: Callable[[], P]) -> P:
         """The plan cached for ``key``, else ``build()`` (cached when it returns)."""
+        recorder = _RECORDER.get()
+        key = (key, None if recorder is None else recorder.sm_count)
         try:
             plan = self._plans.get(key)
         except TypeError:  # unhashable: an argument of the wrong type, which build() reports

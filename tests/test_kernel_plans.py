@@ -67,3 +67,19 @@ def test_cache_is_bounded():
     assert len(cache) == 2
     assert cache.get(call_signature(meta(1, 4), "ieee"), lambda: "rebuilt") == "rebuilt"  # the oldest was dropped
     assert cache.get(call_signature(meta(3, 4), "ieee"), lambda: "rebuilt") == 3
+
+
+def test_plans_are_kept_per_recorded_sm_count():
+    """Tiles follow the SM count: a plan recorded for an A100 (108 SMs) is not reused when recording for an H100
+    (132), as the ahead-of-time check records both in one process. A 300-row bf16 QKV takes 4 column tiles per
+    program with 108 SMs (60 programs >= 54) and 2 with 132 (60 < 66)."""
+    from lewm_fast.kernels import adaln_linear
+
+    x = torch.empty(300, 1, 192, device="meta")
+    w = torch.empty(3072, 192, device="meta", dtype=torch.bfloat16)
+    tiles = []
+    for sms in (108, 132, 108):
+        with record_launches(sm_count=sms) as launches:
+            adaln_linear.adaln_linear(x, x, x, 1e-6, 1e-6, w, None)
+        tiles.append(launches[0].kwargs["N_TILES"])
+    assert tiles == [4, 2, 4]
