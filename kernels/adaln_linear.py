@@ -89,8 +89,8 @@ WIDE_PANEL_ROWS = 64
 """Rows of a program's panel for tensor-core dots (bf16 / fp16 weights, float32 with ``"tf32"`` / ``"tf32x3"``): four
 times fewer weight reads from L2 than 16-row panels, and on sm_90 the ``wgmma`` instruction (64-row operands)."""
 MAX_ROWS = SMALL_ROWS
-"""Above this many rows the rollout runs the pre-norm, the GEMM and the activation apart (``TritonOps``): 16-row
-panels would re-read the whole weight from L2 once per 16 rows."""
+"""Above this many rows the rollout runs the pre-norm, the GEMM and the activation apart (``TritonOps``) unless the
+64-row panels apply (``fused_fits``): 16-row panels would re-read the whole weight from L2 once per 16 rows."""
 MAX_WIDTH = 256
 """Widest model dimension D the panel holds in registers (next power of two)."""
 
@@ -98,6 +98,22 @@ MAX_WIDTH = 256
 WIDE_PANEL_SHARED_MEMORY = 160 * 1024
 """Shared memory a GPU must offer a program for the wide panels (they take up to 104 KiB on sm_80 and 136 KiB on
 sm_90; the 99-101 KiB of sm_86 / sm_89 / sm_120 GPUs keep the 16-row panels, which take at most 66 KiB)."""
+
+
+def fused_fits(rows: int, n: int, d: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether one ``adaln_linear`` launch is the rollout's choice for ``rows`` rows of width ``d`` times an (n, d)
+    weight of ``dtype`` on ``device`` (else ``TritonOps`` runs the pre-norm apart from the GEMM): up to ``MAX_ROWS``
+    rows; above (many environments), for 16-bit weights where ``tiles`` gives 64-row panels, which read the weight
+    once per 64 rows and never write the normalised rows (cost model, 50-env bf16 plan: 312 -> 293 ms; docs/gpu.md
+    "Step 3"). float32 weights keep the pre-norm apart there (TF32 64-row panels: 659 -> 708 ms by the same model)."""
+    if d > MAX_WIDTH:
+        return False
+    if rows <= MAX_ROWS:
+        return True
+    if dtype == torch.float32:
+        return False
+    block_m = tiles(rows, n, d, dtype, "tf32", multiprocessor_count(device), shared_memory_per_block(device))[0]
+    return block_m == WIDE_PANEL_ROWS
 
 
 def tiles(rows: int, n: int, d: int, dtype: torch.dtype, dot: str, sm_count: Optional[int] = None,

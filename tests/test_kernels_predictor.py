@@ -678,8 +678,9 @@ def test_window_blocks_cpp_bad_inputs(tiny_model):
 
 @needs_triton
 def test_triton_ops_adaln_linear_above_the_fused_size_runs_apart():
-    """Above MAX_ROWS rows (many environments) TritonOps runs the pre-norm kernel apart from the GEMM (cuBLAS without
-    an activation; with a GELU, the projection kernel with the GELU as its epilogue): the same values."""
+    """Above MAX_ROWS rows (many environments) TritonOps runs the pre-norm kernel apart from the GEMM for float32
+    weights (cuBLAS without an activation; with a GELU, the projection kernel with the GELU as its epilogue): the same
+    values. bf16 weights stay fused there (64-row panels), except on GPUs without room for them."""
     from lewm_fast.kernels import adaln_linear as fused
     from lewm_fast.ops.launches import record_launches
     from lewm_fast.ops.predictor import TritonOps
@@ -698,3 +699,24 @@ def test_triton_ops_adaln_linear_above_the_fused_size_runs_apart():
     with record_launches() as launches:
         TritonOps().adaln_linear(meta[0], meta[1], meta[2], 1e-6, 1e-5, meta[3], meta[4], "none")
     assert [x.name for x in launches] == ["_adaln_layernorm_kernel"]
+    wide = torch.empty(640, d, device="meta", dtype=torch.bfloat16)  # 10 column tiles: enough programs for 64 rows
+    assert not fused.fused_fits(rows, 640, d, torch.float32, meta[0].device)
+    assert fused.fused_fits(rows, 640, d, torch.bfloat16, meta[0].device)
+    assert not fused.fused_fits(rows, n, d, torch.bfloat16, meta[0].device)  # one column tile: too few programs
+    with record_launches() as launches:
+        TritonOps().adaln_linear(meta[0], meta[1], meta[2], 1e-6, 1e-5, wide, None, "gelu")
+    assert [(x.name, x.kwargs["BLOCK_M"]) for x in launches] == [("_adaln_linear_kernel", 64)]
+
+
+def test_adaln_linear_above_max_rows_bf16_matches_torch():
+    """The fused kernel above MAX_ROWS rows with bf16 weights (64-row panels), against the reference op."""
+    from lewm_fast.kernels import adaln_linear as fused
+    from lewm_fast.ops.predictor import TritonOps
+
+    g = torch.Generator().manual_seed(6)
+    rows, d, n = fused.MAX_ROWS + 70, 24, 140
+    x, shift, mul = (_randn(rows, 1, d, gen=g) for _ in range(3))
+    w, b = _randn(n, d, gen=g, scale=d ** -0.5, dtype=torch.bfloat16), _randn(n, gen=g)
+    assert fused.fused_fits(rows, n, d, w.dtype, x.device)
+    got = TritonOps().adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu")
+    torch.testing.assert_close(got, REF.adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu"), **TOL[torch.bfloat16])

@@ -124,22 +124,29 @@ def test_exact_float32_plans_keep_16_row_tiles(paper_model, precision):
 
 def test_fifty_envs_walk_columns_first(paper_model):
     """At 50 envs the fused GEMM grids put the output columns on the fastest axis: the programs sharing an A panel
-    run together and read it once from HBM. The pre-norms run apart from their GEMMs there: cuBLAS for to_qkv, the
-    projection kernel with the GELU as its epilogue for mlp.net.1 (no GELU kernel: its output is written once)."""
+    run together and read it once from HBM. In bf16 the pre-norms stay fused into to_qkv / mlp.net.1 / the head's
+    first Linear there too (64-row panels, GELU epilogue: no layer-norm, GEMM or GELU kernels apart); in float32 they
+    run apart from their GEMMs, the projection kernel (TF32 here) with the GELU as its epilogue for mlp.net.1 (no
+    GELU kernel: its output is written once)."""
     weight_arg = {"_adaln_linear_kernel": 3, "_attention_residual_kernel": 2, "_gated_residual_kernel": 1}
-    checked = 0
-    it = _iteration(paper_model, torch.bfloat16, n_envs=50)
-    assert sum(isinstance(op, Launch) and op.name == "_adaln_layernorm_kernel" for op in it) == 2 * DEPTH * HORIZON
-    for op in it:
-        if isinstance(op, Launch) and op.name in weight_arg:
-            n = op.args[weight_arg[op.name]].shape[0]  # output columns
-            assert op.grid[0] == math.ceil(n / op.kwargs["BLOCK_N"]), (op.name, op.grid)
-            checked += 1
-    # + mlp.net.1 and the head's first Linear with their GELUs, + the head's projection into the latent buffer, + the
-    # action conditioning's two projections
-    assert checked == 3 * DEPTH * HORIZON + 2 * HORIZON - 1 + 2
-    aten = Counter(op.name for op in it if not isinstance(op, Launch))
-    assert "gelu" not in aten
+    for dtype, precision, prenorms in ((torch.bfloat16, "ieee", 0), (torch.float32, "tf32", 2 * DEPTH * HORIZON)):
+        it = _iteration(paper_model, dtype, precision, n_envs=50)
+        assert sum(isinstance(op, Launch) and op.name == "_adaln_layernorm_kernel" for op in it) == prenorms
+        checked = 0
+        for op in it:
+            if isinstance(op, Launch) and op.name in weight_arg:
+                n = op.args[weight_arg[op.name]].shape[0]  # output columns
+                per_program = op.kwargs["BLOCK_N"] * op.kwargs.get("N_TILES", 1)
+                assert op.grid[0] == math.ceil(n / per_program), (op.name, op.grid)
+                if op.name == "_adaln_linear_kernel":
+                    assert op.kwargs["BLOCK_M"] == 64, op.kwargs
+                checked += 1
+        # 4 GEMM kernels per block and step (float32: to_qkv's as the projection kernel after the pre-norm), the
+        # head's two per step (one on the last), the action conditioning's two; with TF32 also the modulations' GEMM
+        # (``TritonOps.linear``: cuBLAS would not use TF32)
+        assert checked == 4 * DEPTH * HORIZON + 2 * HORIZON - 1 + 2 + (dtype == torch.float32), (dtype, checked)
+        aten = Counter(op.name for op in it if not isinstance(op, Launch))
+        assert "gelu" not in aten
 
 
 def _aot_rows():

@@ -304,11 +304,12 @@ class TritonOps(PredictorOps):
         return adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype=out_dtype, weight=weight, bias=bias)
 
     def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none", out=None):
-        """One fused kernel up to ``kernels.adaln_linear.MAX_ROWS`` rows (the latency case); above, the pre-norm
-        kernel, a cuBLAS GEMM and the activation (cuBLAS' large tiles read the weight far fewer times)."""
+        """One fused kernel up to ``kernels.adaln_linear.MAX_ROWS`` rows (the latency case) and, with 16-bit weights
+        on GPUs with room for its 64-row panels, above (``fused_fits``); else the pre-norm kernel, a cuBLAS GEMM and
+        the activation (cuBLAS' large tiles read the weight far fewer times than 16-row panels)."""
         from ..kernels import adaln_linear as fused
 
-        fits = x.shape[0] * x.shape[1] <= fused.MAX_ROWS and x.shape[-1] <= fused.MAX_WIDTH
+        fits = fused.fused_fits(x.shape[0] * x.shape[1], weight.shape[0], x.shape[-1], weight.dtype, x.device)
         if differentiating(x, shift, mul):
             return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
         if fits:
