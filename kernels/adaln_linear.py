@@ -3,12 +3,14 @@
 prediction head's final norm).
 
 One launch replaces three of the predictor's (the AdaLN pre-norm, the ``to_qkv`` / ``mlp.net.1`` GEMM and, for the
-MLP, the GELU) for the latency case, a one-environment plan (at most ``MAX_ROWS`` rows): each program normalises a
-16-row panel of the whole width (D = 192, padded to 256) once, in registers, and multiplies it with a group of
-column tiles of the weight; the normalised rows are never written. LN1 has no affine (eps1); LN2's affine is folded
-into ``weight``/``bias`` by the rollout engine (eps2). Statistics in float32, the GEMM in the weight's dtype with
-float32 accumulation. Above ``MAX_ROWS`` rows (many environments) the rollout keeps the three steps apart, where
-cuBLAS' large tiles read the weight far fewer times (``ops.predictor.TritonOps``).
+MLP, the GELU): each program normalises a panel of 64 rows (tensor-core dots) or 16 rows (exact float32 on the FMA
+units, 3xTF32, GPUs with less shared memory) of the whole width (D = 192, padded to 256) once, in registers, and
+multiplies it with a group of column tiles of the weight; the normalised rows are never written (``tiles``). LN1 has
+no affine (eps1); LN2's affine is folded into ``weight``/``bias`` by the rollout engine (eps2). Statistics in
+float32, the GEMM in the weight's dtype with float32 accumulation. The rollout uses it for a one-environment plan (at
+most ``MAX_ROWS`` rows) and, with 16-bit weights and 64-row panels, for many environments too; otherwise it keeps the
+three steps apart there, where cuBLAS' large tiles read the weight far fewer times than 16-row panels (``fused_fits``,
+``ops.predictor.TritonOps``).
 
 Rows are (M, S) pairs read through strides (x a slice such as x[:, -1:], mul/shift views of the modulation buffer).
 The grid walks the column groups fastest, so the programs that share a row panel run together.
