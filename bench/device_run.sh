@@ -23,7 +23,8 @@ gpu_test_s=${GPU_TEST_S:-100}
 rest_test_s=${REST_TEST_S:-40}
 first_plan_s=${FIRST_PLAN_S:-40}
 declare -A bench_s=([sigreg]=${BENCH_SIGREG_S:-50} [rollout]=${BENCH_ROLLOUT_S:-75} [plan]=${BENCH_PLAN_S:-110}
-                    [gradient]=${BENCH_GRADIENT_S:-60})  # gradient: GD plans, fused backward vs reference autograd
+                    [gradient]=${BENCH_GRADIENT_S:-60}  # gradient: GD plans, fused backward vs reference autograd
+                    [tiles]=${BENCH_TILES_S:-30})  # tiles: each fused kernel, wide vs 16-row tiles vs torch ops
 profile_s=${PROFILE_S:-20}
 model_s=${MODEL_S:-150}  # runs on the CPU in the background during the AOT and test phases (not a GPU phase)
 
@@ -70,7 +71,7 @@ for variant in cold warmup; do
 done
 
 # one pytest-benchmark JSON per file, so a file that runs out of time does not cost the others their results
-for suite in sigreg rollout plan gradient; do
+for suite in sigreg rollout plan gradient tiles; do
   timeout "${bench_s[$suite]}" python -m pytest "bench/test_bench_$suite.py" --benchmark-only -q -p no:cacheprovider \
     --benchmark-json "$out/$gpu-$stamp-$suite.json" --benchmark-columns=min,median,mean,rounds \
     > "$out/bench-$suite.log" 2>&1
