@@ -207,15 +207,17 @@ MODES = {"float32": (torch.float32, "ieee"), "tf32": (torch.float32, "tf32"), "t
 
 
 def trace_all(envs: Sequence[int], modes: Sequence[str], histories: Sequence[int],
-              config: Optional[Dict[str, Any]] = None, reference: bool = True) -> List[GT.Trace]:
-    """lewm_fast's plans (each envs x history x mode of ``MODES``), the stable-worldmodel adapter's at history 3
-    (float32 / bfloat16), stable-worldmodel's eager loop (float32; with and without per-iteration encoding) and the
-    eager reference."""
+              config: Optional[Dict[str, Any]] = None, reference: bool = True,
+              dev: GD.Device = GD.DEVICES["h100"]) -> List[GT.Trace]:
+    """lewm_fast's plans (each envs x history x mode of ``MODES``, tiled for ``dev``: its SM count and shared memory
+    per program), the stable-worldmodel adapter's at history 3 (float32 / bfloat16), stable-worldmodel's eager loop
+    (float32; with and without per-iteration encoding) and the eager reference."""
+    tiled = dict(config=config, sm_count=dev.sms, shared_memory=dev.smem_per_block)
     traces: List[GT.Trace] = []
     for n in envs:
         for h in histories:
-            traces += [GT.trace_plan(n, h, *MODES[m][:1], config=config, precision=MODES[m][1]) for m in modes]
-        traces += [GT.trace_plan(n, 3, MODES[m][0], history_pairing="swm", config=config) for m in modes
+            traces += [GT.trace_plan(n, h, *MODES[m][:1], precision=MODES[m][1], **tiled) for m in modes]
+        traces += [GT.trace_plan(n, 3, MODES[m][0], history_pairing="swm", **tiled) for m in modes
                    if MODES[m][1] == "ieee"]
         if reference:
             traces += [GT.trace_reference(n, h, config=config) for h in histories]
@@ -279,11 +281,15 @@ def run(devices: Sequence[str], envs: Sequence[int], modes: Sequence[str], histo
         report_path: Optional[Path] = None, reference: bool = True, traced_commit: Optional[str] = None) -> Dict[str, Any]:
     """Trace, estimate and collect everything the printout and the JSON hold."""
     report = AotReport(report_path or default_report_path())
-    traces = trace_all(envs, modes, histories, config, reference)
     sets = GD.SENSITIVITY if sensitivity else {"nominal": GD.NOMINAL}
     results: Dict[str, Any] = {}
+    traced: Dict[Tuple[int, int], List[GT.Trace]] = {}  # per (SM count, shared memory): the kernels' tiles follow them
     for key in devices:
         dev = GD.DEVICES[key]
+        tiling = (dev.sms, dev.smem_per_block)
+        if tiling not in traced:
+            traced[tiling] = trace_all(envs, modes, histories, config, reference, dev)
+        traces = traced[tiling]
         per_set = {name: [estimate(t, CostModel(dev, a, report), top if name == "nominal" else 0) for t in traces]
                    for name, a in sets.items()}
         plans = per_set["nominal"]
@@ -307,7 +313,10 @@ def run(devices: Sequence[str], envs: Sequence[int], modes: Sequence[str], histo
         "aot_missing": sorted(report.missing),
         "assumptions": {name: dataclasses.asdict(a) for name, a in sets.items()},
         "plan": dict(GT.PLAN, traced_iterations=GT.TRACED_STEPS),
-        "traces": {t.label: {**t.counts(), "captured": t.captured, "notes": t.notes} for t in traces},
+        # the launch table is the first device's (each device's plans carry their own launch counts)
+        "traces": {t.label: {**t.counts(), "captured": t.captured, "notes": t.notes}
+                   for t in next(iter(traced.values()))},
+        "traces_tiled_for": devices[0],
         "devices": results,
     }
 
@@ -336,7 +345,7 @@ def print_report(res: Dict[str, Any], top: int = 10, out=sys.stdout) -> None:
     plan = res["plan"]
     p(f"plan: CEM {plan['num_samples']} samples, top {plan['topk']}, {plan['n_steps']} iterations, horizon "
       f"{plan['horizon']}; latent inputs (the once-per-plan encoding of obs + goal is excluded on both sides)")
-    p("\n== Launches per CEM iteration (structural: traced from the code) ==")
+    p(f"\n== Launches per CEM iteration (structural: traced from the code, tiled for {res['traces_tiled_for']}) ==")
     p(f"{'plan':58} {'launches':>8} {'triton':>6} {'aten':>5} {'syncs':>5} {'encode':>6} {'per plan':>9}")
     for label, c in res["traces"].items():
         p(f"{label:58} {c['launches_per_iteration']:8d} {sum(c['triton_per_iteration'].values()):6d} "

@@ -165,13 +165,15 @@ def trace_plan(
     n_envs: int = 1, history: int = 1, dtype: Optional[torch.dtype] = torch.float32, history_pairing: str = "executed",
     config: Optional[Dict[str, Any]] = None, num_samples: int = PLAN["num_samples"], topk: int = PLAN["topk"],
     horizon: int = PLAN["horizon"], n_steps: int = PLAN["n_steps"], sm_count: int = 132, precision: str = "ieee",
+    shared_memory: Optional[int] = None,
 ) -> Trace:
     """lewm_fast's CEM plan (``CEMPlanner``; ``history_pairing="swm"``: the stable-worldmodel adapter's planner) over
     ``n_envs`` envs with ``history`` context frames, on the model of ``default_config(**config)`` (the paper model by
-    default). ``sm_count`` sets the split-reduction kernels' grids (132: H100); ``precision``: of float32 dots."""
+    default). ``sm_count`` / ``shared_memory``: the GPU whose tiles and grids the kernels take (132, None: H100);
+    ``precision``: of float32 dots."""
     config = {"action_dim": 2, **(config or {})}
     model = _meta_model(tuple(sorted(config.items())))
-    ops = record_plan_ops(model, TRACED_STEPS, sm_count, n_envs=n_envs, history=history, planner="cem",
+    ops = record_plan_ops(model, TRACED_STEPS, sm_count, shared_memory, n_envs=n_envs, history=history, planner="cem",
                           num_samples=num_samples, topk=topk, horizon=horizon, dtype=dtype,
                           history_pairing=history_pairing, precision=precision)
     swm = history_pairing == "swm"

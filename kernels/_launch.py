@@ -43,11 +43,13 @@ class Launch:
 
 class LaunchRecorder(List[Launch]):
     """The launches recorded inside ``record_launches``; ``sm_count`` is the multiprocessor count assumed for meta
-    tensors (it sets how many programs the split-reduction kernels aim for)."""
+    tensors (it sets how many programs the split-reduction kernels aim for), ``shared_memory`` the shared memory a
+    program may use (None: an A100 / H100 class GPU)."""
 
-    def __init__(self, sm_count: int):
+    def __init__(self, sm_count: int, shared_memory: Optional[int] = None):
         super().__init__()
         self.sm_count = sm_count
+        self.shared_memory = shared_memory
 
 
 _RECORDER: ContextVar[Optional[LaunchRecorder]] = ContextVar("lewm_fast_launch_recorder", default=None)
@@ -56,9 +58,10 @@ H100_SM_COUNT = 132  # H100 SXM and H200; A100 has 108
 
 
 @contextmanager
-def record_launches(sm_count: int = H100_SM_COUNT) -> Iterator[LaunchRecorder]:
-    """Within this block, kernel wrappers called with meta tensors append their launches to the yielded list."""
-    recorder = LaunchRecorder(sm_count)
+def record_launches(sm_count: int = H100_SM_COUNT, shared_memory: Optional[int] = None) -> Iterator[LaunchRecorder]:
+    """Within this block, kernel wrappers called with meta tensors append their launches to the yielded list, tiled
+    for a GPU of ``sm_count`` SMs and ``shared_memory`` bytes per program (None: an A100 / H100 class GPU)."""
+    recorder = LaunchRecorder(sm_count, shared_memory)
     token = _RECORDER.set(recorder)
     try:
         yield recorder
@@ -96,8 +99,8 @@ class PlanCache:
     signature (every call of a plan after its first iteration) skips it and only launches. Bounded: past
     ``capacity`` signatures the oldest is dropped. A signature that cannot be hashed (a bad argument type) is not
     cached: ``build`` then runs, and raises, every time. Plans recorded on meta tensors are kept per recorder SM count
-    (``record_launches``), since tiles and grids follow it: recording for an A100 and then for an H100 must not reuse
-    the A100's plans."""
+    and shared memory (``record_launches``), since tiles and grids follow them: recording for an A100 and then for
+    an H100 must not reuse the A100's plans."""
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
@@ -106,7 +109,7 @@ class PlanCache:
     def get(self, key: Tuple[Any, ...], build: Callable[[], P]) -> P:
         """The plan cached for ``key``, else ``build()`` (cached when it returns)."""
         recorder = _RECORDER.get()
-        key = (key, None if recorder is None else recorder.sm_count)
+        key = (key, None if recorder is None else (recorder.sm_count, recorder.shared_memory))
         try:
             plan = self._plans.get(key)
         except TypeError:  # unhashable: an argument of the wrong type, which build() reports
@@ -137,7 +140,11 @@ def multiprocessor_count(device: torch.device) -> Optional[int]:
 
 def shared_memory_per_block(device: torch.device) -> Optional[int]:
     """Shared memory a program may use on a CUDA device (Triton's own launch limit: the opt-in maximum per block), in
-    bytes; None for meta tensors (recorded for sm_80 / sm_90, 163 / 227 KiB) and the interpreter."""
+    bytes; for meta tensors the recorder's ``shared_memory`` (None by default: sm_80 / sm_90, 163 / 227 KiB); None
+    for the interpreter."""
+    if device.type == "meta":
+        recorder = _RECORDER.get()
+        return None if recorder is None else recorder.shared_memory
     if device.type != "cuda":
         return None
     from triton.runtime import driver

@@ -362,7 +362,7 @@ def interleave(launches: Sequence[Launch], ops: Sequence[AtenOp]) -> List[Union[
 
 
 def record_plan_ops(
-    model: nn.Module, n_steps: int = 3, sm_count: int = H100_SM_COUNT, **plan: Any
+    model: nn.Module, n_steps: int = 3, sm_count: int = H100_SM_COUNT, shared_memory: Optional[int] = None, **plan: Any
 ) -> List[Tuple[str, Union[Launch, AtenOp]]]:
     """Every op of one plan's device work (what a captured CUDA graph holds), in order: Triton launches and aten ops,
     each with its phase: ``"prepare"`` (the context-only part of the rollout), ``"init"`` (first sampling),
@@ -370,10 +370,11 @@ def record_plan_ops(
     the plan's settings as ``record_plan_launches`` takes them (n_envs, history, planner, num_samples, topk, horizon,
     dtype, history_pairing, precision); ``n_steps`` iterations (iterations after the first are alike but for the last,
     which only refits). Buffer allocation before the plan is left out; so is the host side of ``plan`` (input checks
-    and copies, the divergence check)."""
+    and copies, the divergence check). ``sm_count`` / ``shared_memory``: the GPU the kernels are tiled for
+    (``record_launches``)."""
     fast, emb_ctx = _meta_planner(model, n_steps, **plan)
     phases: List[Tuple[int, int, str]] = []  # (Triton launches, aten ops) recorded when each phase began
-    with torch.no_grad(), record_launches(sm_count) as launches:
+    with torch.no_grad(), record_launches(sm_count, shared_memory) as launches:
         buf = fast._new_buffers(emb_ctx)
         fast._load_carry(buf, None)
         with record_aten_ops(launches) as ops:

@@ -184,3 +184,12 @@ def test_planners_default_to_bf16_on_cuda_only():
     assert default_planning_dtype(cuda, "reference") == torch.float32
     assert default_planning_dtype(torch.device("cpu"), "cpu") == torch.float32
     assert default_planning_dtype(torch.device("cpu"), "triton") == torch.float32  # the interpreter
+
+
+def test_plans_recorded_for_a_small_shared_memory_gpu_keep_16_row_panels(paper_model):
+    """The recorder stands for a GPU (SM count, shared memory per program): recorded for an L4-class GPU (58 SMs,
+    99 KiB) the one-env bf16 pre-norm GEMMs take 16-row panels, as the GPU itself would pick (and the cost model
+    traces each device so)."""
+    ops = record_plan_ops(paper_model, 3, 58, 99 * 1024, n_envs=1, history=1, dtype=torch.bfloat16)
+    adaln = [op for _, op in ops if isinstance(op, Launch) and op.name == "_adaln_linear_kernel"]
+    assert adaln and {op.kwargs["BLOCK_M"] for op in adaln} == {16}
