@@ -9,6 +9,7 @@ they call the real code paths on meta tensors, with no device and no launch. Met
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -138,6 +139,19 @@ def multiprocessor_count(device: torch.device) -> Optional[int]:
     return None
 
 
+def fills_half_the_sms(programs: int, sm_count: Optional[int]) -> bool:
+    """Whether a grid of ``programs`` gives at least half of ``sm_count`` SMs (an H100's when None) a program: the
+    bar every latency tile choice must clear (a one-env plan's kernels should not run on fewer)."""
+    return programs >= (sm_count or H100_SM_COUNT) // 2
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_memory(index: int) -> int:
+    from triton.runtime import driver
+
+    return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
 def shared_memory_per_block(device: torch.device) -> Optional[int]:
     """Shared memory a program may use on a CUDA device (Triton's own launch limit: the opt-in maximum per block), in
     bytes; for meta tensors the recorder's ``shared_memory`` (None by default: sm_80 / sm_90, 163 / 227 KiB); None
@@ -147,10 +161,7 @@ def shared_memory_per_block(device: torch.device) -> Optional[int]:
         return None if recorder is None else recorder.shared_memory
     if device.type != "cuda":
         return None
-    from triton.runtime import driver
-
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
+    return _cuda_shared_memory(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def interpreted(device: torch.device) -> bool:

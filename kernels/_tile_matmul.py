@@ -20,6 +20,13 @@ def dot_precision(dtype: torch.dtype, precision: str) -> str:
     return precision if dtype == torch.float32 else "tf32"
 
 
+def single_pass_tensor_cores(dtype: torch.dtype, dot: str) -> bool:
+    """Whether operands of ``dtype`` multiplied at ``dot`` (``dot_precision``) take one tensor-core pass: 16-bit
+    operands, or float32 with TF32. Only such dots get the wide latency tiles: exact float32 runs on the FMA units,
+    and 3xTF32 splits each operand in two, whose wide tiles spill (and overflow sm_80's shared memory)."""
+    return dtype != torch.float32 or dot == "tf32"
+
+
 @triton.jit
 def tile_matmul_bias(
     a_ptr, w_ptr, bias_ptr, rm, rn, mmask, nmask, K, s_am, s_wn,

@@ -28,9 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (H100_SM_COUNT, PlanCache, call_signature, interpreted, launch, multiprocessor_count,
+from ._launch import (PlanCache, call_signature, fills_half_the_sms, interpreted, launch, multiprocessor_count,
                       shared_memory_per_block)
-from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision
+from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, single_pass_tensor_cores
 
 
 @triton.jit
@@ -125,25 +125,23 @@ def tiles(rows: int, n: int, d: int, dtype: torch.dtype, dot: str, sm_count: Opt
     for exact float32 dots on the FMA units (``dot`` ``"ieee"``), which hold the whole K in registers), N_TILES of
     them per program, the panel's normalisation paid once per N_TILES tiles.
 
-    Single-pass tensor-core dots (16-bit weights; float32 with ``dot`` ``"tf32"``; 3xTF32 splits each operand in two,
-    whose wide tiles spill and overflow sm_80's shared memory) take ``WIDE_PANEL_ROWS``-row panels (8 warps, so that the
-    float32 panel stays in registers) with
-    4 column tiles per program, or 2 where 4 would leave fewer programs than half of the ``sm_count`` SMs (H100's 132
-    when unknown); if even 2 would, or the GPU offers less than ``WIDE_PANEL_SHARED_MEMORY`` per program
-    (``shared_memory``; None: an A100 / H100 class GPU), 16-row panels as for the FMA units. The choice is the cost
-    model's (``bench/gpu_model.py``, docs/gpu.md "Step 3"): at one environment's 300-900 rows 64-row panels read the weights
-    from L2 four times less often than 16-row panels, which the model finds the bound of the 16-row kernels. FMA dots
-    and 3xTF32 keep 16-row panels and N_TILES (>= 2) chosen so that about 2-3 programs per SM of an H100 remain."""
+    Single-pass tensor-core dots (``single_pass_tensor_cores``) take ``WIDE_PANEL_ROWS``-row panels (8 warps, so that
+    the float32 panel stays in registers) with 4 column tiles per program, or 2 where 4 would leave fewer programs
+    than half of the ``sm_count`` SMs (``fills_half_the_sms``); if even 2 would, or the GPU offers less than
+    ``WIDE_PANEL_SHARED_MEMORY`` per program (``shared_memory``; None: an A100 / H100 class GPU), 16-row panels as
+    for the FMA units. The choice is the cost model's (``bench/gpu_model.py``, docs/gpu.md "Step 3"): at one
+    environment's 300-900 rows 64-row panels read the weights from L2 four times less often than 16-row panels, which
+    the model finds the bound of the 16-row kernels. FMA dots and 3xTF32 keep 16-row panels and N_TILES (>= 2) chosen
+    so that about 2-3 programs per SM of an H100 remain."""
     block_d = max(16, triton.next_power_of_2(d))
     fma = dtype == torch.float32 and dot == "ieee"
     block_n = 16 if fma else 32 if dtype == torch.float32 else 64
     col_tiles = triton.cdiv(n, block_n)
     roomy = shared_memory is None or shared_memory >= WIDE_PANEL_SHARED_MEMORY
-    if (dtype != torch.float32 or dot == "tf32") and roomy:
-        half = (sm_count or H100_SM_COUNT) // 2
+    if single_pass_tensor_cores(dtype, dot) and roomy:
         for n_tiles in (4, 2):
             n_tiles *= 64 // block_n  # the same 256 / 128 columns per program for 32-wide float32 tiles
-            if triton.cdiv(rows, WIDE_PANEL_ROWS) * triton.cdiv(col_tiles, n_tiles) >= half:
+            if fills_half_the_sms(triton.cdiv(rows, WIDE_PANEL_ROWS) * triton.cdiv(col_tiles, n_tiles), sm_count):
                 return WIDE_PANEL_ROWS, block_n, block_d, n_tiles, 8
     row_tiles = triton.cdiv(rows, PANEL_ROWS)
     n_tiles = 2  # a loop of one tile is not software-pipelined: the FMA (IEEE float32) dot then spills

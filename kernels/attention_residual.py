@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import H100_SM_COUNT, PlanCache, call_signature, interpreted, launch, multiprocessor_count
-from ._tile_matmul import SMALL_ROWS, dot_precision
+from ._launch import PlanCache, call_signature, fills_half_the_sms, interpreted, launch, multiprocessor_count
+from ._tile_matmul import SMALL_ROWS, dot_precision, single_pass_tensor_cores
 
 
 @triton.jit
@@ -100,8 +100,7 @@ def tiles(rows: int, n: int, dtype: torch.dtype, tensor_cores: bool = False, sm_
     program. Each program recomputes its rows' attention for its column tile, so wider column tiles recompute it
     fewer times; at one environment's 900 rows the cost model finds them 1.6x faster than 16 x 32 (docs/gpu.md
     "Step 3"); at 300 rows too few programs remain."""
-    half = (sm_count or H100_SM_COUNT) // 2
-    if rows <= SMALL_ROWS and tensor_cores and triton.cdiv(rows, 32) * triton.cdiv(n, 64) >= half:
+    if rows <= SMALL_ROWS and tensor_cores and fills_half_the_sms(triton.cdiv(rows, 32) * triton.cdiv(n, 64), sm_count):
         return 32, 64, 4, 2
     if rows <= SMALL_ROWS or dtype == torch.float32:
         return 16, 32, 4, 2
@@ -165,7 +164,7 @@ def _plan(x, qkv, heads, weight, bias, gate, prefix_qkv, precision: str) -> Call
     dh = inner // heads
     upcast = interpreted(x.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(qkv.dtype, precision)
-    block_m, block_n, warps, stages = tiles(rows, n, qkv.dtype, qkv.dtype != torch.float32 or dot == "tf32",
+    block_m, block_n, warps, stages = tiles(rows, n, qkv.dtype, single_pass_tensor_cores(qkv.dtype, dot),
                                             multiprocessor_count(x.device))
     block_n = max(16, min(block_n, triton.next_power_of_2(n)))
     block_d = max(16, triton.next_power_of_2(dh))

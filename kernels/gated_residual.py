@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import H100_SM_COUNT, PlanCache, call_signature, interpreted, launch, multiprocessor_count
-from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, tile_matmul_bias
+from ._launch import PlanCache, call_signature, fills_half_the_sms, interpreted, launch, multiprocessor_count
+from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, single_pass_tensor_cores, tile_matmul_bias
 
 
 @triton.jit
@@ -86,7 +86,7 @@ def tiles(rows: int, n: int, k: int, dtype: torch.dtype, tensor_cores: bool = Fa
     block_m = 16 if small else _block(rows, 64)
     block_n = _block(n, 32 if small else 64)
     block_k = _block(k, 32 if dtype == torch.float32 else 64)
-    if small and tensor_cores and triton.cdiv(rows, 64) * triton.cdiv(n, block_n) >= (sm_count or H100_SM_COUNT) // 2:
+    if small and tensor_cores and fills_half_the_sms(triton.cdiv(rows, 64) * triton.cdiv(n, block_n), sm_count):
         block_m = 64
     return block_m, block_n, block_k
 
@@ -176,7 +176,7 @@ def _plan(x, a, weight, bias, gate, precision: str, act: int = 0) -> Callable[..
     upcast = interpreted(a.device)  # CPU tensors: the Triton interpreter (exact fp32 dots only)
     dot = dot_precision(a.dtype, precision)
     block_m, block_n, block_k = tiles(r, n, k, torch.float32 if upcast else a.dtype,
-                                      a.dtype != torch.float32 or dot == "tf32", multiprocessor_count(a.device))
+                                      single_pass_tensor_cores(a.dtype, dot), multiprocessor_count(a.device))
     grid = (triton.cdiv(n, block_n), triton.cdiv(r, block_m))
     g = gate if gated else x  # x stands in for the unread gate
     ints = (r, n, k, s, a_stride, weight.stride(0), g.stride(0), g.stride(1), x.stride(0), x.stride(1))

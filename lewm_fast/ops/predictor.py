@@ -285,16 +285,21 @@ class TritonOps(PredictorOps):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
 
-    def linear(self, x, weight, bias, out=None):
-        if self.precision == "ieee" or x.dtype != torch.float32 or differentiating(x):
-            return super().linear(x, weight, bias, out)
+    def _project(self, x, weight, bias, precision, activation="none", out=None, out_dtype=None):
+        """``act(x @ weight^T + bias)`` through the projection kernel into ``out`` (x's leading shape; fresh in
+        ``out_dtype`` or x's dtype when None), returned; x and out have one or two leading dimensions."""
         from ..kernels.gated_residual import project_into
 
         if out is None:
-            out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=x.dtype)
+            out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=out_dtype or x.dtype)
         rows = out if out.dim() == 3 else out.view(-1, 1, out.shape[-1])
-        project_into(rows, x.reshape(rows.shape[0], rows.shape[1], -1), weight, bias, self.precision)
+        project_into(rows, x.reshape(rows.shape[0], rows.shape[1], -1), weight, bias, precision, activation)
         return out
+
+    def linear(self, x, weight, bias, out=None):
+        if self.precision == "ieee" or x.dtype != torch.float32 or differentiating(x):
+            return super().linear(x, weight, bias, out)
+        return self._project(x, weight, bias, self.precision, out=out)
 
     def adaln_layernorm(self, x, shift, mul, eps1, eps2, out_dtype, weight=None, bias=None):
         if differentiating(x, shift, mul):
@@ -318,15 +323,11 @@ class TritonOps(PredictorOps):
             return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
         # many rows with a GELU: the pre-norm kernel, then the GEMM with the GELU as its epilogue (the GEMM's output
         # is written once, in the weight's dtype, instead of written, read and written again by a GELU kernel)
-        from ..kernels.gated_residual import project_into
-
         if shift is None:
             h = F.layer_norm(x, (x.shape[-1],), eps=eps1).to(weight.dtype)
         else:
             h = self.adaln_layernorm(x, shift, mul, eps1, eps2, weight.dtype)
-        if out is None:
-            out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=weight.dtype)
-        return project_into(out, h, weight, bias, self.precision, activation)
+        return self._project(h, weight, bias, self.precision, activation, out)
 
     def linear_act(self, x, weight, bias, activation, out_dtype=None):
         """One projection kernel (the activation and the output cast as its epilogue) in place of a GEMM, a bias
@@ -335,13 +336,9 @@ class TritonOps(PredictorOps):
         below the store's rounding, at a fraction of the FMA units' time."""
         if differentiating(x):
             return super().linear_act(x, weight, bias, activation, out_dtype)
-        from ..kernels.gated_residual import project_into
-
-        out = torch.empty(*x.shape[:-1], weight.shape[0], device=x.device, dtype=out_dtype or x.dtype)
-        rows = out if out.dim() == 3 else out.view(-1, 1, out.shape[-1])
-        precision = "tf32x3" if self.precision == "ieee" and out.element_size() == 2 else self.precision
-        return project_into(rows, x.reshape(rows.shape[0], rows.shape[1], -1), weight, bias, precision,
-                            activation).view(out.shape)
+        out_dtype = out_dtype or x.dtype
+        precision = "tf32x3" if self.precision == "ieee" and out_dtype.itemsize == 2 else self.precision
+        return self._project(x, weight, bias, precision, activation, out_dtype=out_dtype)
 
     def project_into(self, out, a, weight, bias):
         if differentiating(a):
