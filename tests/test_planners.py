@@ -8,6 +8,7 @@ checked against a step-by-step replay of the same Philox keys with the reference
 import copy
 import os
 import pickle
+from types import SimpleNamespace
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the Triton path then runs on CPU
 
@@ -16,7 +17,9 @@ import torch
 
 from lewm_fast.backends import triton_available
 from lewm_fast.ops import elite_refit
-from lewm_fast.planning import CEMPlanner, ICEMPlanner, MPPIPlanner, RolloutEngine, colored_noise_basis, warm_start
+from lewm_fast.planning import (CEMPlanner, GradientPlanner, ICEMPlanner, LagrangianPlanner, MPPIPlanner, PGDPlanner,
+                                RolloutEngine, box_constraints, colored_noise_basis, warm_start)
+from lewm_fast.planning.gradient import optimizer_capturable
 from lewm_fast.reference.cem import CEMSolver, elite_refit_reference, sample_candidates
 
 needs_triton = pytest.mark.skipif(not triton_available(torch.device("cpu")), reason="needs triton with TRITON_INTERPRET=1")
@@ -172,6 +175,69 @@ def test_cuda_graph_replays_equal_eager_plans(tiny_model, cls):
     assert graphed.captures and not eager.captures
     for _ in range(3):  # capture, then replays: the Philox key advances the same way
         torch.testing.assert_close(graphed.act(ctx, goal, latent=True), eager.act(ctx, goal, latent=True), rtol=1e-5, atol=1e-5)
+    assert all(buf.runner.graph is not None for buf in graphed._buffers.values())
+
+
+def _gradient_planner(model, case, **kwargs):
+    """The gradient planners with the optimizers a captured plan must handle (SGD; Adam, whose step counters the
+    planner puts on the device; Adam + clipping + action noise; the Lagrangian's restarts; PGD's projection)."""
+    small = dict(num_samples=16, n_steps=3, horizon=3, receding_horizon=2, seed=0, **kwargs)
+    a = model.action_dim
+    box = (-torch.ones(a), torch.ones(a))
+    if case == "gd-sgd":
+        return GradientPlanner(model, optimizer_kwargs={"lr": 0.1}, **small)
+    if case == "gd-adam-clip-noise":
+        return GradientPlanner(model, optimizer_cls=torch.optim.Adam, optimizer_kwargs={"lr": 0.05}, grad_clip=1.0,
+                               action_noise=0.01, **small)
+    if case == "lagrangian":
+        dev = next(model.parameters()).device
+        return LagrangianPlanner(model, constraints=box_constraints(*(t.to(dev) for t in box)), n_outer_steps=2,
+                                 **small)
+    return PGDPlanner(model, box, bins=3, optimizer_cls=torch.optim.Adam, optimizer_kwargs={"lr": 0.1}, **small)
+
+
+GRADIENT_CASES = ["gd-sgd", "gd-adam-clip-noise", "lagrangian", "pgd"]
+
+
+@pytest.mark.parametrize("cls, kwargs, capturable", [
+    (torch.optim.SGD, {"lr": 1.0, "momentum": 0.9}, True),
+    (torch.optim.Adam, {"lr": 0.1}, True),
+    (torch.optim.AdamW, {"lr": 0.1, "capturable": True}, True),
+    (torch.optim.Adam, {"lr": 0.1, "capturable": False}, False),  # the caller's choice stands
+    (torch.optim.LBFGS, {}, False),  # needs a closure
+    (torch.optim.Adagrad, {}, False),  # its step counter lives on the host
+])
+def test_optimizer_capturable(cls, kwargs, capturable):
+    assert optimizer_capturable(cls, kwargs) is capturable
+
+
+def test_gradient_planners_turn_on_capturable_only_for_captured_plans(tiny_model):
+    planner = GradientPlanner(tiny_model, optimizer_cls=torch.optim.Adam, optimizer_kwargs={"lr": 0.1}, seed=0)
+    params = torch.zeros(3, requires_grad=True)
+
+    def buffers(capture):
+        return SimpleNamespace(runner=SimpleNamespace(capture=capture))
+
+    assert planner._optimizer(buffers(True), params).defaults["capturable"] is True
+    assert planner._optimizer(buffers(False), params).defaults["capturable"] is False
+    sgd = GradientPlanner(tiny_model, seed=0)._optimizer(buffers(True), params)
+    assert isinstance(sgd, torch.optim.SGD) and "capturable" not in sgd.defaults
+    assert not planner.captures and not planner._capturable(torch.zeros(1, 1, tiny_model.latent_dim))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_cuda_graph_gradient_plans_equal_eager_plans(tiny_model, case):
+    """A gradient plan (forward, the fused rollout's backward, the optimizer) captured once and replayed equals the
+    eager plans, MPC step after MPC step (float32 IEEE rollout: the same kernels both ways)."""
+    model = tiny_model.cuda()
+    ctx, goal = (t.cuda() for t in _problem(model))
+    eager = _gradient_planner(model, case, dtype=torch.float32, cuda_graph=False)
+    graphed = _gradient_planner(model, case, dtype=torch.float32)
+    assert graphed.captures and not eager.captures
+    for _ in range(3):  # capture, then replays: noise keys and warm starts advance as in the eager plans
+        torch.testing.assert_close(graphed.act(ctx, goal, latent=True), eager.act(ctx, goal, latent=True),
+                                   rtol=1e-4, atol=1e-4)
     assert all(buf.runner.graph is not None for buf in graphed._buffers.values())
 
 

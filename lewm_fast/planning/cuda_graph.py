@@ -43,6 +43,11 @@ class GraphedLoop:
                 t.copy_(s)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.loop()
+        try:
+            with torch.cuda.graph(graph):
+                self.loop()
+        except RuntimeError as err:  # e.g. a user callable (constraints, optimizer) that syncs with the host
+            raise RuntimeError(f"capturing the planning loop in a CUDA graph failed: {err}. Everything the loop calls "
+                               "must run on the device without a host sync; pass cuda_graph=False to plan eagerly"
+                               ) from err
         return graph

@@ -8,6 +8,7 @@ adapter: per step the loss and its backward pass, the optional callback, ``clip_
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 import torch
@@ -60,6 +61,20 @@ def descend_(
     return costs, torch.stack(losses) if losses else params.new_zeros(0)
 
 
+def optimizer_capturable(optimizer_cls: Type[torch.optim.Optimizer], kwargs: Dict[str, Any]) -> bool:
+    """Whether a gradient planner's whole loop (forward, backward, optimizer steps) can be captured in one CUDA graph
+    with ``optimizer_cls(**kwargs)``: SGD (its only state, the momentum buffers, is device tensors) or a class with a
+    ``capturable`` option (Adam, AdamW, RMSprop, ...; the planner turns it on) that ``kwargs`` does not turn off.
+    Other classes run eagerly: LBFGS needs a closure, Adagrad / Adafactor keep host-side state."""
+    if issubclass(optimizer_cls, torch.optim.SGD):
+        return True
+    return _has_capturable_option(optimizer_cls) and kwargs.get("capturable", True) is not False
+
+
+def _has_capturable_option(optimizer_cls: Type[torch.optim.Optimizer]) -> bool:
+    return "capturable" in inspect.signature(optimizer_cls.__init__).parameters
+
+
 def best_samples(params: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
     """params (B, N, T, A), costs (B, N) -> the sample of lowest cost per env (B, T, A) (``argsort(costs)[:, 0]``,
     as stable-worldmodel's gradient solvers pick it)."""
@@ -79,6 +94,10 @@ class GradientPlanner(PlannerBase):
     ``action_noise`` after each step), so seeded plans equal its solver's; with Triton each draw has its own Philox key.
     ``action_bounds`` (see ``PlannerBase``): "clip" projects the samples into the bounds after every step (projected
     gradient descent), "penalty" adds the penalty to the descended cost.
+
+    On CUDA with the Triton backend a plan (every step's forward, backward and optimizer step) is captured once per
+    input shape in a CUDA graph and replayed, where the optimizer allows it (``optimizer_capturable``: SGD, or a
+    class with a ``capturable`` option, which the planner turns on); ``cuda_graph=False`` runs it eagerly.
 
     Diagnostics per step i: ``elite_costs[i]`` the lowest cost (B, 1), ``mean[i]`` that sample after step i's update,
     ``std[i]`` the spread of the samples (B, T, A).
@@ -133,7 +152,18 @@ class GradientPlanner(PlannerBase):
             raise ValueError(f"var_scale must be >= 0, got {var_scale}")
 
     def _capturable(self, emb_ctx: torch.Tensor) -> bool:
-        return False  # the optimizer and autograd run eagerly (their state is host-side)
+        """A plan (every step's forward, backward and optimizer step) is one CUDA graph when ``captures`` and the
+        optimizer allows it (``optimizer_capturable``); else autograd and the optimizer run eagerly."""
+        return self.captures and optimizer_capturable(self.optimizer_cls, self.optimizer_kwargs)
+
+    def _optimizer(self, buf: LoopBuffers, params: torch.Tensor) -> torch.optim.Optimizer:
+        """A fresh ``optimizer_cls`` on ``params`` (one per plan, as stable-worldmodel makes one per solve), with
+        ``capturable=True`` (its step counters on the device) when the plan is captured and the class has the
+        option."""
+        kwargs = self.optimizer_kwargs
+        if buf.runner is not None and buf.runner.capture and _has_capturable_option(self.optimizer_cls):
+            kwargs = {"capturable": True, **kwargs}
+        return self.optimizer_cls([params], **kwargs)
 
     def _initial_samples(self, buf: LoopBuffers) -> torch.Tensor:
         """(B, N, T, A): the warm-start mean, plus var_scale x N(0, 1) on samples 1.. (one draw, as stable-worldmodel
@@ -167,8 +197,7 @@ class GradientPlanner(PlannerBase):
         self._start_plan()
         with torch.inference_mode(False), torch.enable_grad():
             params = self._initial_samples(buf).detach().clone().requires_grad_(True)
-            optimizer = self.optimizer_cls([params], **self.optimizer_kwargs)
-            self._descend(buf, params, optimizer, self._loss(buf), self.n_steps, 0)
+            self._descend(buf, params, self._optimizer(buf, params), self._loss(buf), self.n_steps, 0)
         self._end_plan()
 
     def _descend(self, buf: LoopBuffers, params: torch.Tensor, optimizer: torch.optim.Optimizer, loss_fn: LossFn,

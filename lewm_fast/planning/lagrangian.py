@@ -104,7 +104,7 @@ class LagrangianPlanner(GradientPlanner):
             rho, lambdas = self.rho_init, None
             for outer in range(self.n_outer_steps):
                 loss_fn, state = self._lagrangian(buf, lambdas, rho)
-                optimizer = self.optimizer_cls([params], **self.optimizer_kwargs)
+                optimizer = self._optimizer(buf, params)
                 self._descend(buf, params, optimizer, loss_fn, self.inner_steps, outer * self.inner_steps)
                 if self.constraints is not None:
                     with torch.no_grad():

@@ -92,7 +92,7 @@ class PGDPlanner(GradientPlanner):
         self._start_plan()
         with torch.inference_mode(False), torch.enable_grad():
             params = self._initial_samples(buf).requires_grad_(True)
-            optimizer = self.optimizer_cls([params], **self.optimizer_kwargs)
+            optimizer = self._optimizer(buf, params)
 
             def loss(p: torch.Tensor):
                 costs = self.loop_costs(buf, self.grid.decode(p))
