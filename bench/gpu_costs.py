@@ -242,9 +242,11 @@ class CostModel:
             return self.tile_gemm(launch, R, N, K, w.dtype, 2.0 * R * N * K + att_flops, extra, a_reread=False,
                                   a_passes=1 + 2 * keys)
         if name == "_adaln_linear_kernel":
-            x, shift, mul, w, _, out = args[:6]
-            R, N, D = int(args[6]), w.shape[0], w.shape[1]
+            x, shift, mul, w, _, out, pos, x_out = args[:8]
+            R, N, D = int(args[8]), w.shape[0], w.shape[1]
             extra = _nbytes(shift) + _nbytes(mul) + _nbytes(out) - R * D * _elt(w.dtype)
+            if kw.get("ADD_POS"):  # the position rows, and x + pos written once (by the first column group)
+                extra += _nbytes(pos) + _nbytes(x_out)
             n_tiles = kw.get("N_TILES", 1)
             # the row panel (x, and mul / shift when modulated, each at its own element size) is loaded once per
             # program for N_TILES tiles

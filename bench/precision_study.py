@@ -246,11 +246,14 @@ class EmulatedOps(PredictorOps):
         return super().adaln_layernorm(x.float(), shift.float(), mul.float(), eps1, eps2, out_dtype,
                                        None if weight is None else weight.float(), None if bias is None else bias.float())
 
-    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none", out=None):
+    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none", out=None, pos=None,
+                     x_out=None):
         """``kernels/adaln_linear.py``: the normalised rows in fp32, cast to the weight's dtype as the dot's A operand,
         fp32 accumulate + bias, the GELU on the fp32 accumulator, one rounding to the weight's dtype at the store
-        (into ``out`` when given: the rollout's key / value cache)."""
+        (into ``out`` when given: the rollout's key / value cache); ``x + pos`` in fp32 into ``x_out`` first."""
         self.calls["adaln_linear"] += 1
+        if pos is not None:
+            x = torch.add(x.float(), pos.float(), out=x_out)
         d = x.shape[-1]
         if shift is None:
             h = F.layer_norm(x.float(), (d,), eps=eps1)

@@ -35,10 +35,11 @@ from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, sing
 
 @triton.jit
 def _adaln_linear_kernel(
-    x_ptr, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr,
+    x_ptr, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr, pos_ptr, x_out_ptr,
     R, N, D, rows_inner, eps1, eps2,
-    s_xm, s_xs, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os,
-    MODULATE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+    s_xm, s_xs, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os, s_ps, s_rm, s_rs,
+    MODULATE: tl.constexpr, ADD_POS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     N_TILES: tl.constexpr,
 ):
@@ -52,6 +53,11 @@ def _adaln_linear_kernel(
 
     # the row panel, normalised once in registers (centred two-pass statistics, as F.layer_norm)
     x = tl.load(x_ptr + (m * s_xm + s * s_xs)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+    if ADD_POS:  # the window position's embedding: x + pos is the residual stream, written by column group 0
+        x += tl.load(pos_ptr + (s * s_ps)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+        if tl.program_id(0) == 0:
+            tl.store(x_out_ptr + (m * s_rm + s * s_rs)[:, None] + rd[None, :],
+                     x.to(x_out_ptr.dtype.element_ty), mask=mask)
     mean1 = tl.sum(x, axis=1) / D
     h = tl.where(mask, x - mean1[:, None], 0.0)
     h = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps1)[:, None]
@@ -161,26 +167,33 @@ def adaln_linear(
     activation: str = "none",
     precision: str = "ieee",
     out: Optional[torch.Tensor] = None,
+    pos: Optional[torch.Tensor] = None,
+    x_out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``act(LN2(LN1(x) * mul + shift) @ weight^T + bias)``: x, shift, mul (M, S, D) (strided on M, S, contiguous
     along D), weight (N, D) row-major, bias (N,) -> (M, S, N) contiguous in weight's dtype, or written into ``out``
     ((M, S, N) in weight's dtype, strided on M, S, contiguous along N) and returned. shift and mul None:
     ``act(LN1(x) @ weight^T + bias)`` (eps2 unused). Inference only.
 
+    pos (S, D), with x_out (M, S, D) (both contiguous along D): ``x + pos`` (a row per window position, the
+    predictor's positional embedding) stands for x and is written into x_out, the residual stream of the blocks (the
+    rollout's first block: no separate add launch).
+
     activation: ``"none"``, ``"gelu"`` (erf) or ``"gelu_tanh"``; precision: see the module docstring. Checks and tiles
     are derived once per argument signature (``PlanCache``).
     """
-    plan = _PLANS.get(call_signature(x, shift, mul, eps1, eps2, weight, bias, activation, precision, out),
-                      lambda: _plan(x, shift, mul, eps1, eps2, weight, bias, activation, precision, out))
-    return plan(x, shift, mul, weight, bias, out)
+    plan = _PLANS.get(call_signature(x, shift, mul, eps1, eps2, weight, bias, activation, precision, out, pos, x_out),
+                      lambda: _plan(x, shift, mul, eps1, eps2, weight, bias, activation, precision, out, pos, x_out))
+    return plan(x, shift, mul, weight, bias, out, pos, x_out)
 
 
 _PLANS = PlanCache()
 
 
-def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: str,
-          out: Optional[torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Validate an ``adaln_linear`` call; -> ``run(x, shift, mul, weight, bias)`` for every call of its signature."""
+def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: str, out: Optional[torch.Tensor],
+          pos: Optional[torch.Tensor], x_out: Optional[torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Validate an ``adaln_linear`` call; -> ``run(x, shift, mul, weight, bias, out, pos, x_out)`` for every call of
+    its signature."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(f"x must be a (M, S, D) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     modulate = shift is not None
@@ -211,9 +224,20 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
         if out.shape != (m, s, n) or out.dtype != weight.dtype or out.device != x.device or out.stride(-1) != 1:
             raise ValueError(f"out must be a ({m}, {s}, {n}) {weight.dtype} tensor on {x.device}, contiguous along its "
                              f"last dimension, got {tuple(out.shape)} {out.dtype} on {out.device} strides {out.stride()}")
+    if (pos is None) != (x_out is None):
+        raise ValueError("pos and x_out must be given together (or neither)")
+    if pos is not None:
+        if pos.shape != (s, d) or pos.stride(-1) != 1 or pos.device != x.device or not pos.is_floating_point():
+            raise ValueError(f"pos must be a floating ({s}, {d}) tensor on {x.device}, contiguous along its last "
+                             f"dimension, got {tuple(pos.shape)} {pos.dtype} on {pos.device} strides {pos.stride()}")
+        if (x_out.shape != x.shape or x_out.stride(-1) != 1 or x_out.device != x.device
+                or not x_out.is_floating_point()):
+            raise ValueError(f"x_out must be a floating ({m}, {s}, {d}) tensor on {x.device}, contiguous along its "
+                             f"last dimension, got {tuple(x_out.shape)} {x_out.dtype} on {x_out.device} strides "
+                             f"{x_out.stride()}")
     rows = m * s
     if rows == 0:
-        return lambda x, shift, mul, weight, bias, out: (
+        return lambda x, shift, mul, weight, bias, out, pos, x_out: (
             torch.empty(m, s, n, device=x.device, dtype=weight.dtype) if out is None else out)
     # CPU tensors run in the Triton interpreter, whose dots take fp32 operands only (and ignore TF32): it runs the
     # tiles the GPU would, in exact fp32
@@ -224,16 +248,18 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),
             mu.stride(0), mu.stride(1), weight.stride(0), s * n if out is None else out.stride(0),
-            n if out is None else out.stride(1))
-    consts = dict(MODULATE=modulate, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot,
+            n if out is None else out.stride(1), 0 if pos is None else pos.stride(0),
+            0 if x_out is None else x_out.stride(0), 0 if x_out is None else x_out.stride(1))
+    consts = dict(MODULATE=modulate, ADD_POS=pos is not None, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot,
                   UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=warps,
                   num_stages=2)
 
-    def run(x, shift, mul, weight, bias, out):
+    def run(x, shift, mul, weight, bias, out, pos, x_out):
         if out is None:
             out = torch.empty(m, s, n, device=x.device, dtype=weight.dtype)
         launch(_adaln_linear_kernel, grid, x, x if shift is None else shift, x if mul is None else mul, weight,
-               bias if bias is not None else weight, out, *ints, **consts)
+               bias if bias is not None else weight, out, x if pos is None else pos, x if x_out is None else x_out,
+               *ints, **consts)
         return out
 
     return run

@@ -109,6 +109,41 @@ def test_adaln_linear_writes_into_a_strided_out(dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32"),
+                                              (torch.bfloat16, "ieee")])
+def test_adaln_linear_adds_the_window_positions(dtype, precision):
+    """``pos`` / ``x_out`` (the rollout's first block): x + pos, a row per window position, is what gets normalised,
+    and is written into x_out once (by the first of several column groups) - the result of adding first. x is a
+    strided window of a latent buffer (``lat[:, first:end]``), left untouched."""
+    from lewm_fast.kernels.adaln_linear import adaln_linear
+
+    g = torch.Generator().manual_seed(5)
+    m, d, n = 11, 37, 300  # 300 outputs: several column groups per row panel
+    lat = _randn(m, 6, d, gen=g, scale=2.0)
+    before = lat.clone()
+    x, pos = lat[:, 2:5], _randn(4, d, gen=g)[1:]
+    shift, mul = _randn(m, 3, d, gen=g), _randn(m, 3, d, gen=g) + 1.0
+    w = _randn(n, d, gen=g, dtype=dtype, scale=d ** -0.5)
+    b = _randn(n, gen=g, dtype=dtype)
+    x_out = torch.full((m, 3, d), 7.0, device=DEVICE)
+    got = adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu", precision, pos=pos, x_out=x_out)
+    torch.testing.assert_close(x_out, x + pos, rtol=0, atol=0)
+    torch.testing.assert_close(got, adaln_linear(x + pos, shift, mul, 1e-6, 1e-5, w, b, "gelu", precision),
+                               rtol=0, atol=0)
+    assert torch.equal(lat, before)
+    ref_out = torch.empty_like(x_out)
+    want = REF.adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, "gelu", pos=pos, x_out=ref_out)
+    torch.testing.assert_close(ref_out, x_out, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, **_tol(dtype, precision))
+    with pytest.raises(ValueError, match="pos and x_out"):
+        adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, pos=pos)
+    with pytest.raises(ValueError, match=r"pos must be a floating \(3, 37\)"):
+        adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, pos=pos[:2], x_out=x_out)
+    with pytest.raises(ValueError, match=r"x_out must be a floating \(11, 3, 37\)"):
+        adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, pos=pos, x_out=x_out[:, :2])
+
+
+@needs_triton
 def test_adaln_linear_bad_inputs():
     from lewm_fast.kernels.adaln_linear import adaln_linear
 

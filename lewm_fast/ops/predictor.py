@@ -101,10 +101,17 @@ class PredictorOps:
         bias: Optional[torch.Tensor],
         activation: str = "none",
         out: Optional[torch.Tensor] = None,
+        pos: Optional[torch.Tensor] = None,
+        x_out: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """The pre-norm and the Linear after it: ``act(LN2(LN1(x) * mul + shift) @ weight^T + bias)``, or with shift /
         mul None ``act(LN1(x) @ weight^T + bias)``. x (M, S, D) -> (M, S, N) in weight's dtype, or written into
-        ``out`` ((M, S, N), strided on M, S) and returned; activation one of ``ACTIVATIONS``."""
+        ``out`` ((M, S, N), strided on M, S) and returned; activation one of ``ACTIVATIONS``.
+
+        pos (S, D) with x_out (M, S, D): ``x + pos`` (the positional embedding of each window position) stands for x
+        and is written into x_out (the blocks' residual stream). Inference only (no autograd through x_out)."""
+        if pos is not None:
+            x = torch.add(x, pos, out=x_out)
         if shift is None:
             h = F.layer_norm(x, (x.shape[-1],), eps=eps1).to(weight.dtype)
         else:
@@ -308,17 +315,22 @@ class TritonOps(PredictorOps):
 
         return adaln_layernorm(x, shift, mul, eps1, eps2, out_dtype=out_dtype, weight=weight, bias=bias)
 
-    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none", out=None):
+    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, bias, activation="none", out=None, pos=None,
+                     x_out=None):
         """One fused kernel up to ``kernels.adaln_linear.MAX_ROWS`` rows (the latency case) and, with 16-bit weights
-        on GPUs with room for its 64-row panels, above (``fused_fits``); else the pre-norm kernel, a cuBLAS GEMM and
-        the activation (cuBLAS' large tiles read the weight far fewer times than 16-row panels)."""
+        on GPUs with room for its 64-row panels, above (``fused_fits``), with the ``x + pos`` of ``pos`` / ``x_out``
+        in its prologue; else the add, the pre-norm kernel, a cuBLAS GEMM and the activation (cuBLAS' large tiles
+        read the weight far fewer times than 16-row panels)."""
         from ..kernels import adaln_linear as fused
 
         fits = fused.fused_fits(x.shape[0] * x.shape[1], weight.shape[0], x.shape[-1], weight.dtype, x.device)
         if differentiating(x, shift, mul):
-            return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
+            return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out, pos, x_out)
         if fits:
-            return fused.adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, self.precision, out)
+            return fused.adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, self.precision, out, pos,
+                                      x_out)
+        if pos is not None:
+            x = torch.add(x, pos, out=x_out)
         if activation == "none":
             return super().adaln_linear(x, shift, mul, eps1, eps2, weight, bias, activation, out)
         # many rows with a GELU: the pre-norm kernel, then the GEMM with the GELU as its epilogue (the GEMM's output

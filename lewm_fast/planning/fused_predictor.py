@@ -348,6 +348,9 @@ class FusedRollout:
         )
         # ... and the prediction head (or the goal cost) in the same C++ call
         self.whole_step = self.whole_window and self.head_activation is not None
+        # rollout steps add the positional embedding in the first block's first op (``blocks(pos=)``), which writes
+        # the residual stream: no separate add per step (possible where input_proj is an Identity)
+        self.positions_in_first_block = isinstance(self.packed.input_proj, nn.Identity) and not self.whole_window
         self._window_args_cache: Optional[tuple] = None
 
     # ------------------------------------------------------------------ pieces
@@ -398,6 +401,7 @@ class FusedRollout:
         prefix_qkv: Optional[List[torch.Tensor]] = None,
         mode: str = "all",
         qkv_out: Optional[torch.Tensor] = None,
+        pos: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run the transformer blocks on the residual stream x (M, S, Dh) in place (out of place when differentiating:
         see ``differentiating``).
@@ -406,15 +410,22 @@ class FusedRollout:
         (B divides M: shared by each group of M // B rows). mode "all": every token through every block; "last": the
         last block only updates the last token; "kv": stop after the last block's to_qkv (a prefix pass).
         qkv_out (depth, M, S, 3*inner): where each block's to_qkv output is written (kept for later steps).
-        Returns (rows of x that are final, per-block qkv).
+        pos (S, Dh): x is the window's latents (read only) and the residual stream is x + pos, formed by the first
+        block's first op (``tokens`` without its own launch; input_proj must be an Identity; not when
+        differentiating). Returns (rows of the residual stream that are final, per-block qkv).
         """
         p, ops = self.packed, self.ops
         act = self.mlp_activation
         qkvs: List[torch.Tensor] = []
         for i, w in enumerate(p.blocks):
             last = i == p.depth - 1
+            embed = {}
+            if i == 0 and pos is not None:
+                embed = dict(pos=pos, x_out=torch.empty(x.shape, device=x.device, dtype=torch.float32))
             qkv = ops.adaln_linear(x, _mod(mods, i, 0), _mod(mods, i, 1), w.eps1, w.eps_attn, w.qkv_w, w.qkv_b,
-                                   out=None if qkv_out is None else qkv_out[i])
+                                   out=None if qkv_out is None else qkv_out[i], **embed)
+            if embed:
+                x = embed["x_out"]
             if mode == "kv":
                 qkvs.append(qkv)
                 if last:
@@ -463,11 +474,11 @@ class FusedRollout:
         return weights, eps, head, packed
 
     def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]],
-                   qkv_out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh). ``qkv_out``: see
-        ``blocks`` (ignored by the whole-window C++ path, which keeps no keys / values)."""
+                   qkv_out: Optional[torch.Tensor] = None, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh). ``qkv_out``, ``pos``:
+        see ``blocks`` (qkv_out is ignored by the whole-window C++ path, which keeps no keys / values)."""
         if not self.whole_window or differentiating(x, mods):
-            return self.blocks(x, mods, prefix_qkv, "last", qkv_out)[0]
+            return self.blocks(x, mods, prefix_qkv, "last", qkv_out, pos)[0]
         weights, eps, head, packed = self._window_args()
         p = self.packed
         packed = packed if head is None else None  # packed with the head's weights: only for calls with the head
@@ -481,10 +492,11 @@ class FusedRollout:
         goal: Optional[torch.Tensor] = None,
         out: Optional[torch.Tensor] = None,
         qkv_out: Optional[torch.Tensor] = None,
+        pos: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """One rollout step: the blocks on the window x (M, S, Dh) and the head on its last token -> the next latents
         (M, D) float32 (written into ``out`` (M, D), a strided view, when given), or with ``goal`` (B, D) the costs
-        (M,) of those latents. ``qkv_out``: see ``blocks`` (not on the whole-window C++ path)."""
+        (M,) of those latents. ``qkv_out``, ``pos``: see ``blocks`` (not on the whole-window C++ path)."""
         if self.whole_step and not differentiating(x, mods):
             weights, eps, head, packed = self._window_args()
             p = self.packed
@@ -492,7 +504,7 @@ class FusedRollout:
                 x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate, head, goal, packed
             )
             return y if out is None or goal is not None else out.copy_(y)
-        x_last = self.last_token(x, mods, prefix_qkv, qkv_out)
+        x_last = self.last_token(x, mods, prefix_qkv, qkv_out, pos)
         if goal is not None:
             return self.head_cost(x_last, goal)
         return self.head(x_last, None if out is None else out.unsqueeze(1))[:, 0]
@@ -621,6 +633,7 @@ class FusedRollout:
         lat[:, :, :h_ctx] = emb_ctx.detach().unsqueeze(1)  # constants: gradients reach the candidates only
         lat = lat.view(m, h_ctx + steps, -1)
         cache = self._kv_cache(m, w, mods_c)
+        embed_in_block = self.positions_in_first_block and not differentiating(mods_c)
         cached = 0  # leading window tokens whose keys / values sit in `cache` (see _kv_cache)
         cost = None
         for t in range(steps):
@@ -637,12 +650,16 @@ class FusedRollout:
                     qkv_out = cache[:, :, first:end]
                     cached = end
             c0 = first - lag
-            x = self.tokens(lat[:, first:end], shared)
+            x, pos = lat[:, first:end], None
+            if embed_in_block:  # the first block adds the positions (and writes the residual stream)
+                pos = p.pos[shared:shared + end - first]
+            else:
+                x = self.tokens(x, shared)
             mods = mods_c[:, c0:c0 + end - first]  # (M, S, depth, 6, Dh)
             if goal is not None and t == steps - 1:
-                cost = self.step(x, mods, prefix, goal.detach().float(), qkv_out=qkv_out)
+                cost = self.step(x, mods, prefix, goal.detach().float(), qkv_out=qkv_out, pos=pos)
             else:
-                self.step(x, mods, prefix, out=lat[:, end], qkv_out=qkv_out)
+                self.step(x, mods, prefix, out=lat[:, end], qkv_out=qkv_out, pos=pos)
         if goal is not None:
             return cost.view(b, n)
         return lat.view(b, n, h_ctx + steps, -1)
