@@ -54,10 +54,11 @@ def _adaln_linear_kernel(
     # the row panel, normalised once in registers (centred two-pass statistics, as F.layer_norm)
     x = tl.load(x_ptr + (m * s_xm + s * s_xs)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
     if ADD_POS:  # the window position's embedding: x + pos is the residual stream, written by column group 0
+        # (a masked store, rows below R for group 0 and none for the others: a branch around it spilled on sm_90)
         x += tl.load(pos_ptr + (s * s_ps)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
-        if tl.program_id(0) == 0:
-            tl.store(x_out_ptr + (m * s_rm + s * s_rs)[:, None] + rd[None, :],
-                     x.to(x_out_ptr.dtype.element_ty), mask=mask)
+        rows_stored = R - R * tl.minimum(tl.program_id(0), 1)
+        tl.store(x_out_ptr + (m * s_rm + s * s_rs)[:, None] + rd[None, :], x.to(x_out_ptr.dtype.element_ty),
+                 mask=(rm < rows_stored)[:, None] & dmask[None, :])
     mean1 = tl.sum(x, axis=1) / D
     h = tl.where(mask, x - mean1[:, None], 0.0)
     h = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps1)[:, None]
