@@ -1,6 +1,7 @@
 """One gradient-descent plan (stable-worldmodel's GradientSolver: SGD on 300 action sequences, horizon 5, default LeWM,
-latent context of 3 frames): GradientPlanner on the fused rollout's backward vs on the reference autograd path vs on
-torch.compile of the reference costs, in the same run.
+latent context of 1 frame (lewm-eval's default: the window grows over the first steps, whose kept keys / values the
+fused rollout reuses) or 3 frames (a full window)): GradientPlanner on the fused rollout's backward vs on the
+reference autograd path vs on torch.compile of the reference costs, in the same run.
 
 CUDA: 30 steps. CPU: n_steps=3 to keep the bench short (every step is the same forward + backward; extra_info records
 n_steps), one round after a warm-up one; on CPU extra_info also records each timed round's process CPU time
@@ -35,14 +36,15 @@ def _planner(impl: str, model, n_steps: int) -> GradientPlanner:
     return GradientPlanner(model, engine=engine, **kw)
 
 
+@pytest.mark.parametrize("history", [1, 3])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_bench_gradient_plan(run_bench, benchmark, model, device, is_cuda, impl):
+def test_bench_gradient_plan(run_bench, benchmark, model, device, is_cuda, impl, history):
     n_steps = 30 if is_cuda else 3
     planner = _planner(impl, model, n_steps)
     g = torch.Generator(device=device).manual_seed(0)
-    ctx = torch.randn(1, 3, model.latent_dim, device=device, generator=g)
+    ctx = torch.randn(1, history, model.latent_dim, device=device, generator=g)
     goal = torch.randn(1, model.latent_dim, device=device, generator=g)
-    benchmark.group = "gradient_plan_1env"
+    benchmark.group = f"gradient_plan_1env_history{history}"
     cpu_seconds = []
 
     def plan():
@@ -54,7 +56,7 @@ def test_bench_gradient_plan(run_bench, benchmark, model, device, is_cuda, impl)
         plan,
         rounds_cpu=1,
         rounds_cuda=5,
-        op="gradient_plan", impl=impl, envs=1, n_steps=n_steps, num_samples=300, horizon=5,
+        op="gradient_plan", impl=impl, envs=1, history=history, n_steps=n_steps, num_samples=300, horizon=5,
         backend=planner.engine.backend if impl == "fast" else "reference", dtype=str(planner.engine.dtype),
         torch_threads=torch.get_num_threads(),
     )

@@ -117,6 +117,36 @@ def test_no_graph_without_grad(tiny_model, backend):
     torch.testing.assert_close(under_no_grad, plain, rtol=0, atol=0)
 
 
+class WindowRows(PredictorOps):
+    """The plain ops, recording how many window tokens each to_qkv pre-norm GEMM ran (the ``x`` of adaln_linear
+    whose weight is to_qkv's)."""
+
+    def __init__(self, qkv_width):
+        self.qkv_width, self.tokens = qkv_width, []
+
+    def adaln_linear(self, x, shift, mul, eps1, eps2, weight, *args, **kwargs):
+        if weight.shape[0] == self.qkv_width:
+            self.tokens.append(x.shape[1])
+        return super().adaln_linear(x, shift, mul, eps1, eps2, weight, *args, **kwargs)
+
+
+def test_gradient_rollout_runs_the_growing_windows_new_token_only(tiny_model):
+    """Under autograd, while the window grows from one context frame (history 1, 3-frame window), a step runs its new
+    token only and attends to the keys / values the earlier steps computed (kept out of place, so the gradient flows
+    through them): 1, 1, 1, 3 tokens per block for 4 steps, where recomputing the window ran 1, 2, 3, 3. The
+    gradient still equals autograd through the reference."""
+    ctx, hist, goal, cand = _problem(tiny_model, 2, 1, 5, 4, torch.device("cpu"))
+    engine = RolloutEngine(tiny_model, backend="reference")
+    engine.fused = FusedRollout(tiny_model, PredictorOps())
+    spy = WindowRows(engine.fused.packed.blocks[0].qkv_w.shape[0])
+    engine.fused.ops = spy
+    got = _grad(lambda c: engine.costs(ctx, hist, goal, c), cand)
+    depth = engine.fused.packed.depth
+    assert spy.tokens == [1] * depth * 3 + [3] * depth
+    ref = RolloutEngine(tiny_model, backend="reference")
+    _close(got, _grad(lambda c: ref.costs(ctx, hist, goal, c), cand))
+
+
 @pytest.mark.skipif(not csrc_available(), reason="needs the C++ extension lewm_fast._C")
 @pytest.mark.parametrize("prefix", [0, 2])
 def test_blocks_gradcheck_float64(tiny_model, prefix):

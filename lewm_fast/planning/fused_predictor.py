@@ -402,6 +402,8 @@ class FusedRollout:
         mode: str = "all",
         qkv_out: Optional[torch.Tensor] = None,
         pos: Optional[torch.Tensor] = None,
+        window_qkv: Optional[List[torch.Tensor]] = None,
+        keep_qkv: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Run the transformer blocks on the residual stream x (M, S, Dh) in place (out of place when differentiating:
         see ``differentiating``).
@@ -412,7 +414,11 @@ class FusedRollout:
         qkv_out (depth, M, S, 3*inner): where each block's to_qkv output is written (kept for later steps).
         pos (S, Dh): x is the window's latents (read only) and the residual stream is x + pos, formed by the first
         block's first op (``tokens`` without its own launch; input_proj must be an Identity; not when
-        differentiating). Returns (rows of the residual stream that are final, per-block qkv).
+        differentiating). window_qkv: per block (M, P, 3*inner), the to_qkv outputs of the P window tokens before
+        x's as earlier steps computed them, under autograd (``qkv_out`` / ``prefix_qkv`` write and read a buffer in
+        place, which autograd cannot follow): x's tokens attend over ``cat(window_qkv[i], qkv)``. keep_qkv: a list
+        that receives each block's (window) qkv, for the next step's window_qkv. Returns (rows of the residual stream
+        that are final, per-block qkv).
         """
         p, ops = self.packed, self.ops
         act = self.mlp_activation
@@ -426,6 +432,10 @@ class FusedRollout:
                                    out=None if qkv_out is None else qkv_out[i], **embed)
             if embed:
                 x = embed["x_out"]
+            if window_qkv is not None:
+                qkv = torch.cat([window_qkv[i], qkv], 1)
+            if keep_qkv is not None:
+                keep_qkv.append(qkv)
             if mode == "kv":
                 qkvs.append(qkv)
                 if last:
@@ -474,11 +484,14 @@ class FusedRollout:
         return weights, eps, head, packed
 
     def last_token(self, x: torch.Tensor, mods: torch.Tensor, prefix_qkv: Optional[List[torch.Tensor]],
-                   qkv_out: Optional[torch.Tensor] = None, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh). ``qkv_out``, ``pos``:
-        see ``blocks`` (qkv_out is ignored by the whole-window C++ path, which keeps no keys / values)."""
+                   qkv_out: Optional[torch.Tensor] = None, pos: Optional[torch.Tensor] = None,
+                   window_qkv: Optional[List[torch.Tensor]] = None,
+                   keep_qkv: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """All blocks of a rollout step; returns the last token's residual stream (M, 1, Dh). ``qkv_out``, ``pos``,
+        ``window_qkv``, ``keep_qkv``: see ``blocks`` (the whole-window C++ path, which keeps no keys / values, runs
+        without them)."""
         if not self.whole_window or differentiating(x, mods):
-            return self.blocks(x, mods, prefix_qkv, "last", qkv_out, pos)[0]
+            return self.blocks(x, mods, prefix_qkv, "last", qkv_out, pos, window_qkv, keep_qkv)[0]
         weights, eps, head, packed = self._window_args()
         p = self.packed
         packed = packed if head is None else None  # packed with the head's weights: only for calls with the head
@@ -493,10 +506,13 @@ class FusedRollout:
         out: Optional[torch.Tensor] = None,
         qkv_out: Optional[torch.Tensor] = None,
         pos: Optional[torch.Tensor] = None,
+        window_qkv: Optional[List[torch.Tensor]] = None,
+        keep_qkv: Optional[List[torch.Tensor]] = None,
     ) -> torch.Tensor:
         """One rollout step: the blocks on the window x (M, S, Dh) and the head on its last token -> the next latents
         (M, D) float32 (written into ``out`` (M, D), a strided view, when given), or with ``goal`` (B, D) the costs
-        (M,) of those latents. ``qkv_out``, ``pos``: see ``blocks`` (not on the whole-window C++ path)."""
+        (M,) of those latents. ``qkv_out``, ``pos``, ``window_qkv``, ``keep_qkv``: see ``blocks`` (not on the
+        whole-window C++ path)."""
         if self.whole_step and not differentiating(x, mods):
             weights, eps, head, packed = self._window_args()
             p = self.packed
@@ -504,7 +520,7 @@ class FusedRollout:
                 x, mods, prefix_qkv, weights, eps, p.heads, p.mlp_act.approximate, head, goal, packed
             )
             return y if out is None or goal is not None else out.copy_(y)
-        x_last = self.last_token(x, mods, prefix_qkv, qkv_out, pos)
+        x_last = self.last_token(x, mods, prefix_qkv, qkv_out, pos, window_qkv, keep_qkv)
         if goal is not None:
             return self.head_cost(x_last, goal)
         return self.head(x_last, None if out is None else out.unsqueeze(1))[:, 0]
@@ -556,7 +572,8 @@ class FusedRollout:
         While the window still starts at its first token (the first ``window`` steps of a plan from one context
         frame) a step's window is the previous one plus one token, at the same positions: causal attention makes the
         earlier tokens' keys and values at every block what the previous step computed. So such a step runs the
-        new token only (M rows instead of M x S) and attends to the kept ones, exactly (SPEC §1.4)."""
+        new token only (M rows instead of M x S) and attends to the kept ones, exactly (SPEC §1.4). Under autograd
+        the same reuse runs out of place (``blocks(window_qkv=, keep_qkv=)``)."""
         if self.whole_window or differentiating(mods) or window < 2:
             return None
         p = self.packed
@@ -633,6 +650,9 @@ class FusedRollout:
         lat[:, :, :h_ctx] = emb_ctx.detach().unsqueeze(1)  # constants: gradients reach the candidates only
         lat = lat.view(m, h_ctx + steps, -1)
         cache = self._kv_cache(m, w, mods_c)
+        # growing windows reuse the kept keys / values: in place in `cache`, or under autograd out of place (`kept`)
+        reuse_window = cache is not None or (differentiating(mods_c) and w >= 2)
+        kept: Optional[List[torch.Tensor]] = None
         embed_in_block = self.positions_in_first_block and not differentiating(mods_c)
         cached = 0  # leading window tokens whose keys / values sit in `cache` (see _kv_cache)
         cost = None
@@ -641,13 +661,19 @@ class FusedRollout:
             prefix = prefixes[t] if t < len(prefixes) else None
             shared = 0 if prefix is None else prefix[0].shape[1]
             first = max(end - w, 0) + shared  # first per-candidate token; its action is candidate first - lag
-            qkv_out = None
-            if cache is not None and shared == 0 and end <= w:  # the window starts at token 0 and has not slid
-                if cached:
-                    prefix = [c[:, :cached] for c in cache]
+            qkv_out = window_qkv = keep_qkv = None
+            if reuse_window and shared == 0 and end <= w:  # the window starts at token 0 and has not slid
+                if cached:  # run the new token only, attending to the kept tokens' keys / values
+                    if cache is not None:
+                        prefix = [c[:, :cached] for c in cache]
+                    else:
+                        window_qkv = kept
                     first = shared = cached
                 if end < w:  # the next step's window starts there too: keep this step's keys / values
-                    qkv_out = cache[:, :, first:end]
+                    if cache is not None:
+                        qkv_out = cache[:, :, first:end]
+                    else:
+                        keep_qkv = []
                     cached = end
             c0 = first - lag
             x, pos = lat[:, first:end], None
@@ -656,10 +682,13 @@ class FusedRollout:
             else:
                 x = self.tokens(x, shared)
             mods = mods_c[:, c0:c0 + end - first]  # (M, S, depth, 6, Dh)
+            window = dict(qkv_out=qkv_out, pos=pos, window_qkv=window_qkv, keep_qkv=keep_qkv)
             if goal is not None and t == steps - 1:
-                cost = self.step(x, mods, prefix, goal.detach().float(), qkv_out=qkv_out, pos=pos)
+                cost = self.step(x, mods, prefix, goal.detach().float(), **window)
             else:
-                self.step(x, mods, prefix, out=lat[:, end], qkv_out=qkv_out, pos=pos)
+                self.step(x, mods, prefix, out=lat[:, end], **window)
+            if keep_qkv is not None:
+                kept = keep_qkv
         if goal is not None:
             return cost.view(b, n)
         return lat.view(b, n, h_ctx + steps, -1)
