@@ -37,7 +37,7 @@ from ._tile_matmul import ACTIVATIONS, SMALL_ROWS, activate, dot_precision, sing
 def _adaln_linear_kernel(
     x_ptr, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr, pos_ptr, x_out_ptr,
     R, N, D, rows_inner, eps1, eps2,
-    s_xm, s_xs, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os, s_ps, s_rm, s_rs,
+    s_xm, s_xs, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os, s_ps,
     MODULATE: tl.constexpr, ADD_POS: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -54,10 +54,11 @@ def _adaln_linear_kernel(
     # the row panel, normalised once in registers (centred two-pass statistics, as F.layer_norm)
     x = tl.load(x_ptr + (m * s_xm + s * s_xs)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
     if ADD_POS:  # the window position's embedding: x + pos is the residual stream, written by column group 0
-        # (a masked store, rows below R for group 0 and none for the others: a branch around it spilled on sm_90)
+        # (x_out contiguous: int32 offsets; a masked store, rows below R for group 0 and none for the others: a
+        # branch around the store, or int64 strided offsets, spilled in the AOT check on sm_90)
         x += tl.load(pos_ptr + (s * s_ps)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
         rows_stored = R - R * tl.minimum(tl.program_id(0), 1)
-        tl.store(x_out_ptr + (m * s_rm + s * s_rs)[:, None] + rd[None, :], x.to(x_out_ptr.dtype.element_ty),
+        tl.store(x_out_ptr + rm[:, None] * D + rd[None, :], x.to(x_out_ptr.dtype.element_ty),
                  mask=(rm < rows_stored)[:, None] & dmask[None, :])
     mean1 = tl.sum(x, axis=1) / D
     h = tl.where(mask, x - mean1[:, None], 0.0)
@@ -176,7 +177,7 @@ def adaln_linear(
     ((M, S, N) in weight's dtype, strided on M, S, contiguous along N) and returned. shift and mul None:
     ``act(LN1(x) @ weight^T + bias)`` (eps2 unused). Inference only.
 
-    pos (S, D), with x_out (M, S, D) (both contiguous along D): ``x + pos`` (a row per window position, the
+    pos (S, D) contiguous along D, with x_out (M, S, D) contiguous: ``x + pos`` (a row per window position, the
     predictor's positional embedding) stands for x and is written into x_out, the residual stream of the blocks (the
     rollout's first block: no separate add launch).
 
@@ -231,10 +232,10 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
         if pos.shape != (s, d) or pos.stride(-1) != 1 or pos.device != x.device or not pos.is_floating_point():
             raise ValueError(f"pos must be a floating ({s}, {d}) tensor on {x.device}, contiguous along its last "
                              f"dimension, got {tuple(pos.shape)} {pos.dtype} on {pos.device} strides {pos.stride()}")
-        if (x_out.shape != x.shape or x_out.stride(-1) != 1 or x_out.device != x.device
-                or not x_out.is_floating_point()):
-            raise ValueError(f"x_out must be a floating ({m}, {s}, {d}) tensor on {x.device}, contiguous along its "
-                             f"last dimension, got {tuple(x_out.shape)} {x_out.dtype} on {x_out.device} strides "
+        if (x_out.shape != x.shape or not x_out.is_contiguous() or x_out.device != x.device
+                or not x_out.is_floating_point() or x_out.numel() >= 2 ** 31):
+            raise ValueError(f"x_out must be a contiguous floating ({m}, {s}, {d}) tensor on {x.device} (fewer than "
+                             f"2**31 elements), got {tuple(x_out.shape)} {x_out.dtype} on {x_out.device} strides "
                              f"{x_out.stride()}")
     rows = m * s
     if rows == 0:
@@ -249,8 +250,7 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),
             mu.stride(0), mu.stride(1), weight.stride(0), s * n if out is None else out.stride(0),
-            n if out is None else out.stride(1), 0 if pos is None else pos.stride(0),
-            0 if x_out is None else x_out.stride(0), 0 if x_out is None else x_out.stride(1))
+            n if out is None else out.stride(1), 0 if pos is None else pos.stride(0))
     consts = dict(MODULATE=modulate, ADD_POS=pos is not None, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot,
                   UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=warps,
                   num_stages=2)

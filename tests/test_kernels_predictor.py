@@ -139,8 +139,10 @@ def test_adaln_linear_adds_the_window_positions(dtype, precision):
         adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, pos=pos)
     with pytest.raises(ValueError, match=r"pos must be a floating \(3, 37\)"):
         adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, pos=pos[:2], x_out=x_out)
-    with pytest.raises(ValueError, match=r"x_out must be a floating \(11, 3, 37\)"):
+    with pytest.raises(ValueError, match=r"x_out must be a contiguous floating \(11, 3, 37\)"):
         adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, pos=pos, x_out=x_out[:, :2])
+    with pytest.raises(ValueError, match="x_out must be a contiguous"):
+        adaln_linear(x, shift, mul, 1e-6, 1e-5, w, b, pos=pos, x_out=x_out.transpose(0, 1).contiguous().transpose(0, 1))
 
 
 @needs_triton
