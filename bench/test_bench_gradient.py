@@ -3,10 +3,10 @@ latent context of 1 frame (lewm-eval's default: the window grows over the first 
 fused rollout reuses) or 3 frames (a full window)): GradientPlanner on the fused rollout's backward vs on the
 reference autograd path vs on torch.compile of the reference costs, in the same run.
 
-CUDA: 30 steps. CPU: n_steps=3 to keep the bench short (every step is the same forward + backward; extra_info records
-n_steps), one round after a warm-up one; on CPU extra_info also records each timed round's process CPU time
-(``cpu_seconds``: on a shared machine it counts this process's own work, not the time other jobs held the cores).
-Encoding is excluded (``latent=True``)."""
+CUDA: 30 steps, 1 context frame (to fit bench/device_run.sh's time budget). CPU: n_steps=3 to keep the bench short
+(every step is the same forward + backward; extra_info records n_steps), one round after a warm-up one; on CPU
+extra_info also records each timed round's process CPU time (``cpu_seconds``: on a shared machine it counts this
+process's own work, not the time other jobs held the cores). Encoding is excluded (``latent=True``)."""
 
 import time
 
@@ -18,6 +18,7 @@ from lewm_fast.planning import RolloutEngine
 from lewm_fast.planning.gradient import GradientPlanner
 
 IMPLS = ["fast", "reference", "compiled_reference"]
+HISTORIES = [1] if torch.cuda.is_available() else [1, 3]  # CUDA: 1 frame only, to fit device_run.sh's time budget
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def _planner(impl: str, model, n_steps: int) -> GradientPlanner:
     return GradientPlanner(model, engine=engine, **kw)
 
 
-@pytest.mark.parametrize("history", [1, 3])
+@pytest.mark.parametrize("history", HISTORIES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bench_gradient_plan(run_bench, benchmark, model, device, is_cuda, impl, history):
     n_steps = 30 if is_cuda else 3
