@@ -158,11 +158,12 @@ class CostModel:
 
     # ------------------------------------------------------------------ Triton tiled GEMMs
     def tile_gemm(self, launch: Any, R: int, N: int, K: int, dtype: torch.dtype, flops: float, extra_bytes: float,
-                  a_reread: bool, a_passes: float = 1, n_tiles: int = 1) -> Cost:
+                  a_reread: bool, a_passes: float = 1, n_tiles: int = 1, side_groups: int = 0) -> Cost:
         """A Triton GEMM with a fused prologue / epilogue: R x N outputs over K, BLOCK_M x BLOCK_N (or BLOCK_D) tiles.
         ``a_reread``: the grid walks rows first, so A streams from DRAM once per column block when it does not stay
         in L2; ``a_passes``: A-tile loads per K slice (a prologue recomputing from several inputs); ``n_tiles``:
-        output tiles each program computes one after the other (a loop over column slices)."""
+        output tiles each program computes one after the other (a loop over column slices); ``side_groups``: trailing
+        groups of the grid's first axis whose programs do no GEMM (their bytes go in ``extra_bytes``)."""
         kw = launch.variants()[0][1]
         prec = kw.get("PRECISION")
         if prec is None and "IEEE" in kw:
@@ -171,7 +172,7 @@ class CostModel:
         bm, bn, warps = kw["BLOCK_M"], kw.get("BLOCK_N", kw.get("BLOCK_D")), kw.get("num_warps", 4)
         bk = kw.get("BLOCK_K", kw.get("BLOCK_D"))  # attention_residual: K slices of one head (BLOCK_D)
         grid = _grid(launch)
-        programs = math.prod(grid)
+        programs = math.prod(grid) // grid[0] * (grid[0] - side_groups)
         regs, smem, dot, note = self._aot(launch)
         if dot == "?":  # not in the report: FMA units for IEEE fp32, tensor cores otherwise
             dot = None if fp32_ieee else "mma.sync"
@@ -245,7 +246,7 @@ class CostModel:
             x, shift, mul, w, _, out, pos, x_out = args[:8]
             R, N, D = int(args[8]), w.shape[0], w.shape[1]
             extra = _nbytes(shift) + _nbytes(mul) + _nbytes(out) - R * D * _elt(w.dtype)
-            if kw.get("ADD_POS"):  # the position rows, and x + pos written once (by the first column group)
+            if kw.get("ADD_POS"):  # the position rows, and x + pos written once (by an extra column group)
                 extra += _nbytes(pos) + _nbytes(x_out)
             n_tiles = kw.get("N_TILES", 1)
             # the row panel (x, and mul / shift when modulated, each at its own element size) is loaded once per
@@ -253,7 +254,7 @@ class CostModel:
             panel_bytes = x.element_size() + (shift.element_size() + mul.element_size() if kw.get("MODULATE", True) else 0)
             panel = panel_bytes / _elt(w.dtype) / n_tiles
             return self.tile_gemm(launch, R, N, D, w.dtype, 2.0 * R * N * D, _nbytes(x) + extra, a_reread=False,
-                                  a_passes=panel, n_tiles=n_tiles)
+                                  a_passes=panel, n_tiles=n_tiles, side_groups=int(bool(kw.get("ADD_POS"))))
         if name in ("_elite_refit_sample_kernel", "_cem_refit_sample_kernel"):
             t_fixed = self.a.refit_s[0] if kw.get("REFIT") else self.a.refit_s[1]
             nbytes = sum(_nbytes(t) for t in _tensors(args[:8]))

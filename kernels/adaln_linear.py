@@ -51,15 +51,31 @@ def _adaln_linear_kernel(
     m = (rm // rows_inner).to(tl.int64)
     s = (rm % rows_inner).to(tl.int64)
 
-    # the row panel, normalised once in registers (centred two-pass statistics, as F.layer_norm)
     x = tl.load(x_ptr + (m * s_xm + s * s_xs)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
-    if ADD_POS:  # the window position's embedding: x + pos is the residual stream, written by column group 0
-        # (x_out contiguous: int32 offsets; a masked store, rows below R for group 0 and none for the others: a
-        # branch around the store, or int64 strided offsets, spilled in the AOT check on sm_90)
+    if ADD_POS:  # the window position's embedding: x + pos is the residual stream
         x += tl.load(pos_ptr + (s * s_ps)[:, None] + rd[None, :], mask=mask, other=0.0).to(tl.float32)
-        rows_stored = R - R * tl.minimum(tl.program_id(0), 1)
-        tl.store(x_out_ptr + rm[:, None] * D + rd[None, :], x.to(x_out_ptr.dtype.element_ty),
-                 mask=(rm < rows_stored)[:, None] & dmask[None, :])
+        # one extra column group only writes it out (a store beside the GEMM spilled in the AOT check on sm_90)
+        if tl.program_id(0) == tl.num_programs(0) - 1:
+            tl.store(x_out_ptr + rm[:, None] * D + rd[None, :], x.to(x_out_ptr.dtype.element_ty), mask=mask)
+        else:
+            _normalise_and_project(x, rm, rd, mmask, dmask, mask, m, s, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr,
+                                   N, D, eps1, eps2, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os, MODULATE, HAS_BIAS,
+                                   ACT, PRECISION, UPCAST, BLOCK_N, N_TILES)
+    else:
+        _normalise_and_project(x, rm, rd, mmask, dmask, mask, m, s, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr,
+                               N, D, eps1, eps2, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os, MODULATE, HAS_BIAS, ACT,
+                               PRECISION, UPCAST, BLOCK_N, N_TILES)
+
+
+@triton.jit
+def _normalise_and_project(
+    x, rm, rd, mmask, dmask, mask, m, s, shift_ptr, mul_ptr, w_ptr, bias_ptr, out_ptr,
+    N, D, eps1, eps2, s_hm, s_hs, s_mm, s_ms, s_wn, s_om, s_os,
+    MODULATE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, N_TILES: tl.constexpr,
+):
+    """The row panel x (BLOCK_M, BLOCK_D) normalised once in registers (centred two-pass statistics, as
+    F.layer_norm), then N_TILES column tiles of this program's column group, each a full-K GEMM against it."""
     mean1 = tl.sum(x, axis=1) / D
     h = tl.where(mask, x - mean1[:, None], 0.0)
     h = h * tl.rsqrt(tl.sum(h * h, axis=1) / D + eps1)[:, None]
@@ -74,8 +90,6 @@ def _adaln_linear_kernel(
         a = h
     else:
         a = h.to(w_ptr.dtype.element_ty)
-
-    # N_TILES column tiles of this program's column group, each a full-K GEMM against the panel
     for t in range(N_TILES):
         rn = (tl.program_id(0) * N_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
@@ -246,7 +260,8 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     upcast = interpreted(x.device)
     block_m, block_n, block_d, n_tiles, warps = tiles(rows, n, d, weight.dtype, dot, multiprocessor_count(x.device),
                                                       shared_memory_per_block(x.device))
-    grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles), triton.cdiv(rows, block_m))
+    # with pos: one more column group, whose programs write x + pos into x_out (and compute nothing else)
+    grid = (triton.cdiv(triton.cdiv(n, block_n), n_tiles) + (pos is not None), triton.cdiv(rows, block_m))
     sh, mu = (shift, mul) if modulate else (x, x)  # x stands in for the unread shift / mul
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),
             mu.stride(0), mu.stride(1), weight.stride(0), s * n if out is None else out.stride(0),

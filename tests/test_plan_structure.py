@@ -139,7 +139,8 @@ def test_fifty_envs_walk_columns_first(paper_model):
             if isinstance(op, Launch) and op.name in weight_arg:
                 n = op.args[weight_arg[op.name]].shape[0]  # output columns
                 per_program = op.kwargs["BLOCK_N"] * op.kwargs.get("N_TILES", 1)
-                assert op.grid[0] == math.ceil(n / per_program), (op.name, op.grid)
+                side = int(op.kwargs.get("ADD_POS", False))  # the group writing x + pos (the steps' first block)
+                assert op.grid[0] == math.ceil(n / per_program) + side, (op.name, op.grid)
                 if op.name == "_adaln_linear_kernel":
                     assert op.kwargs["BLOCK_M"] == 64, op.kwargs
                 checked += 1
