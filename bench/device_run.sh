@@ -51,12 +51,16 @@ timeout "$aot_s" python -m lewm_fast.aot --arch 90 --only paper --quiet --out "$
   > "$out/aot.log" 2>&1
 echo "aot compile check (triton $triton_version, sm_90): rc=$? $(tail -n 1 "$out/aot.log")"
 
+# pytest as a module without the repository root on sys.path (PYTHONSAFEPATH, Python >= 3.11): from the root, the
+# top-level kernels/ folder would shadow HuggingFace's `kernels` package, which transformers probes for
+pytest_m="env PYTHONSAFEPATH=1 python -m pytest"
+
 # the suites with CUDA cases (CI runs the whole suite on CPU); test_training needs hydra-core/omegaconf (.wheels/)
 gpu_tests="tests/test_kernels_predictor.py tests/test_kernels_elite_refit.py tests/test_sigreg_op.py
   tests/test_rollout_engine.py tests/test_planners.py tests/test_elite_refit_op.py"
-timeout "$gpu_test_s" python -m pytest $gpu_tests -q -rs -p no:cacheprovider > "$out/tests-gpu.log" 2>&1
+timeout "$gpu_test_s" $pytest_m $gpu_tests -q -rs -p no:cacheprovider > "$out/tests-gpu.log" 2>&1
 echo "CUDA suites: rc=$? $(tail -n 1 "$out/tests-gpu.log")"
-timeout "$rest_test_s" python -m pytest tests/test_training.py tests/test_backends.py -q -rs -p no:cacheprovider \
+timeout "$rest_test_s" $pytest_m tests/test_training.py tests/test_backends.py -q -rs -p no:cacheprovider \
   > "$out/tests-rest.log" 2>&1
 echo "training/backends: rc=$? $(tail -n 1 "$out/tests-rest.log")"
 
@@ -72,7 +76,7 @@ done
 
 # one pytest-benchmark JSON per file, so a file that runs out of time does not cost the others their results
 for suite in sigreg rollout plan gradient tiles; do
-  timeout "${bench_s[$suite]}" python -m pytest "bench/test_bench_$suite.py" --benchmark-only -q -p no:cacheprovider \
+  timeout "${bench_s[$suite]}" $pytest_m "bench/test_bench_$suite.py" --benchmark-only -q -p no:cacheprovider \
     --benchmark-json "$out/$gpu-$stamp-$suite.json" --benchmark-columns=min,median,mean,rounds \
     > "$out/bench-$suite.log" 2>&1
   echo "bench $suite: rc=$? $(tail -n 1 "$out/bench-$suite.log")"
