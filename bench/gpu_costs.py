@@ -158,7 +158,8 @@ class CostModel:
 
     # ------------------------------------------------------------------ Triton tiled GEMMs
     def tile_gemm(self, launch: Any, R: int, N: int, K: int, dtype: torch.dtype, flops: float, extra_bytes: float,
-                  a_reread: bool, a_passes: float = 1, n_tiles: int = 1, side_groups: int = 0) -> Cost:
+                  a_reread: bool, a_passes: float = 1, n_tiles: int = 1,
+                  side_groups: int = 0) -> Cost:
         """A Triton GEMM with a fused prologue / epilogue: R x N outputs over K, BLOCK_M x BLOCK_N (or BLOCK_D) tiles.
         ``a_reread``: the grid walks rows first, so A streams from DRAM once per column block when it does not stay
         in L2; ``a_passes``: A-tile loads per K slice (a prologue recomputing from several inputs); ``n_tiles``:

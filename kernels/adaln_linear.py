@@ -266,8 +266,8 @@ def _plan(x, shift, mul, eps1, eps2, weight, bias, activation: str, precision: s
     ints = (rows, n, d, s, float(eps1), float(eps2), x.stride(0), x.stride(1), sh.stride(0), sh.stride(1),
             mu.stride(0), mu.stride(1), weight.stride(0), s * n if out is None else out.stride(0),
             n if out is None else out.stride(1), 0 if pos is None else pos.stride(0))
-    consts = dict(MODULATE=modulate, ADD_POS=pos is not None, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], PRECISION=dot,
-                  UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=warps,
+    consts = dict(MODULATE=modulate, ADD_POS=pos is not None, HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation],
+                  PRECISION=dot, UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, N_TILES=n_tiles, num_warps=warps,
                   num_stages=2)
 
     def run(x, shift, mul, weight, bias, out, pos, x_out):

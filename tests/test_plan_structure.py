@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMS = 132  # H100 SXM
 DEPTH, HORIZON = 6, 5  # the paper predictor's blocks; CEM's horizon
 GEMM_KERNELS = ("_adaln_linear_kernel", "_attention_residual_kernel", "_gated_residual_kernel", "_goal_cost_kernel")
+ROWS_ARG = {"_adaln_linear_kernel": 8, "_attention_residual_kernel": 6, "_gated_residual_kernel": 5}  # launch arg: rows
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_growing_window_runs_the_new_token_only(paper_model):
     it = _iteration(paper_model, torch.bfloat16)
     qkv = [op for op in it if isinstance(op, Launch) and op.name == "_adaln_linear_kernel"
            and op.args[3].shape[0] == 3 * 16 * 64]
-    rows = [int(op.args[8]) for op in qkv]
+    rows = [int(op.args[ROWS_ARG[op.name]]) for op in qkv]
     assert rows == [300] * DEPTH * 3 + [900] * DEPTH * 2
     att = [op for op in it if isinstance(op, Launch) and op.name == "_attention_residual_kernel"]
     assert [(op.kwargs["P"], op.kwargs["S"]) for op in att[::DEPTH]] == [(0, 1), (1, 1), (2, 1), (0, 3), (0, 3)]
@@ -98,7 +99,7 @@ def test_tensor_core_plans_take_wide_row_tiles(paper_model, dtype, precision):
     for op in _iteration(paper_model, dtype, precision):
         if not isinstance(op, Launch) or op.name not in GEMM_KERNELS[:3]:
             continue
-        rows = op.args[{"_adaln_linear_kernel": 8, "_attention_residual_kernel": 6, "_gated_residual_kernel": 5}[op.name]]
+        rows = op.args[ROWS_ARG[op.name]]
         k = op.kwargs
         # a bf16 plan's action conditioning: float32 operands, IEEE / 3xTF32 dots (narrow tiles)
         narrow = op.args[0].dtype == torch.float32 and k["PRECISION"] != "tf32"
